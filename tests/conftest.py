@@ -1,0 +1,13 @@
+"""Shared pytest setup: Keras on TensorFlow, quiet logs, two logical CPU devices."""
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+# Two logical CPUs so that MirroredStrategy tests have two replicas. Must happen
+# before TensorFlow initialises its devices, hence here at collection time.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
