@@ -12,6 +12,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",
+        "tensorboard>=2.21,<2.22",  # tf.summary needs it; TF 2.21 no longer pulls it in
         "keras>=3.12,<3.16",
         "tensorflow-probability>=0.25,<0.26",
         "tf-keras>=2.21,<2.22",

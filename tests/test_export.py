@@ -1,0 +1,182 @@
+"""TF-Hub-style SavedModel export: round trips, loaders, atomicity, errors."""
+import json
+import os
+
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+
+from tfrevisit import export
+from tfrevisit import models
+from tfrevisit import pretext
+from tfrevisit import train
+
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _export_backbone(tmp_path, name, size=32, **kwargs):
+  keras.utils.set_random_seed(0)
+  encoder = models.backbone(name, filters_factor=1, num_classes=5,
+                            input_size=size, **kwargs)
+  root = export.build_module(
+      encoder, default_output="logits",
+      preprocess_spec=f"resize_small({size})|central_crop({size})|value_range(-1, 1)",
+      metadata={"architecture": name})
+  path = str(tmp_path / name)
+  export.save_module(root, path)
+  return encoder, path
+
+
+def _images(batch_size, size, seed=0):
+  return tf.random.stateless_uniform([batch_size, size, size, 3], [seed, 1], -1, 1)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet50_v1", {}), ("resnet50_v2", {"last_relu": False}), ("revnet50", {}),
+    ("vgg19", {}), ("resnet50_v1", {"patch_mode": True}),
+])
+def test_round_trip_every_end_point(tmp_path, name, kwargs):
+  encoder, path = _export_backbone(tmp_path, name, **kwargs)
+  loaded = tf.saved_model.load(path)
+  images = _images(7, 32)
+  expected = encoder(images, training=False)
+  got = loaded.signatures["representation"](images=images)
+  assert set(got) == set(expected)
+  for key, value in expected.items():
+    np.testing.assert_allclose(got[key], value, atol=ATOL, err_msg=key)
+  np.testing.assert_allclose(loaded(images), expected["logits"], atol=ATOL)
+  np.testing.assert_allclose(
+      loaded.signatures["serving_default"](images=images)["default"],
+      expected["logits"], atol=ATOL)
+  metadata = json.load(open(os.path.join(path, "assets", export.METADATA_FILE)))
+  assert metadata["architecture"] == name
+
+
+def test_batch_and_spatial_sizes_are_dynamic_for_resnet(tmp_path):
+  encoder, path = _export_backbone(tmp_path, "resnet50_v2")
+  loaded = tf.saved_model.load(path)
+  for batch_size, size in [(1, 32), (7, 32), (2, 48)]:
+    images = _images(batch_size, size)
+    got = loaded.representation(images)
+    expected = encoder(images, training=False)
+    assert got["pre_logits"].shape == (batch_size, 512)
+    np.testing.assert_allclose(got["block4"], expected["block4"], atol=ATOL)
+
+
+def test_preprocess_maps_uint8_to_the_model_input(tmp_path):
+  _, path = _export_backbone(tmp_path, "resnet50_v2")
+  loaded = tf.saved_model.load(path)
+  images = tf.cast(tf.random.stateless_uniform([3, 40, 50, 3], [0, 0], 0, 256,
+                                               dtype=tf.int32), tf.uint8)
+  out = loaded.preprocess(images)
+  assert out.shape == (3, 32, 32, 3) and out.dtype == tf.float32
+  assert float(tf.reduce_min(out)) >= -1.0 and float(tf.reduce_max(out)) <= 1.0
+
+
+def test_keras3_tfsm_layer_representation(tmp_path):
+  encoder, path = _export_backbone(tmp_path, "revnet50")
+  layer = keras.layers.TFSMLayer(path, call_endpoint="representation")
+  images = _images(2, 32)
+  got = layer(images)
+  np.testing.assert_allclose(got["pre_logits"],
+                             encoder(images, training=False)["pre_logits"], atol=ATOL)
+
+
+def test_hub_keras_layer_default_and_representation(tmp_path):
+  encoder, path = _export_backbone(tmp_path, "resnet50_v1")
+  images = _images(2, 32)
+  expected = encoder(images, training=False)
+
+  layer = hub.KerasLayer(path, trainable=True)
+  np.testing.assert_allclose(layer(images, training=False), expected["logits"],
+                             atol=ATOL)
+  assert len(layer.trainable_weights) == len(encoder.trainable_weights)
+  num_regularized = sum(v.regularizer is not None for v in encoder.trainable_weights)
+  assert num_regularized > 0 and len(layer.losses) == num_regularized
+  expected_decay = sum(float(v.regularizer(v)) for v in encoder.trainable_weights
+                       if v.regularizer is not None)
+  np.testing.assert_allclose(float(tf.add_n(layer.losses)), expected_decay, rtol=1e-5)
+
+  rep = hub.KerasLayer(path, signature="representation",
+                       signature_outputs_as_dict=True)
+  got = rep(images)
+  for key in ("after_root", "block4", "pre_logits"):
+    np.testing.assert_allclose(got[key], expected[key], atol=ATOL, err_msg=key)
+
+
+def test_hub_fine_tuning_changes_the_weights(tmp_path):
+  _, path = _export_backbone(tmp_path, "resnet50_v2")
+  layer = hub.KerasLayer(path, trainable=True)
+  images = _images(4, 32)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(layer(images, training=True) ** 2) + tf.add_n(layer.losses)
+  grads = tape.gradient(loss, layer.trainable_weights)
+  assert all(g is not None for g in grads)
+  assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+SMALL_RUN = [
+    'train.task = "rotation"', "train.batch_size = 4", "train.epochs = 1",
+    "train.max_steps = 1", "train.log_every_steps = 1", "train.export = False",
+    'source.name = "random"', "source.num_examples = 16",
+    "source.image_shape = (32, 32, 3)", 'backbone.name = "resnet50_v2"',
+    "backbone.filters_factor = 1", "rotation.image_size = 32",
+]
+
+
+@pytest.fixture(name="workdir")
+def _workdir(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.parse_gin([], SMALL_RUN)
+  train.train(workdir)
+  gin.clear_config()
+  return workdir
+
+
+def test_export_from_workdir_and_latest_link(workdir):
+  path = export.main(["--workdir", workdir])
+  latest = os.path.join(workdir, "export", "latest")
+  assert os.path.realpath(latest) == os.path.realpath(path)
+  metadata = json.load(open(os.path.join(latest, "assets", export.METADATA_FILE)))
+  assert metadata["task"] == "rotation" and metadata["global_step"] == 1
+  assert metadata["architecture"] == "resnet50_v2" and metadata["filters_factor"] == 1
+  assert "pre_logits" in metadata["end_points"]
+  assert "train.batch_size = 4" in metadata["gin_config"]
+  loaded = tf.saved_model.load(latest)
+  assert loaded(_images(2, 32)).shape == (2, 4)
+
+
+def test_interrupted_export_keeps_the_previous_one(workdir, monkeypatch):
+  export.main(["--workdir", workdir])
+  first = os.path.realpath(os.path.join(workdir, "export", "latest"))
+  task, _ = export.restore_task(workdir)
+
+  def failing_save(*args, **kwargs):
+    raise OSError("disk full (simulated)")
+
+  monkeypatch.setattr(tf.saved_model, "save", failing_save)
+  with pytest.raises(OSError, match="simulated"):
+    export.export_task(task, workdir, step=2)
+  assert os.path.realpath(os.path.join(workdir, "export", "latest")) == first
+  assert sorted(os.listdir(os.path.join(workdir, "export"))) == ["1", "latest"]
+
+
+def test_export_without_checkpoints_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a tfrevisit training workdir"):
+    export.main(["--workdir", str(tmp_path)])
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "config.gin").write_text("")
+  (tmp_path / export.TASK_INFO_FILE).write_text('{"task": "rotation", "num_classes": 4}')
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    export.main(["--workdir", str(tmp_path)])
+

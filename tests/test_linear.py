@@ -1,0 +1,194 @@
+"""Tests for the L-BFGS linear probe against NumPy and scikit-learn."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+from sklearn import linear_model
+import threadpoolctl
+
+from tfrevisit.evaluation import linear
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def gaussian_splits(sizes, dim, num_classes, seed, mean_scale=1.0):
+  """Splits of overlapping Gaussian classes sharing the class means.
+
+  Returns:
+    One (features [N, D] float32, labels [N]) pair per size.
+  """
+  rng = np.random.default_rng(seed)
+  means = mean_scale * rng.normal(size=(num_classes, dim))
+
+  def split(size):
+    labels = rng.integers(0, num_classes, size)
+    features = means[labels] + 2.0 * rng.normal(size=(size, dim))
+    return features.astype(np.float32), labels
+  return [split(size) for size in sizes]
+
+
+def numpy_objective_gradient(weights, bias, features, labels, l2):
+  """Gradient of mean cross-entropy + l2/2 ||W||^2, in float64."""
+  features = features.astype(np.float64)
+  logits = features @ weights + bias
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  residual = probs - np.eye(weights.shape[1])[labels]
+  return (features.T @ residual / len(labels) + l2 * weights,
+          residual.mean(0))
+
+
+def read_idx(path):
+  """An IDX file (the MNIST format): big-endian dims, then uint8 data."""
+  with gzip.open(path) as f:
+    data = f.read()
+  num_dims = data[3]
+  dims = np.frombuffer(data, ">u4", num_dims, offset=4)
+  return np.frombuffer(data, np.uint8, offset=4 + 4 * num_dims).reshape(dims)
+
+
+def fashion_mnist(split):
+  prefix = {"train": "train", "test": "t10k"}[split]
+  images = read_idx(os.path.join(FASHION_MNIST,
+                                 f"{prefix}-images-idx3-ubyte.gz"))
+  labels = read_idx(os.path.join(FASHION_MNIST,
+                                 f"{prefix}-labels-idx1-ubyte.gz"))
+  return images.reshape(len(images), -1).astype(np.float32) / 255, labels
+
+
+@pytest.fixture(scope="module")
+def splits():
+  return gaussian_splits((1500, 3000), 20, 4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def problem(splits):
+  return splits[0]
+
+
+def test_matches_scikit_learn(splits):
+  (features, labels), (test_features, test_labels) = splits
+  l2 = 1e-2
+  ours = linear.fit_logistic_regression(features, labels, 4, l2,
+                                        tolerance=1e-6)
+  with threadpoolctl.threadpool_limits(1):
+    theirs = linear_model.LogisticRegression(
+        C=1 / (l2 * len(labels)), tol=1e-8, max_iter=1000).fit(
+            features.astype(np.float64), labels)
+  assert ours.converged
+  ours_top1 = linear.top_k_accuracy(ours.predict(test_features), test_labels, 1)
+  theirs_top1 = theirs.score(test_features, test_labels)
+  assert abs(ours_top1 - theirs_top1) < 0.005
+  np.testing.assert_allclose(ours.weights, theirs.coef_.T, atol=1e-4)
+  np.testing.assert_allclose(ours.bias, theirs.intercept_, atol=1e-4)
+
+
+def test_solution_is_a_stationary_point(problem):
+  features, labels = problem
+  l2 = 1e-3
+  fit = linear.fit_logistic_regression(features, labels, 4, l2, tolerance=1e-5)
+  weight_gradient, bias_gradient = numpy_objective_gradient(
+      fit.weights, fit.bias, features, labels, l2)
+  assert np.abs(weight_gradient).max() < 1e-5
+  assert np.abs(bias_gradient).max() < 1e-5
+
+
+def test_chunked_memory_mapped_matches_in_memory(problem, tmp_path):
+  features, labels = problem
+  mapped = np.memmap(tmp_path / "features.f32", np.float32, "w+",
+                     shape=features.shape)
+  mapped[:] = features
+  mapped.flush()
+  mapped = np.memmap(tmp_path / "features.f32", np.float32, "r",
+                     shape=features.shape)
+  whole = linear.fit_logistic_regression(features, labels, 4, 1e-2,
+                                         tolerance=1e-6)
+  chunked = linear.fit_logistic_regression(mapped, labels, 4, 1e-2,
+                                           tolerance=1e-6, chunk_size=400)
+  assert chunked.converged
+  np.testing.assert_allclose(chunked.weights, whole.weights, atol=1e-4)
+  np.testing.assert_allclose(chunked.bias, whole.bias, atol=1e-4)
+  np.testing.assert_allclose(chunked.loss, whole.loss, rtol=1e-7)
+
+
+def test_warm_start_from_solution_stops_at_once(problem):
+  features, labels = problem
+  first = linear.fit_logistic_regression(features, labels, 4, 1e-2)
+  again = linear.fit_logistic_regression(features, labels, 4, 1e-2,
+                                         initial=first)
+  assert again.iterations <= 1
+  np.testing.assert_allclose(again.weights, first.weights, atol=1e-5)
+
+
+def test_predict_is_affine(problem):
+  features, labels = problem
+  fit = linear.fit_logistic_regression(features, labels, 4, 1e-2)
+  np.testing.assert_allclose(
+      fit.predict(features[:5]),
+      features[:5].astype(np.float64) @ fit.weights + fit.bias, rtol=1e-5)
+
+
+def test_top_k_accuracy_against_sorting():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(200, 7))
+  labels = rng.integers(0, 7, 200)
+  ranks = (logits > logits[np.arange(200), labels][:, None]).sum(1)
+  for k in (1, 3, 5):
+    assert linear.top_k_accuracy(logits, labels, k) == np.mean(ranks < k)
+  assert linear.top_k_accuracy(logits[:, :3], labels % 3, 5) == 1.0
+
+
+def test_select_l2_picks_best_validation_value():
+  # Few examples in many dimensions: weak L2 overfits, strong L2 underfits.
+  train, val, test = gaussian_splits((200, 1000, 1000), 100, 3, seed=2,
+                                     mean_scale=0.2)
+  trainval = tuple(np.concatenate(pair) for pair in zip(train, val))
+  grid = (1e-3, 1.0, 100.0)
+  val_top1 = [
+      linear.top_k_accuracy(
+          linear.fit_logistic_regression(*train, 3, l2).predict(val[0]),
+          val[1], 1) for l2 in grid]
+  assert np.argmax(val_top1) == 1 and val_top1[1] > max(val_top1[::2]) + 0.02
+  row = linear.select_l2_and_fit(train, val, trainval, test, 3, l2_grid=grid)
+  assert row["l2"] == 1.0
+  assert row["val_top1"] == pytest.approx(val_top1[1], abs=0.01)
+  final = linear.fit_logistic_regression(*trainval, 3, 1.0)
+  assert row["top1"] == pytest.approx(
+      np.mean(final.predict(test[0]).argmax(1) == test[1]), abs=0.01)
+  assert row["top5"] == 1.0
+  assert row["converged"] and row["iterations"] > 0 and row["wall_time_s"] > 0
+
+
+def test_bad_labels_and_shapes_raise(problem):
+  features, labels = problem
+  with pytest.raises(ValueError, match="num_classes"):
+    linear.fit_logistic_regression(features, labels, 3, 1e-2)
+  with pytest.raises(ValueError, match="Flatten or pool"):
+    linear.fit_logistic_regression(features[:, :, None], labels, 4, 1e-2)
+
+
+def test_fashion_mnist_subset_matches_scikit_learn():
+  train_features, train_labels = fashion_mnist("train")
+  test_features, test_labels = fashion_mnist("test")
+  train_features, train_labels = train_features[:3000], train_labels[:3000]
+  l2 = 1e-2
+  ours = linear.fit_logistic_regression(train_features, train_labels, 10, l2)
+  # Multi-threaded BLAS stalls badly on a busy 2-core machine.
+  with threadpoolctl.threadpool_limits(1):
+    theirs = linear_model.LogisticRegression(
+        C=1 / (l2 * len(train_labels)), max_iter=1000).fit(
+            train_features.astype(np.float64), train_labels)
+  ours_top1 = linear.top_k_accuracy(ours.predict(test_features), test_labels, 1)
+  assert ours_top1 > 0.78
+  assert abs(ours_top1 - theirs.score(test_features, test_labels)) < 0.005
+
+
+@pytest.mark.slow
+def test_fashion_mnist_linear_probe_reaches_known_accuracy():
+  """Logistic regression on raw pixels: about 84% (Fashion-MNIST benchmarks)."""
+  train_features, train_labels = fashion_mnist("train")
+  test_features, test_labels = fashion_mnist("test")
+  fit = linear.fit_logistic_regression(train_features, train_labels, 10, 1e-4)
+  top1 = linear.top_k_accuracy(fit.predict(test_features), test_labels, 1)
+  assert 0.835 < top1 < 0.86

@@ -1,0 +1,181 @@
+"""Tests for tfrevisit.models: end points, reversibility, weight decay, saving."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrevisit import models
+
+ARCHS = ("resnet50_v1", "resnet50_v2", "revnet50", "vgg19")
+
+# Reference end points from the paper: (height, width, channels / k) for 224x224
+# images, or for 64x64 patches in patch mode; vectors are (dims / k,).
+_RESNET_224 = {"block1": (56, 56, 64), "block2": (28, 28, 128),
+               "block3": (14, 14, 256), "block4": (7, 7, 512),
+               "pre_logits": (512,)}
+_RESNET_PATCH_64 = {"block1": (32, 32, 64), "block2": (16, 16, 128),
+                    "block3": (8, 8, 256), "block4": (8, 8, 512),
+                    "pre_logits": (512,)}
+_VGG_224 = {"conv1": (112, 112, 8), "block1": (56, 56, 16),
+            "block2": (28, 28, 32), "block3": (14, 14, 64),
+            "block4": (7, 7, 64), "fc6": (512,), "pre_logits": (512,)}
+_VGG_PATCH_64 = {"conv1": (32, 32, 8), "block1": (32, 32, 16),
+                 "block2": (16, 16, 32), "block3": (8, 8, 64),
+                 "block4": (8, 8, 64), "fc6": (512,), "pre_logits": (512,)}
+_AFTER_ROOT_CHANNELS = {"resnet50_v1": 16, "resnet50_v2": 16, "revnet50": 64}
+
+
+def _expected_end_points(name, patch_mode):
+  if name == "vgg19":
+    return _VGG_PATCH_64 if patch_mode else _VGG_224
+  reference = _RESNET_PATCH_64 if patch_mode else _RESNET_224
+  spatial = reference["block1"][:2]
+  return {"after_root": (*spatial, _AFTER_ROOT_CHANNELS[name]), **reference}
+
+
+def _small_model(name, **kwargs):
+  """k=1 model on 32x32 images (VGG's fixed size)."""
+  return models.backbone(name, filters_factor=1, input_shape=(32, 32, 3),
+                         **kwargs)
+
+
+def _images(batch=2, size=32, seed=0):
+  return np.random.RandomState(seed).randn(batch, size, size, 3).astype(
+      np.float32)
+
+
+@pytest.mark.parametrize("patch_mode", [False, True])
+@pytest.mark.parametrize("filters_factor", [1, 4])
+@pytest.mark.parametrize("name", ARCHS)
+def test_end_point_names_and_shapes(name, filters_factor, patch_mode):
+  size = 64 if patch_mode else 224
+  input_shape = (size, size, 3) if name == "vgg19" else (None, None, 3)
+  model = models.backbone(name, filters_factor=filters_factor,
+                          patch_mode=patch_mode, num_classes=1000,
+                          input_shape=input_shape)
+  expected = {
+      end_point: tuple(d * filters_factor if i == len(shape) - 1 else d
+                       for i, d in enumerate(shape))
+      for end_point, shape in _expected_end_points(name, patch_mode).items()}
+  expected["logits"] = (1000,)
+
+  outputs = model.compute_output_spec(keras.KerasTensor((2, size, size, 3)))
+
+  assert list(model.output) == list(expected)
+  assert {k: tuple(v.shape) for k, v in outputs.items()} == {
+      k: (2, *v) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_forward_pass_returns_dict_of_end_points(name):
+  model = _small_model(name, num_classes=3)
+  outputs = model(_images(), training=False)
+  assert set(outputs) == set(model.output)
+  assert outputs["logits"].shape == (2, 3)
+  assert outputs["pre_logits"].shape == (2, 512)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_reversible_unit_reconstructs_its_input(training):
+  x = tf.constant(np.random.RandomState(1).randn(2, 8, 8, 32), tf.float32)
+  unit = models.ReversibleUnit(weight_decay=1e-4)
+
+  y = unit(x, training=training)
+
+  np.testing.assert_array_equal(y[..., :16], x[..., 16:])  # y2 = x2
+  assert np.abs(y[..., 16:] - x[..., :16]).max() > 0.1  # F does something
+  np.testing.assert_allclose(unit.inverse(y, training=training), x, atol=1e-5)
+
+
+def test_reversible_stage_reconstructs_its_input():
+  x = tf.constant(np.random.RandomState(2).randn(2, 8, 8, 32), tf.float32)
+  stage = models.ReversibleStage(num_units=3, weight_decay=1e-4)
+  y = stage(x, training=False)
+  np.testing.assert_allclose(stage.inverse(y, training=False), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet50_v2", "revnet50"])
+def test_last_relu_false_gives_negative_pre_logits(name):
+  images = _images(batch=4)
+  with_relu = _small_model(name)(images, training=True)["pre_logits"]
+  without_relu = _small_model(name, last_relu=False)(
+      images, training=True)["pre_logits"]
+  assert np.min(with_relu) >= 0
+  assert np.min(without_relu) < 0
+
+
+@pytest.mark.parametrize("name, default_decay", [
+    ("resnet50_v1", 1e-4), ("resnet50_v2", 1e-4), ("revnet50", 1e-4),
+    ("vgg19", 5e-4)])
+def test_weight_decay_one_loss_per_kernel(name, default_decay):
+  model = _small_model(name, num_classes=3)
+  kernels = [w for w in model.weights if w.path.endswith("/kernel")]
+  # RevNet's root conv is the one kernel without decay.
+  undecayed = ["root_conv/kernel"] if name == "revnet50" else []
+  decayed = [w for w in kernels if w.path not in undecayed]
+
+  assert len(decayed) == len(kernels) - len(undecayed)
+  assert len(model.losses) == len(decayed)
+  np.testing.assert_allclose(
+      sum(float(loss) for loss in model.losses),
+      sum(default_decay / 2 * np.sum(np.square(w.numpy())) for w in decayed),
+      rtol=1e-5)
+  assert not _small_model(name, weight_decay=0.0).losses
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_keras_save_load_round_trip(name, tmp_path):
+  model = _small_model(name, num_classes=3)
+  images = _images()
+  path = str(tmp_path / f"{name}.keras")
+
+  model.save(path)
+  restored = keras.saving.load_model(path)
+
+  expected = model(images, training=False)
+  actual = restored(images, training=False)
+  assert set(actual) == set(expected)
+  for end_point in expected:
+    np.testing.assert_array_equal(actual[end_point], expected[end_point])
+
+
+def test_builds_and_runs_in_mirrored_strategy():
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  with strategy.scope():
+    model = models.backbone("revnet50", filters_factor=1, num_classes=3)
+  assert strategy.num_replicas_in_sync == 2
+  assert all(isinstance(w.value, tf.distribute.DistributedValues)
+             for w in model.weights)
+
+  logits = strategy.run(lambda x: model(x, training=True)["logits"],
+                        args=(tf.constant(_images()),))
+  assert [r.shape for r in strategy.experimental_local_results(logits)] == [
+      (2, 3), (2, 3)]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_mixed_precision_keeps_logits_float32(name):
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = _small_model(name, num_classes=3)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  outputs = model(_images(), training=False)
+  assert outputs["logits"].dtype == tf.float32
+  assert outputs["pre_logits"].dtype == tf.bfloat16
+  assert all(w.dtype == "float32" for w in model.weights)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(name="resnet101", filters_factor=4), "resnet50_v1, resnet50_v2"),
+    (dict(name="resnet50_v1", filters_factor=4, last_relu=False),
+     "only for resnet50_v2 and revnet50"),
+    (dict(name="vgg19", filters_factor=8, last_relu=False,
+          input_shape=(224, 224, 3)), "only for resnet50_v2 and revnet50"),
+    (dict(name="resnet50_v2", filters_factor=0), "integer >= 1"),
+    (dict(name="revnet50", filters_factor=1.5), "integer >= 1"),
+    (dict(name="vgg19", filters_factor=8), "input_shape=\\(224, 224, 3\\)"),
+])
+def test_invalid_arguments_raise_value_error(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    models.backbone(**kwargs)

@@ -1,0 +1,91 @@
+"""Tests for the SGD-trained MLP / linear probes and low-data subsets."""
+import numpy as np
+import pytest
+
+from tfrevisit.evaluation import probes
+
+
+def rings(num_examples, seed):
+  """Two concentric noisy rings in 2-D: not linearly separable."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, num_examples)
+  angles = rng.uniform(0, 2 * np.pi, num_examples)
+  radii = 1.0 + labels + 0.15 * rng.normal(size=num_examples)
+  features = np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
+  return features.astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def ring_splits():
+  return rings(1000, seed=0), rings(500, seed=1)
+
+
+SHORT_SCHEDULE = dict(epochs=8, decay_epochs=(6,), batch_size=50,
+                      learning_rate=0.1)
+
+
+def test_mlp_beats_linear_on_rings(ring_splits):
+  (train_x, train_y), (test_x, test_y) = ring_splits
+  mlp = probes.train_mlp(train_x, train_y, test_x, test_y, num_classes=2,
+                         hidden_units=64, dropout=0.1, **SHORT_SCHEDULE)
+  linear = probes.train_linear_sgd(train_x, train_y, test_x, test_y,
+                                   num_classes=2, **SHORT_SCHEDULE)
+  assert mlp.top1 > 0.95
+  assert linear.top1 < 0.7
+  predicted = mlp.model.predict(test_x, verbose=0).argmax(1)
+  assert mlp.top1 == pytest.approx(np.mean(predicted == test_y), abs=1e-6)
+  assert mlp.top5 == 1.0  # Two classes: top-5 is top-2.
+
+
+def test_history_has_one_entry_per_epoch(ring_splits):
+  (train_x, train_y), (test_x, test_y) = ring_splits
+  result = probes.train_linear_sgd(train_x, train_y, test_x, test_y, 2,
+                                   epochs=3, decay_epochs=(1, 2))
+  for key in ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5"):
+    assert len(result.history[key]) == 3
+  assert result.top1 == result.history["val_top1"][-1]
+  # Two decays: 0.1 -> 0.01 -> 0.001.
+  assert float(result.model.optimizer.learning_rate) == pytest.approx(1e-3)
+
+
+def test_weight_decay_is_half_squared_norm(ring_splits):
+  (train_x, train_y), (test_x, test_y) = ring_splits
+  result = probes.train_mlp(train_x, train_y, test_x, test_y, 2,
+                            hidden_units=8, weight_decay=0.01, epochs=1)
+  kernels = [layer.kernel.numpy() for layer in result.model.layers
+             if hasattr(layer, "kernel")]
+  expected = 0.01 / 2 * sum(np.sum(kernel**2) for kernel in kernels)
+  assert float(sum(result.model.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_same_seed_same_history(ring_splits):
+  (train_x, train_y), (test_x, test_y) = ring_splits
+  runs = [probes.train_mlp(train_x, train_y, test_x, test_y, 2, hidden_units=8,
+                           epochs=2, seed=3).history for _ in range(2)]
+  assert runs[0]["loss"] == runs[1]["loss"]
+
+
+def test_probe_rejects_bad_labels(ring_splits):
+  (train_x, train_y), (test_x, test_y) = ring_splits
+  with pytest.raises(ValueError, match="num_classes"):
+    probes.train_linear_sgd(train_x, train_y + 5, test_x, test_y, 2, epochs=1)
+
+
+def test_balanced_subset_has_exact_per_class_counts():
+  labels = np.repeat(np.arange(4), [50, 80, 120, 150])  # 400 examples.
+  indices = probes.balanced_subset(labels, fraction=0.1, seed=0)
+  # 10% of 400 over 4 classes: 10 per class.
+  np.testing.assert_array_equal(np.bincount(labels[indices]), [10] * 4)
+  assert len(np.unique(indices)) == len(indices)
+  np.testing.assert_array_equal(
+      indices, probes.balanced_subset(labels, fraction=0.1, seed=0))
+  assert not np.array_equal(
+      indices, probes.balanced_subset(labels, fraction=0.1, seed=1))
+
+
+def test_balanced_subset_errors():
+  labels = np.repeat(np.arange(3), [2, 50, 50])
+  with pytest.raises(ValueError, match="Class 0 has 2 examples"):
+    probes.balanced_subset(labels, fraction=0.5, seed=0)
+  with pytest.raises(ValueError, match="fraction"):
+    probes.balanced_subset(labels, fraction=0.0, seed=0)

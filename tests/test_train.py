@@ -1,0 +1,229 @@
+"""The trainer: steps, distribution, resume, bad input and the paper configs."""
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrevisit import pretext
+from tfrevisit import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_ROTATION = [
+    'train.task = "rotation"', "train.batch_size = 8", "train.epochs = 1",
+    "train.warmup_epochs = 0", "train.decay_epochs = ()", "train.log_every_steps = 1",
+    'source.name = "random"', "source.num_examples = 64", "source.image_shape = (32, 32, 3)",
+    'backbone.name = "resnet50_v2"', "backbone.filters_factor = 1",
+    "rotation.image_size = 32",
+]
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+  keras.mixed_precision.set_global_policy("float32")
+
+
+def _images(batch_size, size=32, seed=0):
+  """Smooth random images in [-1, 1] whose rotations are distinguishable."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(-1, 1, (batch_size, 4, 4, 3)).astype(np.float32)
+  return tf.image.resize(coarse, (size, size), method="bilinear")
+
+
+def _rotation_batch(batch_size, size=32):
+  images = _images(batch_size, size)
+  rotated = tf.stack([tf.image.rot90(images, k) for k in range(4)], axis=1)
+  labels = tf.tile(tf.range(4)[None], [batch_size, 1])
+  return {"image": rotated, "label": labels}
+
+
+def _rotation_task():
+  gin.parse_config(['backbone.name = "resnet50_v2"', "backbone.filters_factor = 1",
+                    "rotation.image_size = 32"])
+  return pretext.get_task("rotation", num_classes=10)
+
+
+def test_rotation_overfits_a_fixed_batch():
+  keras.utils.set_random_seed(0)
+  task = _rotation_task()
+  optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+  optimizer.build(task.trainable_variables)
+  step = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 8)
+  iterator = iter(tf.data.Dataset.from_tensors(_rotation_batch(8)).repeat())
+  losses = [float(step(iterator)["loss"]) / 8 for _ in range(25)]
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_mirrored_step_averages_over_the_global_batch():
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  keras.utils.set_random_seed(0)
+  with strategy.scope():
+    task = _rotation_task()
+    # lr=0: the weights stay put, so the loss can be recomputed afterwards.
+    optimizer = keras.optimizers.SGD(0.0, momentum=0.9)
+    optimizer.build(task.trainable_variables)
+  batch = _rotation_batch(8)
+  dataset = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(batch).repeat())
+  iterator = iter(dataset)
+  per_replica = strategy.experimental_local_results(next(iter(dataset)))
+  assert [int(b["image"].shape[0]) for b in per_replica] == [4, 4]
+
+  step = train.make_train_step(task, optimizer, strategy, global_batch_size=8)
+  sums = step(iterator)
+  halves = [task.loss({k: v[i:i + 4] for k, v in batch.items()}, training=True)[0]
+            for i in (0, 4)]
+  expected_mean = float(np.mean(np.concatenate(halves)))
+  assert float(sums["count"]) == 8
+  np.testing.assert_allclose(float(sums["loss"]) / 8, expected_mean, rtol=1e-4)
+  regularization = float(task.regularization_loss())
+  np.testing.assert_allclose(float(sums["regularization"]), regularization, rtol=1e-4)
+
+
+def _snapshot(checkpoint):
+  """Values of the encoder's and the optimizer's variables, in creation order
+  (names get suffixes like `sgd_1` when a second model is built)."""
+  variables = checkpoint.encoder.variables + checkpoint.optimizer.variables
+  return [v.numpy() for v in variables]
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
+  snapshots = []
+  original_loop = train._train_loop  # pylint: disable=protected-access
+
+  def spy(step_fn, iterator, optimizer, manager, total_steps, **kwargs):
+    snapshots.append(("start", int(optimizer.iterations.numpy()), _snapshot(manager.checkpoint)))
+    metrics = original_loop(step_fn, iterator, optimizer, manager, total_steps, **kwargs)
+    snapshots.append(("end", int(optimizer.iterations.numpy()), _snapshot(manager.checkpoint)))
+    return metrics
+
+  monkeypatch.setattr(train, "_train_loop", spy)
+  workdir = str(tmp_path / "run")
+  bindings = SMALL_ROTATION + ["train.checkpoint_every_steps = 2", "train.export = False"]
+  train.parse_gin([], bindings + ["train.max_steps = 4"])
+  train.train(workdir)
+  checkpoints = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+  assert checkpoints.model_checkpoint_path.endswith("ckpt-4")
+
+  gin.clear_config()
+  train.parse_gin([], bindings + ["train.max_steps = 6"])
+  train.train(workdir)
+  (_, _, saved), (_, start_step, restored), (_, end_step, _) = (
+      snapshots[1], snapshots[2], snapshots[3])
+  assert (start_step, end_step) == (4, 6)
+  assert len(saved) == len(restored)
+  for index, (value, restored_value) in enumerate(zip(saved, restored)):
+    np.testing.assert_array_equal(restored_value, value, err_msg=str(index))
+  checkpoints = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+  assert checkpoints.model_checkpoint_path.endswith("ckpt-6")
+
+
+def test_workdir_holds_config_summaries_and_encoder(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.parse_gin([], SMALL_ROTATION + ["train.max_steps = 2"])
+  metrics = train.train(workdir)
+  assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["images_per_sec"] > 0
+  config = open(os.path.join(workdir, "config.gin")).read()
+  assert "train.batch_size = 8" in config and "backbone.filters_factor = 1" in config
+  assert glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.parse_gin([], SMALL_ROTATION + ["train.max_steps = 3", "train.lr = 1e30"])
+  with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    train.train(workdir)
+
+
+@pytest.mark.parametrize("bad_binding,error", [
+    ("train.bogus = 1", "bogus"),
+    ('train.task = "colorization"', "valid choices"),
+    ('backbone.name = "alexnet"', "valid choices"),
+])
+def test_bad_input_fails_fast_without_a_workdir(tmp_path, bad_binding, error):
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=error):
+    train.main(["--gin_param", "\n".join(SMALL_ROTATION), "--gin_param", bad_binding,
+                "--workdir", str(workdir)])
+  assert not workdir.exists()
+
+
+def test_missing_dataset_directory_fails_fast(tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises((FileNotFoundError, ValueError), match="nonexistent"):
+    train.main(["--workdir", str(workdir),
+                "--gin_param", "\n".join(b for b in SMALL_ROTATION
+                                         if not b.startswith("source.")),
+                "--gin_param", 'source.name = "image_folder"',
+                "--gin_param", 'source.data_dir = "/nonexistent/imagenet"'])
+  assert not workdir.exists()
+
+
+PAPER_CONFIGS = {  # config -> its smaller-input override for CI
+    "rotation": "rotation.image_size = 64",
+    "supervised": "supervised.image_size = 64",
+    "exemplar": "exemplar.image_size = 64",
+    "relpatch": "relative_patch_location.patch_size = 64",
+    "jigsaw": "jigsaw.patch_size = 64",
+}
+
+
+@pytest.mark.parametrize("config", sorted(PAPER_CONFIGS))
+def test_paper_config_runs_one_step_on_mock_data(tmp_path, config):
+  train.main(["--gin", os.path.join(REPO, "configs", f"{config}.gin"),
+              "--gin_param", "backbone.filters_factor = 1",
+              "--gin_param", "train.batch_size = 2",
+              "--gin_param", "train.max_steps = 1",
+              "--gin_param", PAPER_CONFIGS[config],
+              "--workdir", str(tmp_path), "--mock_data"])
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-1")
+  assert os.path.isdir(tmp_path / "export" / "latest")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted(PAPER_CONFIGS))
+def test_paper_config_full_width_builds(config):
+  train.parse_gin([os.path.join(REPO, "configs", f"{config}.gin")], [])
+  task = pretext.get_task(gin.query_parameter("train.task"), num_classes=1000)
+  assert task.encoder.output["pre_logits"].shape[-1] == 512 * gin.query_parameter(
+      "backbone.filters_factor")
+
+
+def _free_ports(n):
+  sockets = [socket.socket() for _ in range(n)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_trains_in_sync_on_loopback(tmp_path):
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+  procs = []
+  for index in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    env.pop("PYTEST_CURRENT_TEST", None)
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "tfrevisit.train",
+         "--gin_param", "\n".join(SMALL_ROTATION), "--gin_param", "train.max_steps = 2",
+         "--gin_param", "train.export = False", "--workdir", str(tmp_path / "run")],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outputs
+  checkpoint = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+  assert checkpoint.endswith("ckpt-2")
+  assert not glob.glob(str(tmp_path / "run" / "checkpoints" / ".worker*"))

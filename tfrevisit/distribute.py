@@ -1,0 +1,76 @@
+"""tf.distribute strategies by name, and helpers for multi-worker file output."""
+import json
+import os
+
+import tensorflow as tf
+
+from tfrevisit.registry import Registry
+
+STRATEGIES = Registry("distribution strategy")
+
+
+@STRATEGIES.register("auto")
+def _auto():
+  """MultiWorkerMirrored when TF_CONFIG names a cluster, else Mirrored."""
+  if _cluster_spec():
+    return _multi_worker()
+  return _mirrored()
+
+
+@STRATEGIES.register("mirrored")
+def _mirrored():
+  """All visible GPUs of this host (NCCL all-reduce), else its CPU devices."""
+  if tf.config.list_logical_devices("GPU"):
+    return tf.distribute.MirroredStrategy()
+  # CPU collectives keep per-process state keyed by instance number, which
+  # breaks a second strategy in the same process (tests, notebooks).
+  return tf.distribute.MirroredStrategy(
+      cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+@STRATEGIES.register("multi_worker")
+def _multi_worker():
+  return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+@STRATEGIES.register("tpu")
+def _tpu():
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+  tf.config.experimental_connect_to_cluster(resolver)
+  tf.tpu.experimental.initialize_tpu_system(resolver)
+  return tf.distribute.TPUStrategy(resolver)
+
+
+@STRATEGIES.register("default")
+def _default():
+  """No distribution: the default strategy on the first device."""
+  return tf.distribute.get_strategy()
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  return STRATEGIES.get(name)()
+
+
+def _cluster_spec():
+  return json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True on the worker that writes checkpoints, summaries and exports."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not _cluster_spec():
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  return task_type in (None, "chief") or (task_type == "worker" and task_id == 0
+                                          and "chief" not in resolver.cluster_spec().jobs)
+
+
+def worker_dir(directory: str, strategy: tf.distribute.Strategy) -> str:
+  """Where this worker writes: `directory` on the chief, a scratch dir elsewhere.
+
+  Multi-worker checkpointing needs every worker to save (the save is a
+  collective), but only the chief's copy is kept.
+  """
+  if is_chief(strategy):
+    return directory
+  return os.path.join(directory, f".worker{strategy.cluster_resolver.task_id}")

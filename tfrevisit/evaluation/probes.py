@@ -1,0 +1,207 @@
+"""SGD-trained probes on frozen features: the MLP and the linear model.
+
+Both are trained with Keras `fit` (SGD with momentum, step decays at given
+epochs), logging top-1 / top-5 per epoch so that slow convergence can be
+plotted. `balanced_subset` picks the class-balanced fraction of the training
+labels for the low-data setting (any probe, L-BFGS included).
+"""
+import dataclasses
+import time
+from typing import Dict, List, Optional, Sequence
+
+import gin
+import keras
+import numpy as np
+
+
+@dataclasses.dataclass
+class ProbeResult:
+  """A trained probe.
+
+  Attributes:
+    top1: final-epoch top-1 accuracy on the evaluation split (fraction).
+    top5: final-epoch top-5 accuracy on the evaluation split (fraction).
+    history: per-epoch lists `loss`, `top1`, `top5` (training) and `val_loss`,
+      `val_top1`, `val_top5` (evaluation split), as Keras reports them.
+    model: the trained Keras model, features [N, D] -> logits [N, C].
+    wall_time_s: training and evaluation time in seconds.
+  """
+  top1: float
+  top5: float
+  history: Dict[str, List[float]]
+  model: keras.Model
+  wall_time_s: float
+
+
+def _dense(units, weight_decay, name):
+  # Keras' L2(l) adds l * ||W||^2; weight decay wd means wd / 2 * ||W||^2.
+  return keras.layers.Dense(
+      units, kernel_regularizer=keras.regularizers.L2(weight_decay / 2),
+      name=name)
+
+
+def _fit(model, train, evaluation, epochs, batch_size, learning_rate,
+         decay_epochs, momentum):
+  """SGD with momentum; the learning rate drops x0.1 at each decay epoch."""
+  steps_per_epoch = -(-len(train[1]) // batch_size)
+  schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+      boundaries=[epoch * steps_per_epoch for epoch in decay_epochs],
+      values=[learning_rate * 0.1**i for i in range(len(decay_epochs) + 1)])
+  num_classes = model.output_shape[-1]
+  model.compile(
+      optimizer=keras.optimizers.SGD(schedule, momentum=momentum),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      metrics=[
+          keras.metrics.SparseCategoricalAccuracy(name="top1"),
+          keras.metrics.SparseTopKCategoricalAccuracy(
+              k=min(5, num_classes), name="top5")])
+  start = time.perf_counter()
+  history = model.fit(*train, validation_data=evaluation, epochs=epochs,
+                      batch_size=batch_size, shuffle=True, verbose=0)
+  return ProbeResult(
+      top1=history.history["val_top1"][-1],
+      top5=history.history["val_top5"][-1],
+      history=history.history, model=model,
+      wall_time_s=time.perf_counter() - start)
+
+
+def _check_inputs(train_features, train_labels, num_classes):
+  if train_features.ndim != 2 or len(train_features) != len(train_labels):
+    raise ValueError(
+        f"Expected features [N, D] and labels [N]; got {train_features.shape} "
+        f"and {np.shape(train_labels)}. Flatten or pool feature maps first.")
+  if np.max(train_labels) >= num_classes or np.min(train_labels) < 0:
+    raise ValueError(f"Labels must lie in [0, {num_classes}). Check "
+                     "num_classes.")
+
+
+@gin.configurable(denylist=["train_features", "train_labels", "eval_features",
+                            "eval_labels", "num_classes"])
+def train_mlp(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    eval_features: np.ndarray,
+    eval_labels: np.ndarray,
+    num_classes: int,
+    hidden_units: int = 1000,
+    dropout: float = 0.5,
+    weight_decay: float = 1e-4,
+    epochs: int = 90,
+    decay_epochs: Sequence[int] = (30, 60, 80),
+    batch_size: int = 256,
+    learning_rate: float = 0.1,
+    momentum: float = 0.9,
+    seed: int = 0,
+) -> ProbeResult:
+  """Trains the paper's MLP probe: hidden ReLU layer, dropout, softmax.
+
+  Args:
+    train_features: [N, D] float features.
+    train_labels: [N] int class ids.
+    eval_features: [M, D] features evaluated after every epoch.
+    eval_labels: [M] int class ids.
+    num_classes: C.
+    hidden_units: width of the hidden layer (1000 in the paper).
+    dropout: dropout rate on the hidden layer (0.5 in the paper).
+    weight_decay: wd in the loss term wd / 2 * ||W||^2 on both kernels.
+    epochs: training epochs.
+    decay_epochs: epochs at which the learning rate is multiplied by 0.1.
+    batch_size: examples per SGD step.
+    learning_rate: initial learning rate.
+    momentum: SGD momentum.
+    seed: seeds initialisation, dropout and shuffling (sets Keras' global
+      seed).
+
+  Returns:
+    The ProbeResult.
+  """
+  _check_inputs(train_features, train_labels, num_classes)
+  keras.utils.set_random_seed(seed)
+  model = keras.Sequential([
+      keras.Input([train_features.shape[1]]),
+      _dense(hidden_units, weight_decay, "hidden"),
+      keras.layers.ReLU(),
+      keras.layers.Dropout(dropout),
+      _dense(num_classes, weight_decay, "logits"),
+  ], name="mlp_probe")
+  return _fit(model, (train_features, train_labels),
+              (eval_features, eval_labels), epochs, batch_size, learning_rate,
+              decay_epochs, momentum)
+
+
+@gin.configurable(denylist=["train_features", "train_labels", "eval_features",
+                            "eval_labels", "num_classes"])
+def train_linear_sgd(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    eval_features: np.ndarray,
+    eval_labels: np.ndarray,
+    num_classes: int,
+    weight_decay: float = 1e-4,
+    epochs: int = 520,
+    decay_epochs: Sequence[int] = (480, 500),
+    batch_size: int = 2048,
+    learning_rate: float = 0.1,
+    momentum: float = 0.9,
+    seed: int = 0,
+) -> ProbeResult:
+  """Trains the linear probe with SGD (the release's long schedule by default).
+
+  Args:
+    train_features, train_labels, eval_features, eval_labels, num_classes:
+      as for `train_mlp`.
+    weight_decay: wd in the loss term wd / 2 * ||W||^2.
+    epochs: training epochs (520 in the release's long setting).
+    decay_epochs: learning rate x0.1 at these epochs ((480, 500) there).
+    batch_size, learning_rate, momentum: SGD settings.
+    seed: seeds initialisation and shuffling (sets Keras' global seed).
+
+  Returns:
+    The ProbeResult; `history` holds the per-epoch accuracy curves.
+  """
+  _check_inputs(train_features, train_labels, num_classes)
+  keras.utils.set_random_seed(seed)
+  model = keras.Sequential([
+      keras.Input([train_features.shape[1]]),
+      _dense(num_classes, weight_decay, "logits"),
+  ], name="linear_probe")
+  return _fit(model, (train_features, train_labels),
+              (eval_features, eval_labels), epochs, batch_size, learning_rate,
+              decay_epochs, momentum)
+
+
+def balanced_subset(labels: np.ndarray, fraction: float, seed: int,
+                    num_classes: Optional[int] = None) -> np.ndarray:
+  """Indices of a class-balanced, seeded fraction of a labelled split.
+
+  Every class gets the same count, round(fraction * N / C), drawn without
+  replacement.
+
+  Args:
+    labels: [N] int class ids.
+    fraction: in (0, 1], e.g. 0.01 or 0.1.
+    seed: random seed; the same seed gives the same subset.
+    num_classes: C; defaults to max(labels) + 1.
+
+  Returns:
+    Sorted [C * per_class] int64 indices into `labels`.
+
+  Raises:
+    ValueError: for a fraction outside (0, 1] or a class with too few examples.
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
+  labels = np.asarray(labels)
+  num_classes = num_classes or int(labels.max()) + 1
+  per_class = max(1, round(fraction * len(labels) / num_classes))
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for label in range(num_classes):
+    members = np.flatnonzero(labels == label)
+    if len(members) < per_class:
+      raise ValueError(
+          f"Class {label} has {len(members)} examples, fewer than the "
+          f"{per_class} a balanced {fraction:g} subset needs; use a smaller "
+          "fraction.")
+    chosen.append(rng.choice(members, per_class, replace=False))
+  return np.sort(np.concatenate(chosen)).astype(np.int64)

@@ -1,0 +1,115 @@
+"""Evaluation results: rows -> DIR/results.json, DIR/results.csv and a table.
+
+A row is a flat dict, one per end point x probe x setting, e.g.
+`{"end_point": "block3", "probe": "linear", "setting": "100%", "top1": 0.42,
+"top5": 0.67, "l2": 1e-4, "iterations": 212, "wall_time_s": 31.5}`.
+Accuracies are fractions in the files and percentages in the printed table.
+"""
+import csv
+import io
+import json
+import os
+import uuid
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+Row = Dict[str, Any]
+JSON_NAME = "results.json"
+CSV_NAME = "results.csv"
+_PERCENT_COLUMNS = ("top1", "top5", "val_top1")
+
+
+def columns_of(rows: Sequence[Row]) -> List[str]:
+  """All keys of `rows`, in order of first appearance."""
+  return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def _to_builtin(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  raise TypeError(f"Cannot write {type(value).__name__} {value!r} to results; "
+                  "use numbers and strings.")
+
+
+def _write_atomically(path: str, text: str):
+  """Writes a temporary file next to `path`, then renames it over `path`."""
+  temporary_path = f"{path}.tmp-{uuid.uuid4().hex}"
+  try:
+    with tf.io.gfile.GFile(temporary_path, "w") as f:
+      f.write(text)
+    tf.io.gfile.rename(temporary_path, path, overwrite=True)
+  finally:
+    if tf.io.gfile.exists(temporary_path):
+      tf.io.gfile.remove(temporary_path)
+
+
+def write_results(rows: Sequence[Row], workdir: str):
+  """Writes `rows` to workdir/results.json and workdir/results.csv atomically.
+
+  Each file is either the previous complete version or the new one, never
+  partial, so the rows can be rewritten after every finished evaluation.
+
+  Returns:
+    (json path, csv path).
+  """
+  tf.io.gfile.makedirs(workdir)
+  json_path = os.path.join(workdir, JSON_NAME)
+  csv_path = os.path.join(workdir, CSV_NAME)
+  _write_atomically(json_path,
+                    json.dumps(list(rows), indent=1, default=_to_builtin))
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=columns_of(rows), restval="",
+                          lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  _write_atomically(csv_path, text.getvalue())
+  return json_path, csv_path
+
+
+def read_results(workdir: str) -> List[Row]:
+  """The rows of workdir/results.json."""
+  path = os.path.join(workdir, JSON_NAME)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"No {path}; run the evaluation with --workdir "
+                            f"{workdir} first.")
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path} is not valid JSON ({error}); delete it and "
+                       "rerun the evaluation.") from error
+
+
+def _format_cell(column: str, value) -> str:
+  if value is None or value == "":
+    return "-"
+  if column in _PERCENT_COLUMNS:
+    return f"{100 * value:.2f}"
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  return str(value)
+
+
+def format_table(rows: Sequence[Row],
+                 columns: Optional[Sequence[str]] = None) -> str:
+  """A fixed-width text table of `rows`; accuracies shown in percent.
+
+  Args:
+    rows: result rows.
+    columns: columns to show, in order; all of them by default.
+
+  Returns:
+    The table as one string with a header and a rule.
+  """
+  columns = list(columns or columns_of(rows))
+  header = [f"{c} %" if c in _PERCENT_COLUMNS else c for c in columns]
+  cells = [[_format_cell(c, row.get(c)) for c in columns] for row in rows]
+  widths = [max(len(text) for text in column)
+            for column in zip(header, *cells)]
+
+  def line(texts):
+    return "  ".join(t.rjust(w) for t, w in zip(texts, widths)).rstrip()
+  return "\n".join([line(header), line("-" * w for w in widths)]
+                   + [line(row) for row in cells])

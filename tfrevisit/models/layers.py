@@ -1,0 +1,119 @@
+"""Building blocks shared by the backbones: TF-slim style convs, BatchNorm, heads.
+
+Conventions (all backbones):
+  * Convolutions have no bias and He-normal initialisation. A strided conv pads
+    the input explicitly and symmetrically ("fixed padding", total kernel-1,
+    begin total//2) and then runs VALID, as TF-slim ResNets do; a stride-1 conv
+    runs SAME.
+  * Weight decay `wd` on a kernel `w` adds `wd * tf.nn.l2_loss(w)` =
+    `wd / 2 * sum(w**2)` to the model's losses, i.e. `keras.regularizers.L2(wd/2)`.
+  * BatchNorm uses momentum 0.9 and epsilon 1e-5.
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import keras
+
+BATCH_NORM_MOMENTUM = 0.9
+BATCH_NORM_EPSILON = 1e-5
+
+_ROOT_STRIDE = {False: 2, True: 1}
+_STAGE_STRIDES = {False: (1, 2, 2, 2), True: (1, 2, 2, 1)}
+
+
+def strides(patch_mode: bool) -> Tuple[int, Tuple[int, ...]]:
+  """Returns (root conv stride, stage strides); patch tasks keep more resolution."""
+  return _ROOT_STRIDE[patch_mode], _STAGE_STRIDES[patch_mode]
+
+
+def kernel_regularizer(weight_decay: Optional[float]):
+  """`weight_decay * tf.nn.l2_loss(kernel)`, or None when there is no decay."""
+  return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+
+
+def conv2d(filters: int, kernel_size, stride: int,
+           weight_decay: Optional[float], name: str,
+           padding: Optional[str] = None, dtype=None) -> keras.layers.Conv2D:
+  """Bias-free conv layer.
+
+  Args:
+    filters: output channels.
+    kernel_size: int or (height, width).
+    stride: int.
+    weight_decay: kernel decay (see module docstring); None or 0 for none.
+    name: layer name.
+    padding: None means SAME at stride 1 and VALID when strided (the caller pads,
+      see `conv2d_fixed_padding`); or "valid"/"same" explicitly.
+    dtype: dtype policy, for sub-layers of custom layers; None is the global one.
+  """
+  if padding is None:
+    padding = "same" if stride == 1 else "valid"
+  return keras.layers.Conv2D(
+      filters, kernel_size, strides=stride, padding=padding, use_bias=False,
+      kernel_initializer="he_normal",
+      kernel_regularizer=kernel_regularizer(weight_decay), name=name,
+      dtype=dtype)
+
+
+def conv2d_fixed_padding(x, filters: int, kernel_size: int, stride: int,
+                         weight_decay: Optional[float], name: str):
+  """Applies a conv with TF-slim's fixed padding to x [B, H, W, C].
+
+  Returns [B, ceil(H/stride), ceil(W/stride), filters].
+  """
+  if stride > 1 and kernel_size > 1:
+    total = kernel_size - 1
+    begin = total // 2
+    x = keras.layers.ZeroPadding2D(
+        ((begin, total - begin), (begin, total - begin)), name=f"{name}_pad")(x)
+  return conv2d(filters, kernel_size, stride, weight_decay, name)(x)
+
+
+def batch_norm(name: str, dtype=None) -> keras.layers.BatchNormalization:
+  return keras.layers.BatchNormalization(
+      momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, name=name,
+      dtype=dtype)
+
+
+def batch_norm_relu(x, name: str, relu: bool = True):
+  """BatchNorm (with the model's `training` flag), then ReLU if `relu`."""
+  x = batch_norm(f"{name}_bn")(x)
+  return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def root_max_pool(x):
+  """The 3x3, stride-2, SAME max-pool that ends the ResNet/RevNet root."""
+  return keras.layers.MaxPooling2D(3, 2, padding="same", name="root_pool")(x)
+
+
+def end_points_model(images, end_points: Dict[str, keras.KerasTensor],
+                     num_classes: Optional[int], weight_decay: Optional[float],
+                     name: str) -> keras.Model:
+  """Wraps the end points into a model, adding `logits` when num_classes is set.
+
+  The head is a dense layer on `pre_logits` computed in float32, so that the
+  logits stay float32 under a mixed-precision policy.
+  """
+  end_points = dict(end_points)
+  if num_classes is not None:
+    end_points["logits"] = keras.layers.Dense(
+        num_classes, kernel_regularizer=kernel_regularizer(weight_decay),
+        dtype="float32", name="logits")(end_points["pre_logits"])
+  return keras.Model(images, end_points, name=name)
+
+
+@keras.saving.register_keras_serializable(package="tfrevisit")
+class ZeroPadChannels(keras.layers.Layer):
+  """Appends `extra_channels` all-zero channels: [B, H, W, C] -> [B, H, W, C+extra]."""
+
+  def __init__(self, extra_channels: int, **kwargs):
+    super().__init__(**kwargs)
+    self.extra_channels = extra_channels
+
+  def call(self, x):
+    return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, self.extra_channels]])
+
+  def compute_output_shape(self, input_shape: Sequence[Optional[int]]):
+    return (*input_shape[:-1], input_shape[-1] + self.extra_channels)
+
+  def get_config(self):
+    return {**super().get_config(), "extra_channels": self.extra_channels}

@@ -1,0 +1,71 @@
+"""VGG19 with BatchNorm (no dropout) and widening factor k (k=8: usual widths).
+
+Five blocks of 3x3 conv-BN-ReLU (2x8k, 2x16k, 4x32k, 4x64k, 4x64k filters), each
+followed by a 2x2 max-pool. End points for images [B, H, W, 3]:
+  conv1       [B, H/2,  W/2,  8k]   first block
+  block1      [B, H/4,  W/4,  16k]  blocks 2..5, aligned with ResNet's stages
+  block2      [B, H/8,  W/8,  32k]
+  block3      [B, H/16, W/16, 64k]
+  block4      [B, H/32, W/32, 64k]
+  fc6         [B, 512k]             VALID conv covering all of block4, BN, ReLU
+  pre_logits  [B, 512k]             fc7: 1x1 conv (dense), BN, ReLU
+  logits      [B, num_classes]      only if num_classes is set
+
+In patch mode the pools after block1 and block4 have stride 1 (mirroring
+ResNet's root stride 1 and stage strides (1, 2, 2, 1)), so the end points have
+ResNet's patch-mode sizes: H/2, H/2, H/4, H/8, H/8; at 64x64 fc6 covers 8x8.
+"""
+import keras
+
+from tfrevisit.models import layers
+from tfrevisit.models.factory import BACKBONES, require_last_relu
+
+DEFAULT_WEIGHT_DECAY = 5e-4
+# (end point, number of convs, filters / k) per block.
+_BLOCKS = (("conv1", 2, 8), ("block1", 2, 16), ("block2", 4, 32),
+           ("block3", 4, 64), ("block4", 4, 64))
+_POOL_STRIDES = {False: (2, 2, 2, 2, 2), True: (2, 1, 2, 2, 1)}
+
+
+def _require_fixed_size(input_shape):
+  if None in input_shape[:2]:
+    raise ValueError(
+        "vgg19 needs a fixed input size because fc6 covers the whole last "
+        f"feature map; got input_shape={input_shape}. Pass e.g. "
+        "input_shape=(224, 224, 3), or (64, 64, 3) with patch_mode=True.")
+
+
+@BACKBONES.register("vgg19")
+def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
+          num_classes, weight_decay, input_shape) -> keras.Model:
+  """Builds VGG19-BN; arguments as in `tfrevisit.models.backbone`."""
+  require_last_relu("vgg19", last_relu)
+  _require_fixed_size(input_shape)
+  if weight_decay is None:
+    weight_decay = DEFAULT_WEIGHT_DECAY
+
+  images = keras.Input(input_shape, name="images")
+  x = images
+  end_points = {}
+  for (name, num_convs, filters), pool_stride in zip(
+      _BLOCKS, _POOL_STRIDES[patch_mode]):
+    for index in range(1, num_convs + 1):
+      x = layers.conv2d(filters * filters_factor, 3, 1, weight_decay,
+                        f"{name}_conv{index}")(x)
+      x = layers.batch_norm_relu(x, f"{name}_conv{index}")
+    if pool_stride > 1:
+      x = keras.layers.MaxPooling2D(
+          pool_stride, pool_stride, padding="same", name=f"{name}_pool")(x)
+    end_points[name] = x
+
+  x = layers.conv2d(512 * filters_factor, x.shape[1:3], 1, weight_decay, "fc6",
+                    padding="valid")(x)
+  x = layers.batch_norm_relu(x, "fc6")
+  x = keras.layers.Flatten(name="fc6_flatten")(x)
+  end_points["fc6"] = x
+  x = keras.layers.Dense(
+      512 * filters_factor, use_bias=False, kernel_initializer="he_normal",
+      kernel_regularizer=layers.kernel_regularizer(weight_decay), name="fc7")(x)
+  end_points["pre_logits"] = layers.batch_norm_relu(x, "fc7")
+  return layers.end_points_model(
+      images, end_points, num_classes, weight_decay, "vgg19")

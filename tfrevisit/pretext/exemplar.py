@@ -1,0 +1,48 @@
+"""Exemplar (Dosovitskiy et al. 2014, as in the paper): crops of one image
+form a class; a triplet loss with semi-hard mining pulls them together."""
+import gin
+import tensorflow as tf
+
+from tfrevisit import losses
+from tfrevisit.data import recipes
+from tfrevisit.pretext import base
+
+
+def nearest_neighbour_accuracy(labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
+  """Per embedding, 1.0 if its nearest other embedding has the same label. [N]."""
+  distances = losses.pairwise_squared_distances(embeddings)
+  distances += tf.linalg.diag(tf.fill([tf.shape(labels)[0]], float("inf")))
+  nearest = tf.argmin(distances, axis=1, output_type=tf.int32)
+  return tf.cast(tf.equal(tf.gather(labels, nearest), labels), tf.float32)
+
+
+@base.TASKS.register("exemplar")
+@gin.configurable("exemplar")
+class ExemplarTask(base.Task):
+  """`num_crops` Inception crops per image (grayscale w.p. 0.66, per-crop
+  standardization); L2-normalised `logits` of `embed_dim` are the embedding."""
+
+  name = "exemplar"
+  value_range = "standardization"
+
+  def __init__(self, num_classes: int, image_size: int = 224, num_crops: int = 8,
+               embed_dim: int = 1000, margin: float = 0.5):
+    del num_classes  # The labels are the crops' source images.
+    self.image_size = image_size
+    self.num_crops = num_crops
+    self.margin = margin
+    self.train_preprocess = recipes.exemplar(image_size, num_crops)
+    self.eval_preprocess = recipes.eval_image(image_size, "standardization")
+    self.encoder = base.build_encoder(embed_dim, image_size)
+
+  def loss(self, batch, training):
+    crops = batch["image"]  # [B, num_crops, h, w, 3]
+    embeddings = self.encoder(base.flatten_views(crops), training=training)["logits"]
+    embeddings = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
+    batch_size = tf.shape(crops)[0]
+    labels = tf.repeat(tf.range(batch_size), self.num_crops)
+    loss = losses.triplet_semihard_loss(labels, embeddings, margin=self.margin)
+    accuracy = tf.reduce_mean(tf.reshape(
+        nearest_neighbour_accuracy(labels, embeddings), [-1, self.num_crops]), axis=1)
+    # The triplet loss couples the batch: each image carries the batch's mean.
+    return tf.fill([batch_size], loss), {"accuracy": accuracy}

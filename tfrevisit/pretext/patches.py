@@ -1,0 +1,36 @@
+"""What the patch tasks (relative patch location, jigsaw) share: patch
+embeddings and the fc-BN-ReLU-dropout-fc head over their concatenations."""
+import keras
+import tensorflow as tf
+
+from tfrevisit.pretext import base
+
+NUM_PATCHES = 9  # a 3x3 grid
+HEAD_WEIGHT_DECAY = 5e-4
+
+
+def patch_embeddings(encoder: keras.Model, patches: tf.Tensor, training: bool
+                     ) -> tf.Tensor:
+  """One backbone call on all patches: [B, 9, h, w, 3] -> float32 [B, 9, D]."""
+  embeddings = encoder(base.flatten_views(patches), training=training)["logits"]
+  return tf.reshape(tf.cast(embeddings, tf.float32),
+                    [-1, NUM_PATCHES, embeddings.shape[-1]])
+
+
+def build_head(input_dim: int, num_outputs: int, hidden: int = 4096,
+               dropout: float = 0.5, name: str = "head") -> keras.Model:
+  """fc(hidden)-BN-ReLU-dropout-fc(num_outputs), float32, weight decay 5e-4.
+
+  Maps concatenated embeddings [N, input_dim] to logits [N, num_outputs].
+  """
+  dense = lambda units, layer_name: keras.layers.Dense(
+      units, kernel_initializer=keras.initializers.RandomNormal(stddev=0.005),
+      kernel_regularizer=keras.regularizers.L2(HEAD_WEIGHT_DECAY / 2),
+      dtype="float32", name=layer_name)
+  inputs = keras.Input((input_dim,), name="embeddings")
+  x = dense(hidden, "fc1")(inputs)
+  x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype="float32",
+                                      name="fc1_bn")(x)
+  x = keras.layers.ReLU(dtype="float32")(x)
+  x = keras.layers.Dropout(dropout, dtype="float32")(x)
+  return keras.Model(inputs, dense(num_outputs, "fc2")(x), name=name)

@@ -1,0 +1,29 @@
+"""Rotation prediction (Gidaris et al. 2018): which of 0/90/180/270 degrees."""
+import gin
+import tensorflow as tf
+
+from tfrevisit.data import recipes
+from tfrevisit.pretext import base
+
+NUM_ROTATIONS = 4
+
+
+@base.TASKS.register("rotation")
+@gin.configurable("rotation")
+class RotationTask(base.Task):
+  """Each image is shown at the four rotations; 4-way softmax on `logits`."""
+
+  name = "rotation"
+
+  def __init__(self, num_classes: int, image_size: int = 224):
+    del num_classes  # The labels are made by the `rotate` op.
+    self.image_size = image_size
+    self.train_preprocess = recipes.rotation(image_size)
+    self.eval_preprocess = recipes.eval_image(image_size)
+    self.encoder = base.build_encoder(NUM_ROTATIONS, image_size)
+
+  def loss(self, batch, training):
+    images = base.flatten_views(batch["image"])  # [B*4, h, w, 3]
+    logits = self.encoder(images, training=training)["logits"]
+    labels = tf.reshape(batch["label"], [-1])
+    return base.softmax_loss_and_accuracy(logits, labels, NUM_ROTATIONS)

@@ -1,0 +1,335 @@
+r"""Trains a pretext task: `python -m tfrevisit.train --gin configs/X.gin --workdir DIR`.
+
+A custom training loop (`strategy.run` inside a `tf.function`) over Keras 3
+models, with input from `distribute_datasets_from_function`, so that the same
+code runs on one CPU, on several GPUs and on several hosts.
+
+Workdir layout:
+  config.gin        the operative gin config, written before the first step.
+  checkpoints/      the last `keep_checkpoints` checkpoints; a rerun resumes.
+  tb/               TensorBoard summaries.
+  export/           the exported encoder (see tfrevisit.export).
+"""
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from typing import Dict, Optional, Sequence
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfrevisit import data
+from tfrevisit import distribute
+from tfrevisit import export as export_lib
+from tfrevisit import pretext
+from tfrevisit import schedules
+
+log = logging.getLogger("tfrevisit.train")
+
+# Mixed-precision policies by name; the heads and the loss stay float32.
+PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
+
+
+@gin.configurable("train", denylist=["workdir", "mock_data"])
+def train(workdir: str,
+          task: str = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          epochs: float = gin.REQUIRED,
+          max_steps: Optional[int] = None,
+          train_split: str = "train",
+          lr: float = 0.1,
+          lr_scale_batch_size: int = 256,
+          warmup_epochs: float = 5,
+          decay_epochs: Sequence[float] = (15, 25),
+          lr_decay_factor: float = 0.1,
+          momentum: float = 0.9,
+          mixed_precision: Optional[str] = None,
+          strategy: str = "auto",
+          checkpoint_every_steps: int = 1000,
+          keep_checkpoints: int = 3,
+          log_every_steps: int = 50,
+          seed: Optional[int] = 0,
+          export: bool = True,
+          mock_data: bool = False) -> Dict[str, float]:
+  """Trains `task` and returns the metrics of the last logged interval.
+
+  Args:
+    workdir: output directory; a rerun with the same workdir resumes.
+    task: name of a task in `tfrevisit.pretext.TASKS`.
+    batch_size: global batch size, in images (before a task's views).
+    epochs: training length in epochs of `train_split`.
+    max_steps: optional hard cap on the number of steps (smoke runs).
+    train_split: the source split to train on (`train` or `trainval`).
+    lr: base learning rate for a batch of `lr_scale_batch_size` images.
+    lr_scale_batch_size: the rate is `lr * batch_size / lr_scale_batch_size`.
+    warmup_epochs: linear warm-up length in epochs.
+    decay_epochs: epochs at which the rate is multiplied by `lr_decay_factor`.
+    lr_decay_factor: the decay multiplier.
+    momentum: SGD momentum.
+    mixed_precision: None, "mixed_float16" (GPU) or "mixed_bfloat16" (CPU/TPU).
+    strategy: a name in `tfrevisit.distribute.STRATEGIES`.
+    checkpoint_every_steps: checkpoint period in steps (and at the end).
+    keep_checkpoints: how many recent checkpoints to keep.
+    log_every_steps: logging and summary period in steps.
+    seed: seed of weights, input order and augmentation (None: random).
+    export: export the encoder when training ends.
+    mock_data: train on mock/random data of the right shapes.
+  """
+  if mixed_precision not in PRECISIONS:
+    raise ValueError(f"Unknown train.mixed_precision {mixed_precision!r}; valid "
+                     f"choices: {PRECISIONS}.")
+  pretext.TASKS.get(task)  # Fail on an unknown task before any work.
+  strategy_ = distribute.make_strategy(strategy)
+  if seed is not None:
+    keras.utils.set_random_seed(seed)
+  if mixed_precision:
+    keras.mixed_precision.set_global_policy(mixed_precision)
+
+  with _data_context(mock_data):
+    source = _open_source(mock_data)
+    steps_per_epoch = max(source.num_examples(train_split) // batch_size, 1)
+    total_steps = int(epochs * steps_per_epoch)
+    if max_steps is not None:
+      total_steps = min(total_steps, max_steps)
+
+    with strategy_.scope():
+      task_ = pretext.get_task(task, num_classes=source.num_classes)
+      optimizer = _make_optimizer(
+          schedules.WarmupStepDecay(
+              base_lr=lr * batch_size / lr_scale_batch_size,
+              warmup_steps=int(warmup_epochs * steps_per_epoch),
+              decay_steps=[int(e * steps_per_epoch) for e in decay_epochs],
+              decay_factor=lr_decay_factor),
+          momentum, mixed_precision)
+      optimizer.build(task_.trainable_variables)
+
+    dataset = strategy_.distribute_datasets_from_function(
+        lambda ctx: data.make_dataset(
+            source, train_split, task_.train_preprocess,
+            ctx.get_per_replica_batch_size(batch_size), training=True,
+            seed=seed, input_context=ctx))
+    # Everything that can fail on bad input has run: now touch the workdir.
+    chief = distribute.is_chief(strategy_)
+    if chief:
+      tf.io.gfile.makedirs(workdir)
+      with tf.io.gfile.GFile(os.path.join(workdir, "config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
+      with tf.io.gfile.GFile(os.path.join(workdir, export_lib.TASK_INFO_FILE),
+                             "w") as f:
+        json.dump({"task": task, "num_classes": source.num_classes}, f)
+
+    checkpoint = tf.train.Checkpoint(optimizer=optimizer, **task_.checkpoint_items())
+    manager = tf.train.CheckpointManager(
+        checkpoint, distribute.worker_dir(os.path.join(workdir, "checkpoints"), strategy_),
+        max_to_keep=keep_checkpoints)
+    if manager.latest_checkpoint:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+      log.info("Resumed from %s (step %d).", manager.latest_checkpoint,
+               int(optimizer.iterations.numpy()))
+
+    step_fn = make_train_step(task_, optimizer, strategy_, batch_size)
+    metrics = _train_loop(
+        step_fn, iter(dataset), optimizer, manager, total_steps,
+        batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps,
+        log_every_steps=log_every_steps,
+        writer=_summary_writer(workdir, chief))
+    _cleanup_worker_dir(manager, strategy_)
+    if export and chief:
+      export_lib.export_task(task_, workdir, int(optimizer.iterations.numpy()))
+  return metrics
+
+
+def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
+                    strategy: tf.distribute.Strategy, global_batch_size: int):
+  """A `tf.function` running one synchronous step on every replica.
+
+  Returns a function iterator -> {"loss", metric names..., "regularization",
+  "count"}: sums over the global batch (per-image values), except
+  "regularization" (the weight-decay term, once) and "count" (images).
+  """
+  variables = task.trainable_variables
+
+  def replica_step(batch):
+    num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      per_image_loss, metrics = task.loss(batch, training=True)
+      # Each replica's share of the global mean; the optimizer sums gradients.
+      regularization = task.regularization_loss()
+      loss = (tf.nn.compute_average_loss(per_image_loss,
+                                         global_batch_size=global_batch_size)
+              + regularization / num_replicas)
+      scaled_loss = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled_loss, variables)
+    optimizer.apply_gradients(zip(grads, variables))
+    sums = {name: tf.reduce_sum(value) for name, value in metrics.items()}
+    sums["loss"] = tf.reduce_sum(per_image_loss)
+    sums["count"] = tf.cast(tf.size(per_image_loss), tf.float32)
+    sums["regularization"] = regularization / num_replicas
+    return sums
+
+  @tf.function
+  def train_step(iterator):
+    per_replica = strategy.run(replica_step, args=(next(iterator),))
+    return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for name, value in per_replica.items()}
+
+  return train_step
+
+
+def _train_loop(step_fn, iterator, optimizer, manager, total_steps, *,
+                batch_size, checkpoint_every_steps, log_every_steps, writer):
+  """Runs steps until `total_steps`, checkpointing, logging and checking NaNs."""
+  step = int(optimizer.iterations.numpy())
+  progress = _Progress(step, total_steps)
+  interval = _Interval()
+  metrics = {}
+  try:
+    while step < total_steps:
+      sums = {k: float(v) for k, v in step_fn(iterator).items()}
+      step += 1
+      if not np.isfinite(sums["loss"] + sums["regularization"]):
+        raise FloatingPointError(
+            f"Loss is {sums['loss']} at step {step}; stopping. The last good "
+            f"checkpoint is kept: {manager.latest_checkpoint}. Try a lower "
+            "train.lr or a longer train.warmup_epochs.")
+      interval.add(sums)
+      progress.update(step, sums)
+      if step % log_every_steps == 0 or step == total_steps:
+        metrics = interval.flush(batch_size)
+        metrics["learning_rate"] = float(optimizer.learning_rate.numpy())
+        _write_summaries(writer, metrics, step)
+        progress.log(step, metrics)
+      if step % checkpoint_every_steps == 0 or step == total_steps:
+        manager.save(checkpoint_number=step)
+  except KeyboardInterrupt:
+    log.warning("Interrupted at step %d: saving a checkpoint.", step)
+    manager.save(checkpoint_number=step)
+    raise
+  return metrics
+
+
+class _Interval:
+  """Accumulates per-step sums between two log points."""
+
+  def __init__(self):
+    self.sums, self.steps, self.start = {}, 0, time.perf_counter()
+
+  def add(self, sums):
+    for name, value in sums.items():
+      self.sums[name] = self.sums.get(name, 0.0) + value
+    self.steps += 1
+
+  def flush(self, batch_size) -> Dict[str, float]:
+    elapsed = time.perf_counter() - self.start
+    count = self.sums.pop("count")
+    regularization = self.sums.pop("regularization") / self.steps
+    metrics = {name: value / count for name, value in self.sums.items()}
+    metrics["regularization"] = regularization
+    metrics["images_per_sec"] = self.steps * batch_size / elapsed
+    self.__init__()
+    return metrics
+
+
+class _Progress:
+  """A progress bar with ETA on a terminal, plain log lines otherwise."""
+
+  def __init__(self, step, total_steps):
+    self.total_steps = total_steps
+    self.bar = None
+    if sys.stderr.isatty():
+      self.bar = keras.utils.Progbar(total_steps, stateful_metrics=["step"])
+      self.bar.update(step)
+
+  def update(self, step, sums):
+    if self.bar is not None:
+      self.bar.update(step, [("loss", sums["loss"] / sums["count"])])
+
+  def log(self, step, metrics):
+    if self.bar is None:
+      log.info("step %d/%d: %s", step, self.total_steps,
+               ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+
+
+def _make_optimizer(learning_rate, momentum, mixed_precision):
+  optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+  if mixed_precision == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def _summary_writer(workdir, chief):
+  if not chief:
+    return tf.summary.create_noop_writer()
+  return tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+
+
+def _write_summaries(writer, metrics, step):
+  with writer.as_default(step=step):
+    for name, value in metrics.items():
+      tf.summary.scalar(name, value)
+  writer.flush()
+
+
+def _cleanup_worker_dir(manager, strategy):
+  if not distribute.is_chief(strategy):
+    shutil.rmtree(manager.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _data_context(mock_data):
+  """Under `mock_data`, TFDS datasets yield random examples (no download)."""
+  if not mock_data:
+    yield
+    return
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=64):
+    yield
+
+
+def _open_source(mock_data):
+  """The gin-configured source; under `mock_data`, random images stand in for
+  local files (TFDS datasets are mocked by `_data_context`)."""
+  if mock_data and gin.query_parameter("source.name") in data.sources.SOURCES:
+    return data.sources.RandomSource(image_shape=(96, 96, 3), num_examples=256)
+  return data.get_source()
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      description="Train a self-supervised pretext task (or the supervised "
+                  "baseline) from gin configs.")
+  parser.add_argument("--gin", action="append", default=[],
+                      help="gin config file; repeat to combine.")
+  parser.add_argument("--gin_param", action="append", default=[],
+                      help="gin binding such as 'train.batch_size=8'; repeatable.")
+  parser.add_argument("--workdir", required=True,
+                      help="output directory; rerunning resumes from its checkpoints.")
+  parser.add_argument("--mock_data", action="store_true",
+                      help="train on mock data of the right shapes (smoke test).")
+  return parser.parse_args(argv)
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parses gin files and bindings; a missing file or bad binding fails here."""
+  for path in files:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"gin config {path!r} does not exist.")
+  gin.parse_config_files_and_bindings(files, bindings)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  parse_gin(args.gin, args.gin_param)
+  train(args.workdir, mock_data=args.mock_data)
+
+
+if __name__ == "__main__":
+  main()
