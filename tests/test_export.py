@@ -12,6 +12,7 @@ import tensorflow_hub as hub
 from tfrevisit import export
 from tfrevisit import models
 from tfrevisit import pretext
+from tfrevisit import gin_config
 from tfrevisit import train
 
 ATOL = 1e-5
@@ -137,7 +138,7 @@ SMALL_RUN = [
 @pytest.fixture(name="workdir")
 def _workdir(tmp_path):
   workdir = str(tmp_path / "run")
-  train.parse_gin([], SMALL_RUN)
+  gin_config.parse_gin([], SMALL_RUN)
   train.train(workdir)
   gin.clear_config()
   return workdir

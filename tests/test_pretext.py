@@ -66,7 +66,7 @@ TASK_SETUPS = {
                                  "relative_patch_location.head_hidden = 64"], (9, 16)),
     "jigsaw": (["jigsaw.patch_size = 16", "jigsaw.embed_dim = 16",
                 "jigsaw.head_hidden = 64", "jigsaw.num_permutations = 10",
-                "jigsaw.perm_subset_size = 4"], (9, 16)),
+                "jigsaw.perm_subset_size = 10"], (9, 16)),
 }
 
 

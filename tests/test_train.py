@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tfrevisit import pretext
+from tfrevisit import gin_config
 from tfrevisit import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,13 +111,13 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
   monkeypatch.setattr(train, "_train_loop", spy)
   workdir = str(tmp_path / "run")
   bindings = SMALL_ROTATION + ["train.checkpoint_every_steps = 2", "train.export = False"]
-  train.parse_gin([], bindings + ["train.max_steps = 4"])
+  gin_config.parse_gin([], bindings + ["train.max_steps = 4"])
   train.train(workdir)
   checkpoints = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
   assert checkpoints.model_checkpoint_path.endswith("ckpt-4")
 
   gin.clear_config()
-  train.parse_gin([], bindings + ["train.max_steps = 6"])
+  gin_config.parse_gin([], bindings + ["train.max_steps = 6"])
   train.train(workdir)
   (_, _, saved), (_, start_step, restored), (_, end_step, _) = (
       snapshots[1], snapshots[2], snapshots[3])
@@ -130,7 +131,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
 
 def test_workdir_holds_config_summaries_and_encoder(tmp_path):
   workdir = str(tmp_path / "run")
-  train.parse_gin([], SMALL_ROTATION + ["train.max_steps = 2"])
+  gin_config.parse_gin([], SMALL_ROTATION + ["train.max_steps = 2"])
   metrics = train.train(workdir)
   assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["images_per_sec"] > 0
   config = open(os.path.join(workdir, "config.gin")).read()
@@ -140,7 +141,7 @@ def test_workdir_holds_config_summaries_and_encoder(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
   workdir = str(tmp_path / "run")
-  train.parse_gin([], SMALL_ROTATION + ["train.max_steps = 3", "train.lr = 1e30"])
+  gin_config.parse_gin([], SMALL_ROTATION + ["train.max_steps = 3", "train.lr = 1e30"])
   with pytest.raises(FloatingPointError, match="last good checkpoint"):
     train.train(workdir)
 
@@ -193,7 +194,7 @@ def test_paper_config_runs_one_step_on_mock_data(tmp_path, config):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(PAPER_CONFIGS))
 def test_paper_config_full_width_builds(config):
-  train.parse_gin([os.path.join(REPO, "configs", f"{config}.gin")], [])
+  gin_config.parse_gin([os.path.join(REPO, "configs", f"{config}.gin")], [])
   task = pretext.get_task(gin.query_parameter("train.task"), num_classes=1000)
   assert task.encoder.output["pre_logits"].shape[-1] == 512 * gin.query_parameter(
       "backbone.filters_factor")

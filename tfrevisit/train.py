@@ -28,6 +28,7 @@ import tensorflow as tf
 from tfrevisit import data
 from tfrevisit import distribute
 from tfrevisit import export as export_lib
+from tfrevisit import gin_config
 from tfrevisit import pretext
 from tfrevisit import schedules
 
@@ -316,18 +317,10 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
-  """Parses gin files and bindings; a missing file or bad binding fails here."""
-  for path in files:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"gin config {path!r} does not exist.")
-  gin.parse_config_files_and_bindings(files, bindings)
-
-
 def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  parse_gin(args.gin, args.gin_param)
+  gin_config.parse_gin(args.gin, args.gin_param)
   train(args.workdir, mock_data=args.mock_data)
 
 

@@ -1,9 +1,13 @@
 r"""Benchmark: our L-BFGS linear probe vs scikit-learn's LogisticRegression.
 
 Both fit the same penalised multinomial logistic regression (scikit-learn's
-C = 1 / (l2 * N)) on the same synthetic features, Gaussian class means plus
-unit noise, starting from zeros, with the same gradient tolerance and iteration
-cap. Prints wall time, iterations and held-out top-1 side by side.
+C = 1 / (l2 * N)) on the same synthetic float32 features (Gaussian class means
+plus unit noise, with a decaying spectrum, see `make_features`), starting from
+zeros, with the same gradient tolerance and iteration cap. scikit-learn gets a
+float64 copy (its fast path) made outside the timing. Each solver runs
+`--repeats` times, interleaved, and its fastest run counts; our one-time graph
+tracing is printed separately. Prints wall time, iterations and held-out top-1
+side by side, the speed-up (scikit-learn time / ours) and the top-1 difference.
 
   python -m tfrevisit.bench.linear_eval [--num_classes 10 100] [--num_train N]
 """
@@ -84,7 +88,7 @@ def main():
   parser.add_argument("--num_train", type=int, default=50_000)
   parser.add_argument("--num_test", type=int, default=10_000)
   parser.add_argument("--dim", type=int, default=2048)
-  parser.add_argument("--separation", type=float, default=0.05)
+  parser.add_argument("--separation", type=float, default=0.08)
   parser.add_argument("--spectrum_decay", type=float, default=0.5)
   parser.add_argument("--l2", type=float, default=1e-4)
   parser.add_argument("--tolerance", type=float, default=1e-4)
@@ -94,6 +98,9 @@ def main():
                       "threads stall when the cores are shared.")
   parser.add_argument("--jit_compile", action="store_true",
                       help="XLA-compile our loss and gradient.")
+  parser.add_argument("--repeats", type=int, default=2,
+                      help="Fits per solver, interleaved; the fastest counts "
+                      "(the machine's load varies).")
   args = parser.parse_args()
 
   print(f"{args.num_train} x {args.dim} features, l2={args.l2:g} "
@@ -113,14 +120,17 @@ def main():
                                 args.spectrum_decay, seed=num_classes)
     options = dict(l2=args.l2, tolerance=args.tolerance,
                    max_iterations=args.max_iterations)
-    ours = run_ours(train, test, num_classes, jit_compile=args.jit_compile,
-                    **options)
-    theirs = run_sklearn(train, test, blas_threads=args.sklearn_blas_threads,
-                         **options)
-    print(f"{num_classes:>7} | {ours[0]:>7.1f} {ours[1]:>5} {100 * ours[2]:>7.2f}"
-          f" | {theirs[0]:>9.1f} {theirs[1]:>5} {100 * theirs[2]:>7.2f} | "
-          f"{theirs[0] / ours[0]:>7.2f}x {100 * (ours[2] - theirs[2]):>+7.2f}",
-          flush=True)
+    ours_runs, their_runs = [], []
+    for _ in range(args.repeats):
+      ours_runs.append(run_ours(train, test, num_classes,
+                                jit_compile=args.jit_compile, **options))
+      their_runs.append(run_sklearn(
+          train, test, blas_threads=args.sklearn_blas_threads, **options))
+    ours, theirs = min(ours_runs), min(their_runs)
+    print(f"{num_classes:>7} | {ours[0]:>7.1f} {ours[1]:>5} "
+          f"{100 * ours[2]:>7.2f} | {theirs[0]:>9.1f} {theirs[1]:>5} "
+          f"{100 * theirs[2]:>7.2f} | {theirs[0] / ours[0]:>7.2f}x "
+          f"{100 * (ours[2] - theirs[2]):>+7.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ PATCH_COMBINERS = registry.Registry("patch combination mode")
 
 def pooling_kernel_size(height: int, width: int, channels: int,
                         target: int) -> int:
-  """The release's kernel (= stride) for plain pooling: ceil(sqrt(HWC/target))."""
+  """Kernel = stride of the release's plain pooling: ceil(sqrt(HWC/target))."""
   return math.ceil(math.sqrt(height * width * channels / target))
 
 
@@ -40,8 +40,8 @@ def adaptive_bins(size: int, grid: int):
 def _strided_pool(pool_fn):
   def pool(feature_map, target):
     _, height, width, channels = feature_map.shape
-    # A kernel larger than the map (only when C alone exceeds the target)
-    # would leave nothing; pool the whole map instead.
+    # A kernel larger than the map (very many channels, or very unequal
+    # sides) would leave nothing; pool over the smaller side instead.
     kernel = min(pooling_kernel_size(height, width, channels, target),
                  height, width)
     return pool_fn(feature_map, ksize=kernel, strides=kernel, padding="VALID")

@@ -38,7 +38,8 @@ def backbone(name: str, *, filters_factor: int, last_relu: bool = True,
     input_size: side of the training images, in pixels: fills an open H, W
       of `input_shape` for architectures that need a fixed size (VGG); others
       keep their input size dynamic.
-    **kwargs: family-specific options, forwarded to the family's builder.
+    **kwargs: family-specific options, forwarded to the family's builder; none
+      is defined yet, so any raises TypeError.
 
   Returns:
     A functional keras.Model mapping images [B, H, W, 3] to a dict of end points

@@ -5,6 +5,13 @@ y1 = x1 + F(x2), y2 = x2, output concat(y2, y1); F is a pre-activation
 bottleneck without shortcut. The unit is exactly invertible (x2 = y2,
 x1 = y1 - F(y2)), which is what memory-efficient backprop builds on.
 
+Memory-efficient backprop (Gomez et al. 2017, "The Reversible Residual
+Network"): in training, a `ReversibleStage` keeps only its output. Its gradient
+walks the units in reverse, reconstructing each unit's input from its output
+and recomputing F under a local tape, so the activation memory of a stage does
+not grow with its number of units. The model, its weights and its outputs are
+the same with and without it.
+
 End points for images [B, H, W, 3] (patch mode as in ResNet: H/2, H/2, H/4, H/8,
 H/8 for after_root, block1..block4):
   after_root  [B, H/4,  W/4,  64k]  7x7 conv (no BN, no weight decay), max-pool
@@ -15,9 +22,10 @@ H/8 for after_root, block1..block4):
   pre_logits  [B, 512k]              final BN, ReLU unless "(-)", average pool
   logits      [B, num_classes]       only if num_classes is set
 """
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
+import tensorflow as tf
 
 from tfrevisit.models import layers
 from tfrevisit.models.factory import BACKBONES
@@ -71,6 +79,39 @@ class ReversibleUnit(keras.layers.Layer):
     x1 = y1 - self.residual(y2, training)
     return keras.ops.concatenate([x1, y2], axis=-1)
 
+  def backward(self, x2, dy, variables: Sequence[tf.Variable]):
+    """Backpropagates dy through the unit, recomputing F from x2.
+
+    F is recomputed in training mode (BatchNorm on the batch statistics of x2,
+    as in the forward pass) inside a `keras.StatelessScope`, which discards the
+    moving-average updates: the forward pass made them already.
+
+    Args:
+      x2: the second half [B, H, W, C/2] of the unit's input in a training-mode
+        call; it is also the first half of the unit's output.
+      dy: the gradient of the loss w.r.t. the unit's output, [B, H, W, C].
+      variables: the variables to differentiate, as `tf.custom_gradient` lists
+        them; they may include other units' variables.
+
+    Returns:
+      (residual, dx, variable_grads): F(x2) [B, H, W, C/2], the gradient
+      w.r.t. the unit's input [B, H, W, C], and one gradient per variable (None
+      for the variables that F does not read).
+    """
+    # Without this dependency the executor would run every unit's recomputation
+    # as soon as the forward pass ends and keep all of it until the backward.
+    with tf.control_dependencies([dy]):
+      x2 = tf.identity(x2)
+    dy2, dy1 = keras.ops.split(dy, 2, axis=-1)
+    with tf.GradientTape() as tape:
+      tape.watch(x2)
+      with keras.StatelessScope():
+        residual = self.residual(x2, training=True)
+    dx2_through_f, *variable_grads = tape.gradient(
+        residual, [x2, *variables], output_gradients=dy1)
+    dx = keras.ops.concatenate([dy1, dy2 + dx2_through_f], axis=-1)
+    return residual, dx, variable_grads
+
   def compute_output_shape(self, input_shape):
     return input_shape
 
@@ -80,12 +121,20 @@ class ReversibleUnit(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfrevisit")
 class ReversibleStage(keras.layers.Layer):
-  """A sequence of `num_units` reversible units: [B, H, W, C] -> [B, H, W, C]."""
+  """A sequence of `num_units` reversible units: [B, H, W, C] -> [B, H, W, C].
 
-  def __init__(self, num_units: int, weight_decay: Optional[float], **kwargs):
+  With `memory_efficient`, a training-mode call keeps no activation inside the
+  stage for the backward pass (see the module docstring); its outputs, and the
+  BatchNorm moving averages (updated once, by the forward pass), are the same.
+  Inference-mode calls are plain forward passes either way.
+  """
+
+  def __init__(self, num_units: int, weight_decay: Optional[float],
+               memory_efficient: bool = True, **kwargs):
     super().__init__(**kwargs)
     self.num_units = num_units
     self.weight_decay = weight_decay
+    self.memory_efficient = memory_efficient
     self.units = [
         ReversibleUnit(weight_decay, dtype=self.dtype_policy,
                        name=f"unit{index + 1}")
@@ -96,9 +145,52 @@ class ReversibleStage(keras.layers.Layer):
       unit.build(input_shape)
 
   def call(self, x, training=None):
+    if training and self.memory_efficient:
+      return self._reversible_forward(x)
+    return self._forward(x, training)
+
+  def _forward(self, x, training):
     for unit in self.units:
       x = unit(x, training=training)
     return x
+
+  def _reversible_forward(self, x):
+    """Training-mode forward pass whose gradient recomputes instead of storing."""
+
+    @tf.custom_gradient
+    def forward(x):
+      y = self._forward(x, training=True)
+      return y, lambda dy, variables: self._backward(x, y, dy, variables)
+
+    return forward(x)
+
+  def _backward(self, x, y, dy, variables):
+    """The gradient of `_reversible_forward`, in `tf.custom_gradient` form.
+
+    Walks the units in reverse; each unit's input is reconstructed from its
+    output (x2 = y2, x1 = y1 - F(y2)), except the first unit's, which is the
+    stage input x: reconstructing it would turn the exact zeros of a
+    zero-padded half into rounding noise, which the BatchNorms of F (batch
+    variance 0) amplify by 1/sqrt(epsilon) into the gradients.
+
+    Args:
+      x: the stage input [B, H, W, C].
+      y: the stage output [B, H, W, C] of the training-mode forward pass.
+      dy: the gradient of the loss w.r.t. y.
+      variables: the variables the forward pass read.
+
+    Returns:
+      (dx, variable_grads), the latter aligned with `variables`.
+    """
+    variable_grads = [None] * len(variables)
+    for unit in reversed(self.units[1:]):
+      x2, y1 = keras.ops.split(y, 2, axis=-1)  # a unit's y2 is its x2
+      residual, dy, unit_grads = unit.backward(x2, dy, variables)
+      y = keras.ops.concatenate([y1 - residual, x2], axis=-1)
+      variable_grads = _merge_grads(variable_grads, unit_grads)
+    _, dy, unit_grads = self.units[0].backward(
+        keras.ops.split(x, 2, axis=-1)[1], dy, variables)
+    return dy, _merge_grads(variable_grads, unit_grads)
 
   def inverse(self, y, training=None):
     """Recovers the stage's input x from its output y = self(x)."""
@@ -111,13 +203,25 @@ class ReversibleStage(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "num_units": self.num_units,
-            "weight_decay": self.weight_decay}
+            "weight_decay": self.weight_decay,
+            "memory_efficient": self.memory_efficient}
+
+
+def _merge_grads(totals, grads):
+  """Fills the None entries of `totals` from `grads` (one unit reads a variable)."""
+  return [total if grad is None else grad for total, grad in zip(totals, grads)]
 
 
 @BACKBONES.register("revnet50")
 def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
-             num_classes, weight_decay, input_shape) -> keras.Model:
-  """Builds RevNet50; arguments as in `tfrevisit.models.backbone`."""
+             num_classes, weight_decay, input_shape,
+             memory_efficient: bool = True) -> keras.Model:
+  """Builds RevNet50; arguments as in `tfrevisit.models.backbone`.
+
+  `memory_efficient` (gin: `backbone.memory_efficient`) turns on reversible
+  backprop in every stage (see `ReversibleStage`); it changes the memory and
+  time of a training step, not the model.
+  """
   if weight_decay is None:
     weight_decay = DEFAULT_WEIGHT_DECAY
   root_stride, stage_strides = layers.strides(patch_mode)
@@ -134,7 +238,8 @@ def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
         x = keras.layers.AveragePooling2D(
             stride, stride, padding="same", name=f"block{stage}_pool")(x)
       x = layers.ZeroPadChannels(x.shape[-1], name=f"block{stage}_pad")(x)
-    x = ReversibleStage(num_units, weight_decay, name=f"block{stage}")(x)
+    x = ReversibleStage(num_units, weight_decay, memory_efficient,
+                        name=f"block{stage}")(x)
     end_points[f"block{stage}"] = x
   x = layers.batch_norm_relu(x, "postnorm", relu=last_relu)
   end_points["pre_logits"] = keras.layers.GlobalAveragePooling2D(

@@ -1,0 +1,184 @@
+"""Feature extraction and the evaluate command line on a tiny export."""
+import json
+import os
+
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrevisit import evaluate
+from tfrevisit import export
+from tfrevisit import models
+from tfrevisit.data import sources
+from tfrevisit.evaluation import features as features_lib
+
+SIZE = 32
+PREPROCESS = f"resize_small({SIZE})|central_crop({SIZE})|value_range(-1, 1)"
+PATCH_PREPROCESS = "crop_patches(3, 0)|standardization"
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _tiny_export(path, patch_mode=False, preprocess=PREPROCESS):
+  keras.utils.set_random_seed(0)
+  encoder = models.backbone("resnet50_v2", filters_factor=1, num_classes=4,
+                            patch_mode=patch_mode)
+  root = export.build_module(encoder, default_output="logits",
+                             preprocess_spec=preprocess,
+                             metadata={"preprocess": preprocess})
+  export.save_module(root, str(path))
+  return encoder, str(path)
+
+
+@pytest.fixture(name="tiny_export", scope="module")
+def _tiny_export_fixture(tmp_path_factory):
+  return _tiny_export(tmp_path_factory.mktemp("export") / "model")
+
+
+def _assert_close(actual, expected, rtol=1e-5):
+  """Equal up to float32 noise relative to the layer's scale (batch sizes differ)."""
+  expected = np.asarray(expected)
+  np.testing.assert_allclose(actual, expected, atol=rtol * np.abs(expected).max())
+
+
+def _source(num_examples=40):
+  return sources.RandomSource(image_shape=(SIZE, SIZE, 3), num_examples=num_examples)
+
+
+def test_features_match_the_encoder_pooled_by_hand(tiny_export, tmp_path):
+  encoder, path = tiny_export
+  module, metadata = features_lib.load_module(path)
+  assert metadata["preprocess"] == PREPROCESS
+  source = _source(num_examples=10)
+  features, labels = features_lib.cached_features(
+      module, source, "test", PREPROCESS, str(tmp_path), batch_size=4,
+      shard_size=8)
+  images = np.stack([ex["image"] for ex in source.as_dataset("test").as_numpy_iterator()])
+  expected = encoder(images.astype(np.float32) / 127.5 - 1, training=False)
+  assert labels.shape == (10,)
+  # block1 at 32x32, k=1: 8x8x64 = 4096 values, under 9000: flattened as is.
+  _assert_close(features["block1"], np.reshape(expected["block1"], [10, -1]))
+  _assert_close(features["pre_logits"], expected["pre_logits"])
+  # after_root 8x8x16 = 1024 values; with target 100: kernel ceil(sqrt(10.24)) = 4.
+  pooled, _ = features_lib.cached_features(
+      module, source, "test", PREPROCESS, str(tmp_path / "pooled"), batch_size=4,
+      target=100)
+  by_hand = np.reshape(expected["after_root"], [10, 2, 4, 2, 4, 16]).max(axis=(2, 4))
+  _assert_close(pooled["after_root"], by_hand.reshape(10, -1))
+
+
+def test_patch_model_features_average_the_nine_patches(tmp_path):
+  encoder, path = _tiny_export(tmp_path / "patches", patch_mode=True,
+                               preprocess=PATCH_PREPROCESS)
+  module, _ = features_lib.load_module(path)
+  source = sources.RandomSource(image_shape=(48, 48, 3), num_examples=3)
+  features, _ = features_lib.cached_features(
+      module, source, "test", PATCH_PREPROCESS, str(tmp_path / "cache"), batch_size=3)
+  images = np.stack([ex["image"] for ex in source.as_dataset("test").as_numpy_iterator()])
+  patches = images.reshape(3, 3, 16, 3, 16, 3).transpose(0, 1, 3, 2, 4, 5)
+  patches = patches.reshape(27, 16, 16, 3).astype(np.float32)
+  mean = patches.mean(axis=(1, 2, 3), keepdims=True)
+  std = np.maximum(patches.std(axis=(1, 2, 3), keepdims=True), 1 / np.sqrt(16 * 16 * 3))
+  per_patch = encoder((patches - mean) / std, training=False)["pre_logits"]
+  _assert_close(features["pre_logits"], np.reshape(per_patch, [3, 9, -1]).mean(axis=1))
+
+
+def test_interrupted_extraction_resumes_after_the_last_shard(tiny_export, tmp_path,
+                                                             monkeypatch):
+  _, path = tiny_export
+  module, _ = features_lib.load_module(path)
+  source = _source()
+  expected, expected_labels = features_lib.cached_features(
+      module, source, "train", PREPROCESS, str(tmp_path / "full"), batch_size=4,
+      shard_size=8)
+
+  written = []
+  original = features_lib._write_shard  # pylint: disable=protected-access
+
+  def crash_after_two(directory, index, features, labels):
+    if len(written) == 2:
+      raise KeyboardInterrupt
+    written.append(index)
+    original(directory, index, features, labels)
+
+  monkeypatch.setattr(features_lib, "_write_shard", crash_after_two)
+  cache = str(tmp_path / "resumed")
+  with pytest.raises(KeyboardInterrupt):
+    features_lib.cached_features(module, source, "train", PREPROCESS, cache,
+                                 batch_size=4, shard_size=8)
+  assert written == [0, 1]
+  written.clear()
+  monkeypatch.setattr(features_lib, "_write_shard", lambda *a: (written.append(a[1]), original(*a)))
+  features, labels = features_lib.cached_features(
+      module, source, "train", PREPROCESS, cache, batch_size=4, shard_size=8)
+  assert written == [2, 3, 4]  # 40 examples = 5 shards of 8
+  np.testing.assert_array_equal(labels, expected_labels)
+  for name, value in expected.items():
+    np.testing.assert_allclose(features[name], value, atol=1e-6, err_msg=name)
+
+
+def test_cache_refuses_other_settings(tiny_export, tmp_path):
+  _, path = tiny_export
+  module, _ = features_lib.load_module(path)
+  args = (module, _source(8), "test", PREPROCESS, str(tmp_path))
+  features_lib.cached_features(*args, batch_size=4)
+  with pytest.raises(ValueError, match="other settings"):
+    features_lib.cached_features(*args, batch_size=4, pooling_mode="avg")
+
+
+def test_evaluate_end_to_end_writes_a_row_per_end_point(tiny_export, tmp_path):
+  _, path = tiny_export
+  workdir = str(tmp_path / "eval")
+  rows = evaluate.main([
+      "--hub_module", path, "--workdir", workdir,
+      "--gin_param", 'source.name = "random"',
+      "--gin_param", "source.num_examples = 40",
+      "--gin_param", "source.image_shape = (32, 32, 3)",
+      "--gin_param", 'evaluate.probes = ["linear", "mlp"]',
+      "--gin_param", "evaluate.label_fractions = [1.0, 0.25]",
+      "--gin_param", "select_l2_and_fit.l2_grid = [1e-2, 1e-3]",
+      "--gin_param", "select_l2_and_fit.max_iterations = 20",
+      "--gin_param", "train_mlp.epochs = 2",
+      "--gin_param", "train_mlp.decay_epochs = [1]"])
+  end_points = {"after_root", "block1", "block2", "block3", "block4", "pre_logits",
+                "logits"}
+  assert len(rows) == len(end_points) * 2 * 2
+  saved = json.load(open(os.path.join(workdir, "results.json")))
+  assert {r["end_point"] for r in saved} == end_points
+  assert {(r["probe"], r["label_fraction"]) for r in saved} == {
+      (p, f) for p in ("linear", "mlp") for f in (1.0, 0.25)}
+  for row in saved:
+    assert 0 <= row["top1"] <= row["top5"] <= 1
+  header = open(os.path.join(workdir, "results.csv")).readline()
+  assert header.startswith("end_point,probe,label_fraction")
+
+
+def test_wrong_hub_module_path_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a SavedModel directory"):
+    evaluate.main(["--hub_module", str(tmp_path / "missing"), "--workdir",
+                   str(tmp_path / "eval"), "--gin_param", 'source.name = "random"'])
+
+
+def test_export_without_representation_is_a_clear_error(tmp_path):
+  module = tf.Module()
+  module.f = tf.function(lambda x: x * 2,
+                         input_signature=[tf.TensorSpec([None], tf.float32)])
+  tf.saved_model.save(module, str(tmp_path / "plain"),
+                      signatures={"serving_default": module.f})
+  with pytest.raises(ValueError, match="no 'representation' signature"):
+    features_lib.load_module(str(tmp_path / "plain"))
+
+
+def test_unknown_probe_fails_before_any_work(tiny_export, tmp_path):
+  _, path = tiny_export
+  gin.parse_config(['source.name = "random"'])
+  with pytest.raises(ValueError, match="valid choices"):
+    evaluate.evaluate(path, str(tmp_path), probes=["svm"])
+  assert not os.path.exists(tmp_path / "features")

@@ -1,0 +1,172 @@
+r"""Evaluates every layer of an exported encoder with the paper's probes.
+
+`python -m tfrevisit.evaluate --hub_module PATH --gin configs/eval/linear.gin
+ [--gin_param ...] --workdir DIR`
+
+Features of `train`, `val` and `test` are extracted once (cached in
+DIR/features; `trainval` = train + val), then each probe runs on each end point
+and label fraction. Results go to DIR/results.json and DIR/results.csv after
+every finished row; a table is printed at the end.
+
+Probes: `linear` (the paper's protocol: L-BFGS logistic regression, L2 chosen
+on train -> val, refit on trainval, top-1/top-5 on test), `mlp` and
+`linear_sgd` (Keras `fit` on trainval, evaluated on test every epoch). Features
+are standardised with the training split's mean and standard deviation.
+"""
+import argparse
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+
+from tfrevisit import data
+from tfrevisit import gin_config
+from tfrevisit.evaluation import features as features_lib
+from tfrevisit.evaluation import linear
+from tfrevisit.evaluation import probes as probes_lib
+from tfrevisit.evaluation import results as results_lib
+from tfrevisit.registry import Registry
+
+log = logging.getLogger("tfrevisit.evaluate")
+
+PROBES = Registry("probe")
+Split = Tuple[np.ndarray, np.ndarray]
+
+
+@PROBES.register("linear")
+def _linear(train, val, trainval, test, num_classes):
+  return linear.select_l2_and_fit(train, val, trainval, test, num_classes)
+
+
+def _keras_probe(fit_fn):
+  def probe(train, val, trainval, test, num_classes):
+    del train, val  # Fixed hyper-parameters: train on trainval.
+    result = fit_fn(*trainval, *test, num_classes)
+    return {"top1": result.top1, "top5": result.top5,
+            "epochs": len(result.history["top1"]),
+            "test_top1_per_epoch": [round(float(a), 5) for a in result.history["val_top1"]],
+            "wall_time_s": result.wall_time_s}
+  return probe
+
+
+PROBES.register("mlp")(_keras_probe(probes_lib.train_mlp))
+PROBES.register("linear_sgd")(_keras_probe(probes_lib.train_linear_sgd))
+
+
+def standardize(splits: Dict[str, Split]) -> Dict[str, Split]:
+  """Scales every split's features by the train split's mean and std."""
+  mean = splits["train"][0].mean(axis=0)
+  std = splits["train"][0].std(axis=0) + 1e-6
+  return {name: (((x - mean) / std).astype(np.float32), y)
+          for name, (x, y) in splits.items()}
+
+
+def label_subset(splits: Dict[str, Split], fraction: float, seed: int,
+                 num_classes: int) -> Dict[str, Split]:
+  """Restricts train and trainval to a class-balanced fraction of their labels."""
+  if fraction >= 1:
+    return splits
+  subset = dict(splits)
+  for name in ("train", "trainval"):
+    x, y = splits[name]
+    index = probes_lib.balanced_subset(y, fraction, seed, num_classes)
+    subset[name] = (x[index], y[index])
+  return subset
+
+
+@gin.configurable("evaluate", denylist=["hub_module", "workdir", "model_name"])
+def evaluate(hub_module: str, workdir: str,
+             probes: Sequence[str] = ("linear",),
+             end_points: Optional[Sequence[str]] = None,
+             label_fractions: Sequence[float] = (1.0,),
+             pooling: str = "max",
+             feature_target: int = 9000,
+             patch_combine: str = "avg",
+             preprocess: Optional[str] = None,
+             batch_size: int = 64,
+             max_examples: Optional[int] = None,
+             seed: int = 0,
+             model_name: Optional[str] = None) -> List[dict]:
+  """Runs `probes` on every end point; returns the result rows.
+
+  Args:
+    hub_module: an exported SavedModel directory.
+    workdir: where features are cached and results written.
+    probes: names in `PROBES`: linear, mlp, linear_sgd.
+    end_points: the end points to evaluate (default: all).
+    label_fractions: fractions of the training labels (class-balanced).
+    pooling: `max`, `avg`, `adaptive_max` or `adaptive_avg`.
+    feature_target: spatial end points larger than this are pooled to about it.
+    patch_combine: `avg`, `max` or `concat` of patch models' nine features.
+    preprocess: evaluation preprocessing spec; default: the export's own.
+    batch_size: feature-extraction batch size.
+    max_examples: keep only the first examples of each split (quick runs).
+    seed: seed of the label subsets and the Keras probes.
+    model_name: a `model` column for the rows (e.g. to compare models).
+  """
+  for probe in probes:
+    PROBES.get(probe)
+  module, metadata = features_lib.load_module(hub_module)
+  preprocess = preprocess or metadata.get("preprocess")
+  if not preprocess:
+    raise ValueError(f"{hub_module} carries no preprocessing spec (not exported "
+                     "by tfrevisit); set evaluate.preprocess.")
+  source = data.get_source()
+  splits = {}
+  for split in ("train", "val", "test"):
+    features, labels = features_lib.cached_features(
+        module, source, split, preprocess,
+        os.path.join(workdir, "features", split), batch_size=batch_size,
+        max_examples=max_examples, pooling_mode=pooling, target=feature_target,
+        patch_combine=patch_combine,
+        settings={"hub_module": os.path.realpath(hub_module)})
+    splits[split] = (features, labels)
+  names = end_points or sorted(splits["test"][0])
+  rows = []
+  for name in names:
+    per_split = standardize({s: (f[name], y) for s, (f, y) in splits.items()})
+    per_split["trainval"] = tuple(
+        np.concatenate(parts) for parts in zip(per_split["train"], per_split["val"]))
+    for fraction in label_fractions:
+      subset = label_subset(per_split, fraction, seed, source.num_classes)
+      for probe in probes:
+        log.info("Evaluating %s with the %s probe on %g of the labels.",
+                 name, probe, fraction)
+        row = PROBES.get(probe)(subset["train"], subset["val"], subset["trainval"],
+                                subset["test"], source.num_classes)
+        rows.append({**({"model": model_name} if model_name else {}),
+                     "end_point": name, "probe": probe,
+                     "label_fraction": fraction,
+                     "num_features": per_split["test"][0].shape[1], **row})
+        results_lib.write_results(rows, workdir)
+  return rows
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      description="Evaluate every layer of an exported encoder (linear, MLP "
+                  "and SGD probes).")
+  parser.add_argument("--hub_module", required=True,
+                      help="exported SavedModel directory (WORKDIR/export/latest).")
+  parser.add_argument("--gin", action="append", default=[],
+                      help="gin config file; repeat to combine.")
+  parser.add_argument("--gin_param", action="append", default=[],
+                      help="gin binding such as 'evaluate.probes = [\"mlp\"]'.")
+  parser.add_argument("--workdir", required=True,
+                      help="feature cache and results directory; reruns resume.")
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  gin_config.parse_gin(args.gin, args.gin_param)
+  rows = evaluate(args.hub_module, args.workdir)
+  print(results_lib.format_table(rows))
+  return rows
+
+
+if __name__ == "__main__":
+  main()
