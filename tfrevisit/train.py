@@ -102,13 +102,12 @@ def train(workdir: str,
 
     with strategy_.scope():
       task_ = pretext.get_task(task, num_classes=source.num_classes)
-      optimizer = _make_optimizer(
-          schedules.WarmupStepDecay(
-              base_lr=lr * batch_size / lr_scale_batch_size,
-              warmup_steps=int(warmup_epochs * steps_per_epoch),
-              decay_steps=[int(e * steps_per_epoch) for e in decay_epochs],
-              decay_factor=lr_decay_factor),
-          momentum, mixed_precision)
+      schedule = schedules.WarmupStepDecay(
+          base_lr=lr * batch_size / lr_scale_batch_size,
+          warmup_steps=int(warmup_epochs * steps_per_epoch),
+          decay_steps=[int(e * steps_per_epoch) for e in decay_epochs],
+          decay_factor=lr_decay_factor)
+      optimizer = _make_optimizer(schedule, momentum, mixed_precision)
       optimizer.build(task_.trainable_variables)
 
     dataset = strategy_.distribute_datasets_from_function(
@@ -119,12 +118,7 @@ def train(workdir: str,
     # Everything that can fail on bad input has run: now touch the workdir.
     chief = distribute.is_chief(strategy_)
     if chief:
-      tf.io.gfile.makedirs(workdir)
-      with tf.io.gfile.GFile(os.path.join(workdir, "config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
-      with tf.io.gfile.GFile(os.path.join(workdir, export_lib.TASK_INFO_FILE),
-                             "w") as f:
-        json.dump({"task": task, "num_classes": source.num_classes}, f)
+      _write_run_info(workdir, task, source.num_classes)
 
     checkpoint = tf.train.Checkpoint(optimizer=optimizer, **task_.checkpoint_items())
     manager = tf.train.CheckpointManager(
@@ -145,6 +139,15 @@ def train(workdir: str,
     if export and chief:
       export_lib.export_task(task_, workdir, int(optimizer.iterations.numpy()))
   return metrics
+
+
+def _write_run_info(workdir, task, num_classes):
+  """The operative gin config and what export needs to rebuild the task."""
+  tf.io.gfile.makedirs(workdir)
+  with tf.io.gfile.GFile(os.path.join(workdir, "config.gin"), "w") as f:
+    f.write(gin.operative_config_str())
+  with tf.io.gfile.GFile(os.path.join(workdir, export_lib.TASK_INFO_FILE), "w") as f:
+    json.dump({"task": task, "num_classes": num_classes}, f)
 
 
 def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
