@@ -150,10 +150,7 @@ def parse_args(argv=None):
                   "and SGD probes).")
   parser.add_argument("--hub_module", required=True,
                       help="exported SavedModel directory (WORKDIR/export/latest).")
-  parser.add_argument("--gin", action="append", default=[],
-                      help="gin config file; repeat to combine.")
-  parser.add_argument("--gin_param", action="append", default=[],
-                      help="gin binding such as 'evaluate.probes = [\"mlp\"]'.")
+  gin_config.add_gin_flags(parser)
   parser.add_argument("--workdir", required=True,
                       help="feature cache and results directory; reruns resume.")
   return parser.parse_args(argv)

@@ -309,10 +309,7 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       description="Train a self-supervised pretext task (or the supervised "
                   "baseline) from gin configs.")
-  parser.add_argument("--gin", action="append", default=[],
-                      help="gin config file; repeat to combine.")
-  parser.add_argument("--gin_param", action="append", default=[],
-                      help="gin binding such as 'train.batch_size=8'; repeatable.")
+  gin_config.add_gin_flags(parser)
   parser.add_argument("--workdir", required=True,
                       help="output directory; rerunning resumes from its checkpoints.")
   parser.add_argument("--mock_data", action="store_true",

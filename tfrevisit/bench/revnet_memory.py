@@ -5,10 +5,13 @@ Usage:
       --batch_size 64 --steps 3
 
 Settings: RevNet50 with `memory_efficient=True` (reversible backprop), RevNet50
-with it off (plain backprop), and ResNet50 v2 at the same widening factor. Each
-runs in its own subprocess, so that peaks do not mix. One step = forward in
-training mode, softmax cross-entropy on a dense head over `pre_logits` plus
-weight decay, backward, SGD with momentum 0.9, on a fixed random batch.
+with it off (plain backprop), ResNet50 v2 at the same widening factor, and
+RevNet50's root alone (7x7 conv, max-pool, then the same head): the part of
+the network that reversible stages cannot save, whose backward pass holds the
+conv's output and its gradient, each [B, H/2, W/2, 64k]. Each setting runs in
+its own subprocess, so that peaks do not mix. One step = forward in training
+mode, softmax cross-entropy on a dense head (over `pre_logits`) plus weight
+decay, backward, SGD with momentum 0.9, on a fixed random batch.
 
 Memory, in MiB, from two sources:
   alloc     TensorFlow's allocator on the compute device (`CPU:0`, or `GPU:0`
@@ -42,11 +45,28 @@ _NUM_CLASSES = 10
 _MIB = 2**20
 _COLUMNS = ("alloc base", "alloc peak", "alloc step", "rss base", "rss peak",
             "rss step")
-# name -> (architecture, backbone kwargs)
+
+
+def _backbone(arch, **kwargs):
+  return lambda filters_factor, input_shape: models.backbone(
+      arch, filters_factor=filters_factor, num_classes=_NUM_CLASSES,
+      input_shape=input_shape, **kwargs)
+
+
+def _revnet50_root(filters_factor, input_shape):
+  revnet = models.backbone("revnet50", filters_factor=filters_factor,
+                           input_shape=input_shape)
+  pooled = keras.layers.GlobalAveragePooling2D()(revnet.output["after_root"])
+  return keras.Model(revnet.input,
+                     {"logits": keras.layers.Dense(_NUM_CLASSES)(pooled)})
+
+
+# name -> fn(filters_factor, input_shape) -> model with a "logits" output.
 _SETTINGS = {
-    "revnet50 reversible": ("revnet50", {"memory_efficient": True}),
-    "revnet50 plain": ("revnet50", {"memory_efficient": False}),
-    "resnet50_v2": ("resnet50_v2", {}),
+    "revnet50 reversible": _backbone("revnet50", memory_efficient=True),
+    "revnet50 plain": _backbone("revnet50", memory_efficient=False),
+    "resnet50_v2": _backbone("resnet50_v2"),
+    "revnet50 root only": _revnet50_root,
 }
 
 
@@ -68,11 +88,8 @@ def _reset_peaks(device: str):
 def _measure(setting, filters_factor, resolution, batch_size, steps):
   """Runs in the worker process: returns the setting's figures as a dict."""
   device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
-  arch, kwargs = _SETTINGS[setting]
   keras.utils.set_random_seed(0)
-  model = models.backbone(arch, filters_factor=filters_factor,
-                          num_classes=_NUM_CLASSES,
-                          input_shape=(resolution, resolution, 3), **kwargs)
+  model = _SETTINGS[setting](filters_factor, (resolution, resolution, 3))
   optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
   optimizer.build(model.trainable_variables)
   rng = np.random.default_rng(0)
@@ -85,7 +102,7 @@ def _measure(setting, filters_factor, resolution, batch_size, steps):
     with tf.GradientTape() as tape:
       logits = model(images, training=True)["logits"]
       loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels, logits)) + tf.add_n(model.losses)
+          labels, logits)) + sum(model.losses)
     variables = model.trainable_variables
     optimizer.apply(tape.gradient(loss, variables), variables)
     return loss
@@ -156,13 +173,20 @@ def main():
           + f"{result['seconds']:8.2f}{result['first_seconds']:8.1f}"
           + f"  ({result['device']})")
   reversible = results.get("revnet50 reversible")
-  for other in ("revnet50 plain", "resnet50_v2"):
+  for other in ("revnet50 plain", "resnet50_v2", "revnet50 root only"):
     if reversible and other in results:
       ratios = ", ".join(
           f"{column} x{results[other][column] / reversible[column]:.2f}"
           for column in ("alloc step", "alloc peak", "rss step", "rss peak"))
       print(f"{other} / revnet50 reversible: {ratios}, time "
             f"x{results[other]['seconds'] / reversible['seconds']:.2f}")
+  root = results.get("revnet50 root only")
+  if root and reversible and "revnet50 plain" in results:
+    stages = {name: results[name]["alloc step"] - root["alloc step"]
+              for name in ("revnet50 plain", "revnet50 reversible")}
+    print(f"alloc step beyond the root's: plain {stages['revnet50 plain']:.0f}"
+          f", reversible {stages['revnet50 reversible']:.0f} MiB (x"
+          f"{stages['revnet50 plain'] / stages['revnet50 reversible']:.2f})")
 
 
 if __name__ == "__main__":

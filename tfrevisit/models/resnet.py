@@ -27,6 +27,17 @@ def _projection_needed(x, depth: int, stride: int) -> bool:
   return stride > 1 or x.shape[-1] != depth
 
 
+def _bottleneck(x, depth: int, stride: int, weight_decay, name: str):
+  """The residual branch up to its last conv: 1x1(depth/4)-BN-ReLU,
+  3x3(depth/4, stride)-BN-ReLU, 1x1(depth)."""
+  x = layers.conv2d_fixed_padding(x, depth // 4, 1, 1, weight_decay, f"{name}_conv1")
+  x = layers.batch_norm_relu(x, f"{name}_conv1")
+  x = layers.conv2d_fixed_padding(x, depth // 4, 3, stride, weight_decay,
+                                  f"{name}_conv2")
+  x = layers.batch_norm_relu(x, f"{name}_conv2")
+  return layers.conv2d_fixed_padding(x, depth, 1, 1, weight_decay, f"{name}_conv3")
+
+
 def _unit_v1(x, depth: int, stride: int, weight_decay, name: str):
   """1x1-BN-ReLU, 3x3(stride)-BN-ReLU, 1x1-BN, add shortcut, ReLU."""
   shortcut = x
@@ -34,14 +45,7 @@ def _unit_v1(x, depth: int, stride: int, weight_decay, name: str):
     shortcut = layers.conv2d_fixed_padding(
         x, depth, 1, stride, weight_decay, f"{name}_shortcut")
     shortcut = layers.batch_norm_relu(shortcut, f"{name}_shortcut", relu=False)
-  residual = layers.conv2d_fixed_padding(
-      x, depth // 4, 1, 1, weight_decay, f"{name}_conv1")
-  residual = layers.batch_norm_relu(residual, f"{name}_conv1")
-  residual = layers.conv2d_fixed_padding(
-      residual, depth // 4, 3, stride, weight_decay, f"{name}_conv2")
-  residual = layers.batch_norm_relu(residual, f"{name}_conv2")
-  residual = layers.conv2d_fixed_padding(
-      residual, depth, 1, 1, weight_decay, f"{name}_conv3")
+  residual = _bottleneck(x, depth, stride, weight_decay, name)
   residual = layers.batch_norm_relu(residual, f"{name}_conv3", relu=False)
   x = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
   return keras.layers.ReLU(name=f"{name}_out")(x)
@@ -54,14 +58,7 @@ def _unit_v2(x, depth: int, stride: int, weight_decay, name: str):
   if _projection_needed(x, depth, stride):
     shortcut = layers.conv2d_fixed_padding(
         preact, depth, 1, stride, weight_decay, f"{name}_shortcut")
-  residual = layers.conv2d_fixed_padding(
-      preact, depth // 4, 1, 1, weight_decay, f"{name}_conv1")
-  residual = layers.batch_norm_relu(residual, f"{name}_conv1")
-  residual = layers.conv2d_fixed_padding(
-      residual, depth // 4, 3, stride, weight_decay, f"{name}_conv2")
-  residual = layers.batch_norm_relu(residual, f"{name}_conv2")
-  residual = layers.conv2d_fixed_padding(
-      residual, depth, 1, 1, weight_decay, f"{name}_conv3")
+  residual = _bottleneck(preact, depth, stride, weight_decay, name)
   return keras.layers.Add(name=f"{name}_add")([shortcut, residual])
 
 
