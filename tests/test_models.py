@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfrevisit import models
+from tfrevisit.models import layers
 
 ARCHS = ("resnet50_v1", "resnet50_v2", "revnet50", "vgg19")
 
@@ -175,7 +176,15 @@ def test_mixed_precision_keeps_logits_float32(name):
     (dict(name="resnet50_v2", filters_factor=0), "integer >= 1"),
     (dict(name="revnet50", filters_factor=1.5), "integer >= 1"),
     (dict(name="vgg19", filters_factor=8), "input_shape=\\(224, 224, 3\\)"),
+    (dict(name="resnet50_v2", filters_factor=1, memory_efficient=True),
+     "no option \\['memory_efficient'\\]"),
 ])
 def test_invalid_arguments_raise_value_error(kwargs, message):
   with pytest.raises(ValueError, match=message):
     models.backbone(**kwargs)
+
+
+def test_channel_padding_keeps_signal_in_both_halves():
+  x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 1, 4)  # halves [1 2], [3 4]
+  padded = layers.ZeroPadChannels(4)(x)
+  np.testing.assert_array_equal(padded[0, 0, 0], [1, 2, 0, 0, 3, 4, 0, 0])

@@ -1,4 +1,5 @@
 """The public backbone constructor and the registry of architectures."""
+import inspect
 from typing import Optional, Sequence
 
 import gin
@@ -38,8 +39,9 @@ def backbone(name: str, *, filters_factor: int, last_relu: bool = True,
     input_size: side of the training images, in pixels: fills an open H, W
       of `input_shape` for architectures that need a fixed size (VGG); others
       keep their input size dynamic.
-    **kwargs: family-specific options, forwarded to the family's builder; none
-      is defined yet, so any raises TypeError.
+    **kwargs: family-specific options, forwarded to the family's builder:
+      revnet50's `memory_efficient` (default True: reversible backprop). An
+      option the family lacks raises ValueError.
 
   Returns:
     A functional keras.Model mapping images [B, H, W, 3] to a dict of end points
@@ -57,6 +59,10 @@ def backbone(name: str, *, filters_factor: int, last_relu: bool = True,
         f"got {filters_factor!r}.")
   if input_size is not None and name in FIXED_INPUT_SIZE and None in input_shape[:2]:
     input_shape = (input_size, input_size, input_shape[2])
+  extra = set(kwargs) - set(inspect.signature(build).parameters)
+  if extra:
+    raise ValueError(f"{name} has no option {sorted(extra)}; its options: "
+                     f"{inspect.signature(build)}.")
   return build(filters_factor=int(filters_factor), last_relu=last_relu,
                patch_mode=patch_mode, num_classes=num_classes,
                weight_decay=weight_decay, input_shape=tuple(input_shape),

@@ -103,14 +103,25 @@ def end_points_model(images, end_points: Dict[str, keras.KerasTensor],
 
 @keras.saving.register_keras_serializable(package="tfrevisit")
 class ZeroPadChannels(keras.layers.Layer):
-  """Appends `extra_channels` all-zero channels: [B, H, W, C] -> [B, H, W, C+extra]."""
+  """Zero-pads each channel half: [a, b] -> [a, 0, b, 0], [B, H, W, C] ->
+  [B, H, W, C + extra], `extra` even.
+
+  Padding the halves separately (as RevNet does) keeps signal in both halves
+  of the next reversible unit; appending all zeros at the end would feed its
+  F nothing but zeros.
+  """
 
   def __init__(self, extra_channels: int, **kwargs):
     super().__init__(**kwargs)
+    if extra_channels % 2:
+      raise ValueError(f"extra_channels must be even, got {extra_channels}.")
     self.extra_channels = extra_channels
 
   def call(self, x):
-    return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, self.extra_channels]])
+    pad = [[0, 0], [0, 0], [0, 0], [0, self.extra_channels // 2]]
+    return keras.ops.concatenate(
+        [keras.ops.pad(half, pad) for half in keras.ops.split(x, 2, axis=-1)],
+        axis=-1)
 
   def compute_output_shape(self, input_shape: Sequence[Optional[int]]):
     return (*input_shape[:-1], input_shape[-1] + self.extra_channels)

@@ -6,11 +6,11 @@ bottleneck without shortcut. The unit is exactly invertible (x2 = y2,
 x1 = y1 - F(y2)), which is what memory-efficient backprop builds on.
 
 Memory-efficient backprop (Gomez et al. 2017, "The Reversible Residual
-Network"): in training, a `ReversibleStage` keeps only its output. Its gradient
-walks the units in reverse, reconstructing each unit's input from its output
-and recomputing F under a local tape, so the activation memory of a stage does
-not grow with its number of units. The model, its weights and its outputs are
-the same with and without it.
+Network"): in training, a `ReversibleStage` keeps only its input and output for
+the backward pass, which walks the units in reverse, reconstructing each
+unit's input from its output and recomputing F under a local tape; so the
+activation memory of a stage does not grow with its number of units. The
+model, its weights and its outputs are the same with and without it.
 
 End points for images [B, H, W, 3] (patch mode as in ResNet: H/2, H/2, H/4, H/8,
 H/8 for after_root, block1..block4):
