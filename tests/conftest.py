@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 # Two logical CPUs so that MirroredStrategy tests have two replicas. Must happen
@@ -11,3 +12,15 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture(name="two_cpu_strategy")
+def _two_cpu_strategy():
+  """MirroredStrategy over the two logical CPUs.
+
+  Reduction through one device: CPU collective ops keep per-process state by
+  instance number, so a second collective strategy in the same process fails
+  with a shape mismatch (TF 2.21).
+  """
+  return tf.distribute.MirroredStrategy(
+      ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())

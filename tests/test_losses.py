@@ -171,8 +171,8 @@ def test_tf_function_with_unknown_batch_size():
         rtol=1e-5, atol=1e-5)
 
 
-def test_per_replica_under_mirrored_strategy():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_per_replica_under_mirrored_strategy(two_cpu_strategy):
+  strategy = two_cpu_strategy
   rng = np.random.default_rng(5)
   labels = [np.repeat(np.arange(3), 8), np.repeat(np.arange(4), 4)]
   embeddings = [_unit_rows(rng, len(y), 8) for y in labels]

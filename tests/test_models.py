@@ -140,8 +140,8 @@ def test_keras_save_load_round_trip(name, tmp_path):
     np.testing.assert_array_equal(actual[end_point], expected[end_point])
 
 
-def test_builds_and_runs_in_mirrored_strategy():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_builds_and_runs_in_mirrored_strategy(two_cpu_strategy):
+  strategy = two_cpu_strategy
   with strategy.scope():
     model = models.backbone("revnet50", filters_factor=1, num_classes=3)
   assert strategy.num_replicas_in_sync == 2

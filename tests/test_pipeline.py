@@ -104,8 +104,8 @@ def test_bad_spec_fails_when_building():
     data.make_dataset(_source(), "train", "decode|nope", 4, training=True)
 
 
-def test_distribute_datasets_from_function_gives_per_replica_batches():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_distribute_datasets_from_function_gives_per_replica_batches(two_cpu_strategy):
+  strategy = two_cpu_strategy
   dist = strategy.distribute_datasets_from_function(
       lambda context: data.make_dataset(
           _source(), "train", "crop(8)|rotate",

@@ -235,8 +235,8 @@ def test_exported_savedmodel_trains_like_plain_backprop(tmp_path):
       [w.path for w in reference.trainable_variables], rtol=1e-4)
 
 
-def test_mirrored_strategy_step_matches_plain_backprop():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_mirrored_strategy_step_matches_plain_backprop(two_cpu_strategy):
+  strategy = two_cpu_strategy
   images, labels = next(_batches(8, 16))
   weights = {}
   for memory_efficient in (True, False):

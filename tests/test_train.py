@@ -65,8 +65,8 @@ def test_rotation_overfits_a_fixed_batch():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_mirrored_step_averages_over_the_global_batch():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_mirrored_step_averages_over_the_global_batch(two_cpu_strategy):
+  strategy = two_cpu_strategy
   keras.utils.set_random_seed(0)
   with strategy.scope():
     task = _rotation_task()
