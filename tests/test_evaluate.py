@@ -31,9 +31,8 @@ def _tiny_export(path, patch_mode=False, preprocess=PREPROCESS):
   encoder = models.backbone("resnet50_v2", filters_factor=1, num_classes=4,
                             patch_mode=patch_mode)
   root = export.build_module(encoder, default_output="logits",
-                             preprocess_spec=preprocess,
-                             metadata={"preprocess": preprocess})
-  export.save_module(root, str(path))
+                             preprocess_spec=preprocess)
+  export.save_module(root, str(path), metadata={"preprocess": preprocess})
   return encoder, str(path)
 
 

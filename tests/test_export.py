@@ -31,10 +31,9 @@ def _export_backbone(tmp_path, name, size=32, **kwargs):
                             input_size=size, **kwargs)
   root = export.build_module(
       encoder, default_output="logits",
-      preprocess_spec=f"resize_small({size})|central_crop({size})|value_range(-1, 1)",
-      metadata={"architecture": name})
+      preprocess_spec=f"resize_small({size})|central_crop({size})|value_range(-1, 1)")
   path = str(tmp_path / name)
-  export.save_module(root, path)
+  export.save_module(root, path, metadata={"architecture": name})
   return encoder, path
 
 

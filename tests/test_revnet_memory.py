@@ -217,8 +217,8 @@ def test_exported_savedmodel_trains_like_plain_backprop(tmp_path):
   model, reference = _mini_revnet(True), _mini_revnet(False)
   path = str(tmp_path / "export")
   export.save_module(export.build_module(
-      model, default_output="logits", preprocess_spec="value_range(-1, 1)",
-      metadata={}), path)
+      model, default_output="logits", preprocess_spec="value_range(-1, 1)"),
+      path, metadata={})
   loaded = tf.saved_model.load(path)
   images, labels = next(_batches(4, 16))
 

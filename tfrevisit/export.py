@@ -42,7 +42,7 @@ TASK_INFO_FILE = "task.json"  # written by the trainer: task name, num_classes
 
 
 def build_module(encoder: keras.Model, *, default_output: str,
-                 preprocess_spec: str, metadata: Dict[str, Any]) -> tf.Module:
+                 preprocess_spec: str) -> tf.Module:
   """Wraps `encoder` (images -> dict of end points) into a saveable object."""
   input_spec = tf.TensorSpec([None, *encoder.input_shape[1:]], tf.float32,
                              name="images")
@@ -77,9 +77,7 @@ def build_module(encoder: keras.Model, *, default_output: str,
   root.__call__ = call
   root.representation = representation
   root.preprocess = preprocess
-  root.signatures_ = {"serving_default": serving_default,
-                      "representation": representation}
-  root.metadata_json = json.dumps(metadata, indent=2, sort_keys=True)
+  root.serving_default = serving_default
   return root
 
 
@@ -88,15 +86,19 @@ def _regularization_loss_fn(variable):
   return tf.function(lambda: variable.regularizer(variable), input_signature=[])
 
 
-def save_module(root: tf.Module, path: str) -> None:
-  """Saves atomically: to a temporary sibling directory, renamed when complete."""
+def save_module(root: tf.Module, path: str, metadata: Dict[str, Any]) -> None:
+  """Saves `root` with `metadata` in assets/tfrevisit.json, atomically: to a
+  temporary sibling directory, renamed when complete."""
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
   try:
-    tf.saved_model.save(root, tmp, signatures=root.signatures_)
+    tf.saved_model.save(root, tmp, signatures={
+        "serving_default": root.serving_default,
+        "representation": root.representation})
+    os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
     with open(os.path.join(tmp, "assets", METADATA_FILE), "w") as f:
-      f.write(root.metadata_json)
+      json.dump(metadata, f, indent=2, sort_keys=True)
     if os.path.exists(path):
       shutil.rmtree(path)
     os.rename(tmp, path)
@@ -137,14 +139,14 @@ def export_task(task: pretext.Task, workdir: str, step: int,
       "gin_config": gin.config_str(),
   }
   root = build_module(task.encoder, default_output=pretext.DEFAULT_OUTPUT,
-                      preprocess_spec=task.eval_preprocess, metadata=metadata)
+                      preprocess_spec=task.eval_preprocess)
   if output is None:
     export_dir = os.path.join(workdir, "export")
     output = os.path.join(export_dir, str(step))
-    save_module(root, output)
+    save_module(root, output, metadata)
     point_latest(export_dir, str(step))
   else:
-    save_module(root, output)
+    save_module(root, output, metadata)
   log.info("Exported the encoder at step %d to %s.", step, output)
   return output
 

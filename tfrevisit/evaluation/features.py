@@ -19,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfrevisit import data
+from tfrevisit import export
 from tfrevisit.evaluation import pooling
 
-METADATA_FILE = "tfrevisit.json"  # in the SavedModel's assets/
 Features = Dict[str, np.ndarray]
 
 
@@ -43,7 +43,7 @@ def load_module(path: str) -> Tuple[tf.Module, dict]:
         f"The SavedModel at {path!r} has no 'representation' signature (it has "
         f"{sorted(module.signatures)}); export encoders with "
         "`python -m tfrevisit.export`.")
-  metadata_path = os.path.join(path, "assets", METADATA_FILE)
+  metadata_path = os.path.join(path, "assets", export.METADATA_FILE)
   metadata = {}
   if os.path.exists(metadata_path):
     with open(metadata_path) as f:
