@@ -10,9 +10,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from tfrevisit import export
-from tfrevisit import models
-from tfrevisit import pretext
 from tfrevisit import gin_config
+from tfrevisit import models
 from tfrevisit import train
 
 ATOL = 1e-5

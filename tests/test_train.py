@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrevisit import pretext
 from tfrevisit import gin_config
+from tfrevisit import pretext
 from tfrevisit import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
