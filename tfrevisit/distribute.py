@@ -14,18 +14,21 @@ def _auto():
   """MultiWorkerMirrored when TF_CONFIG names a cluster, else Mirrored."""
   if _cluster_spec():
     return _multi_worker()
-  return _mirrored()
+  return mirrored()
 
 
 @STRATEGIES.register("mirrored")
-def _mirrored():
-  """All visible GPUs of this host (NCCL all-reduce), else its CPU devices."""
+def mirrored(devices=None):
+  """`devices` (default: all GPUs of this host, NCCL all-reduce, else its CPU).
+
+  Without GPUs, gradients are reduced through one device: CPU collectives keep
+  per-process state keyed by instance number, which breaks a second strategy
+  in the same process (tests, notebooks; TF 2.21).
+  """
   if tf.config.list_logical_devices("GPU"):
-    return tf.distribute.MirroredStrategy()
-  # CPU collectives keep per-process state keyed by instance number, which
-  # breaks a second strategy in the same process (tests, notebooks).
+    return tf.distribute.MirroredStrategy(devices)
   return tf.distribute.MirroredStrategy(
-      cross_device_ops=tf.distribute.ReductionToOneDevice())
+      devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 @STRATEGIES.register("multi_worker")
