@@ -13,6 +13,7 @@ from tfrevisit import export
 from tfrevisit import models
 from tfrevisit.data import sources
 from tfrevisit.evaluation import features as features_lib
+from tfrevisit.evaluation import linear
 
 SIZE = 32
 PREPROCESS = f"resize_small({SIZE})|central_crop({SIZE})|value_range(-1, 1)"
@@ -89,6 +90,55 @@ def test_patch_model_features_average_the_nine_patches(tmp_path):
   _assert_close(features["pre_logits"], np.reshape(per_patch, [3, 9, -1]).mean(axis=1))
 
 
+def _stacked_blocks(tmp_path, sizes=(5, 1, 7, 3), dim=4):
+  """Blocks of the given row counts, the third one memory-mapped."""
+  rng = np.random.default_rng(0)
+  blocks = [rng.normal(size=(size, dim)).astype(np.float32) for size in sizes]
+  np.save(tmp_path / "block.npy", blocks[2])
+  blocks[2] = np.load(tmp_path / "block.npy", mmap_mode="r")
+  return blocks
+
+
+def test_stacked_rows_read_like_their_concatenation(tmp_path):
+  blocks = _stacked_blocks(tmp_path)
+  rows = features_lib.StackedRows(blocks)
+  expected = np.concatenate(blocks)
+  assert rows.shape == expected.shape == (16, 4) and len(rows) == 16
+  for index in (slice(None), slice(3, 14), slice(5, 6), slice(6, 6),
+                slice(-4, None), slice(1, 15, 3), np.array([15, 0, 6, 5, 6])):
+    np.testing.assert_array_equal(rows[index], expected[index], str(index))
+  np.testing.assert_array_equal(np.asarray(rows), expected)
+  mean, std = expected.mean(0), expected.std(0)
+  standardized = rows.standardized(mean, std)
+  np.testing.assert_allclose(standardized[2:9], (expected[2:9] - mean) / std,
+                             rtol=1e-6)
+  stacked = standardized.stack(features_lib.StackedRows(blocks[:2]))
+  np.testing.assert_allclose(
+      np.asarray(stacked),
+      (np.concatenate([expected, *blocks[:2]]) - mean) / std, rtol=1e-6)
+
+
+def test_column_mean_std_reads_in_chunks(tmp_path):
+  rows = features_lib.StackedRows(_stacked_blocks(tmp_path))
+  mean, std = features_lib.column_mean_std(rows, chunk_rows=3)
+  np.testing.assert_allclose(mean, np.asarray(rows).mean(0), rtol=1e-6)
+  np.testing.assert_allclose(std, np.asarray(rows).std(0), rtol=1e-5)
+
+
+def test_chunked_linear_fit_on_stacked_rows_matches_in_memory(tmp_path):
+  blocks = [block * 3 + 1 for block in _stacked_blocks(tmp_path, (40, 25, 35))]
+  labels = np.random.default_rng(1).integers(0, 3, 100)
+  rows = features_lib.StackedRows(blocks)
+  mean, std = features_lib.column_mean_std(rows)
+  in_memory = linear.fit_logistic_regression(
+      (np.concatenate(blocks) - mean) / std, labels, 3, 1e-2, tolerance=1e-7)
+  chunked = linear.fit_logistic_regression(
+      rows.standardized(mean, std), labels, 3, 1e-2, tolerance=1e-7,
+      chunk_size=30)
+  np.testing.assert_allclose(chunked.weights, in_memory.weights, atol=1e-4)
+  np.testing.assert_allclose(chunked.loss, in_memory.loss, rtol=1e-7)
+
+
 def test_interrupted_extraction_resumes_after_the_last_shard(tiny_export, tmp_path,
                                                              monkeypatch):
   _, path = tiny_export
@@ -118,9 +168,26 @@ def test_interrupted_extraction_resumes_after_the_last_shard(tiny_export, tmp_pa
   features, labels = features_lib.cached_features(
       module, source, "train", PREPROCESS, cache, batch_size=4, shard_size=8)
   assert written == [2, 3, 4]  # 40 examples = 5 shards of 8
+  assert all(isinstance(block, np.memmap) and len(block) == 8
+             for block in features["pre_logits"].blocks)
   np.testing.assert_array_equal(labels, expected_labels)
   for name, value in expected.items():
     np.testing.assert_allclose(features[name], value, atol=1e-6, err_msg=name)
+
+
+def test_max_examples_keeps_the_first_examples(tiny_export, tmp_path):
+  _, path = tiny_export
+  module, _ = features_lib.load_module(path)
+  args = (module, _source(), "train", PREPROCESS)
+  every, every_labels = features_lib.cached_features(
+      *args, str(tmp_path / "all"), batch_size=4, shard_size=8)
+  first, first_labels = features_lib.cached_features(
+      *args, str(tmp_path / "first"), batch_size=4, shard_size=8,
+      max_examples=10)  # 3 batches of 4 are extracted, 10 rows kept
+  np.testing.assert_array_equal(first_labels, every_labels[:10])
+  for name, value in every.items():
+    assert first[name].shape == (10, value.shape[1])
+    _assert_close(np.asarray(first[name]), value[:10])
 
 
 def test_cache_refuses_other_settings(tiny_export, tmp_path):
@@ -144,6 +211,7 @@ def test_evaluate_end_to_end_writes_a_row_per_end_point(tiny_export, tmp_path):
       "--gin_param", "evaluate.label_fractions = [1.0, 0.25]",
       "--gin_param", "select_l2_and_fit.l2_grid = [1e-2, 1e-3]",
       "--gin_param", "select_l2_and_fit.max_iterations = 20",
+      "--gin_param", "select_l2_and_fit.chunk_size = 16",
       "--gin_param", "train_mlp.epochs = 2",
       "--gin_param", "train_mlp.decay_epochs = [1]"])
   end_points = {"after_root", "block1", "block2", "block3", "block4", "pre_logits",

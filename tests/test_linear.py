@@ -84,14 +84,55 @@ def test_matches_scikit_learn(splits):
   np.testing.assert_allclose(ours.bias, theirs.intercept_, atol=1e-4)
 
 
-def test_solution_is_a_stationary_point(problem):
+@pytest.mark.parametrize("precondition", [False, True])
+def test_solution_is_a_stationary_point(problem, precondition):
   features, labels = problem
-  l2 = 1e-3
-  fit = linear.fit_logistic_regression(features, labels, 4, l2, tolerance=1e-5)
+  l2, tolerance = 1e-3, 1e-5
+  fit = linear.fit_logistic_regression(features, labels, 4, l2,
+                                       tolerance=tolerance,
+                                       precondition=precondition)
   weight_gradient, bias_gradient = numpy_objective_gradient(
       fit.weights, fit.bias, features, labels, l2)
-  assert np.abs(weight_gradient).max() < 1e-5
-  assert np.abs(bias_gradient).max() < 1e-5
+  gradient = np.concatenate([weight_gradient, bias_gradient[None]])
+  if precondition:
+    # L-BFGS stops on L^-1 g, where L L^T = M / C + l2 (bias unpenalised),
+    # M the second moment of [x, 1] (all 1500 rows are sampled).
+    augmented = np.concatenate([features, np.ones([len(features), 1])], 1)
+    hessian = (augmented.T @ augmented / len(features) / 4
+               + np.diag([l2] * features.shape[1] + [0.0]))
+    gradient = np.linalg.solve(np.linalg.cholesky(hessian), gradient)
+  assert fit.converged
+  assert np.abs(gradient).max() < tolerance
+
+
+def test_preconditioning_changes_the_path_not_the_optimum(problem):
+  features, labels = problem
+  # Ill-conditioned like network features: large means, decaying scales.
+  features = (features + 3.0) * np.geomspace(1.0, 0.01, features.shape[1])
+  fits = [linear.fit_logistic_regression(features, labels, 4, 1e-3,
+                                         tolerance=1e-7,
+                                         precondition=precondition)
+          for precondition in (False, True)]
+  assert all(fit.converged for fit in fits)
+  assert fits[1].iterations < fits[0].iterations / 3
+  np.testing.assert_allclose(fits[1].loss, fits[0].loss, rtol=1e-7)
+  np.testing.assert_allclose(fits[1].weights, fits[0].weights, atol=1e-3)
+
+
+def test_second_moment_and_preconditioner_against_numpy(problem):
+  features, _ = problem
+  augmented = np.concatenate([features, np.ones([len(features), 1])], 1)
+  np.testing.assert_allclose(
+      linear.feature_second_moment(features),
+      augmented.T @ augmented / len(features), rtol=1e-5, atol=1e-6)
+  # Sampled: rows 0, 499, 999, 1499 of 1500.
+  sampled = linear.feature_second_moment(features, max_rows=4)
+  rows = augmented[[0, 499, 999, 1499]]
+  np.testing.assert_allclose(sampled, rows.T @ rows / 4, rtol=1e-5, atol=1e-6)
+  factor = linear.preconditioner(sampled, 4, l2=0.5).numpy()
+  expected = sampled / 4 + np.diag([0.5] * features.shape[1] + [0.0])
+  np.testing.assert_allclose(factor @ factor.T, expected, rtol=1e-5)
+  assert np.all(np.triu(factor, 1) == 0)
 
 
 def test_chunked_memory_mapped_matches_in_memory(problem, tmp_path):

@@ -5,7 +5,9 @@ r"""Evaluates every layer of an exported encoder with the paper's probes.
 
 Features of `train`, `val` and `test` are extracted once (cached in
 DIR/features; `trainval` = train + val), then each probe runs on each end point
-and label fraction. Results go to DIR/results.json and DIR/results.csv after
+and label fraction. The linear probe reads the cached (memory-mapped) features
+in chunks when `select_l2_and_fit.chunk_size` is set, so splits larger than
+memory work; the Keras probes load one end point's features into memory. Results go to DIR/results.json and DIR/results.csv after
 every finished row; a table is printed at the end.
 
 Probes: `linear` (the paper's protocol: L-BFGS logistic regression, L2 chosen
@@ -43,7 +45,10 @@ def _linear(train, val, trainval, test, num_classes):
 def _keras_probe(fit_fn):
   def probe(train, val, trainval, test, num_classes):
     del train, val  # Fixed hyper-parameters: train on trainval.
-    result = fit_fn(*trainval, *test, num_classes)
+    # Keras fit reads the features from memory.
+    (train_x, train_y), (test_x, test_y) = trainval, test
+    result = fit_fn(np.asarray(train_x), train_y, np.asarray(test_x), test_y,
+                    num_classes)
     return {"top1": result.top1, "top5": result.top5,
             "epochs": len(result.history["top1"]),
             "test_top1_per_epoch": [round(float(a), 5) for a in result.history["val_top1"]],
@@ -56,10 +61,13 @@ PROBES.register("linear_sgd")(_keras_probe(probes_lib.train_linear_sgd))
 
 
 def standardize(splits: Dict[str, Split]) -> Dict[str, Split]:
-  """Scales every split's features by the train split's mean and std."""
-  mean = splits["train"][0].mean(axis=0)
-  std = splits["train"][0].std(axis=0) + 1e-6
-  return {name: (((x - mean) / std).astype(np.float32), y)
+  """Scales every split's features by the train split's mean and std.
+
+  The features are `features_lib.StackedRows`, and so are the results: they
+  are standardised as they are read.
+  """
+  mean, std = features_lib.column_mean_std(splits["train"][0])
+  return {name: (x.standardized(mean, std + 1e-6), y)
           for name, (x, y) in splits.items()}
 
 
@@ -127,8 +135,9 @@ def evaluate(hub_module: str, workdir: str,
   rows = []
   for name in names:
     per_split = standardize({s: (f[name], y) for s, (f, y) in splits.items()})
-    per_split["trainval"] = tuple(
-        np.concatenate(parts) for parts in zip(per_split["train"], per_split["val"]))
+    (train_x, train_y), (val_x, val_y) = per_split["train"], per_split["val"]
+    per_split["trainval"] = (train_x.stack(val_x),
+                             np.concatenate([train_y, val_y]))
     for fraction in label_fractions:
       subset = label_subset(per_split, fraction, seed, source.num_classes)
       for probe in probes:

@@ -6,13 +6,15 @@ nine per-patch features are combined (`pooling.combine_patches`). Features are
 written in shards of `shard_size` examples, one directory per shard holding
 one `.npy` per end point plus `labels.npy`; a shard appears (atomic rename)
 only when complete, so an interrupted run resumes after its last shard.
+Cached features are read back as `StackedRows` of memory-mapped shards, so
+that a split larger than memory is only ever read in chunks.
 """
 import json
 import math
 import os
 import sys
 import tempfile
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -22,7 +24,93 @@ from tfrevisit import data
 from tfrevisit import export
 from tfrevisit.evaluation import pooling
 
-Features = Dict[str, np.ndarray]
+
+
+class StackedRows:
+  """Read-only float32 rows [N, F] stacked from blocks without copying them.
+
+  The blocks ([n_i, F] arrays, e.g. memory-mapped shards) are read only when
+  indexed; rows can be standardised as they are read, `(x - mean) / std`.
+  Indexing with a slice or an integer array returns a NumPy array, and so does
+  `np.asarray(rows)`, which reads everything.
+  """
+
+  ndim = 2
+  dtype = np.dtype(np.float32)
+
+  def __init__(self, blocks: Sequence[np.ndarray],
+               mean: Optional[np.ndarray] = None,
+               std: Optional[np.ndarray] = None):
+    if not blocks:
+      raise ValueError("StackedRows needs at least one block.")
+    self.blocks = list(blocks)
+    self.mean, self.std = mean, std
+    self._offsets = np.cumsum([0] + [len(block) for block in self.blocks])
+    self.shape = (int(self._offsets[-1]), self.blocks[0].shape[1])
+
+  def __len__(self):
+    return self.shape[0]
+
+  def __getitem__(self, index) -> np.ndarray:
+    if isinstance(index, slice) and index.indices(len(self))[2] == 1:
+      start, stop, _ = index.indices(len(self))
+      rows = self._read_range(start, max(start, stop))
+    else:
+      rows = self._read_indices(np.arange(len(self))[index])
+    if self.mean is not None:
+      rows = (rows - self.mean) / self.std
+    return rows.astype(np.float32, copy=False)
+
+  def __array__(self, dtype=None, copy=None):
+    del copy  # Always a new array.
+    return self[:] if dtype is None else self[:].astype(dtype)
+
+  def _read_range(self, start: int, stop: int) -> np.ndarray:
+    parts = []
+    for block, offset in zip(self.blocks, self._offsets):
+      low, high = max(start - offset, 0), min(stop - offset, len(block))
+      if low < high:
+        parts.append(block[low:high])
+    if not parts:
+      return np.zeros([0, self.shape[1]], np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+  def _read_indices(self, indices: np.ndarray) -> np.ndarray:
+    rows = np.empty([len(indices), self.shape[1]], np.float32)
+    which = np.searchsorted(self._offsets, indices, side="right") - 1
+    for block_index in np.unique(which):
+      selected = which == block_index
+      rows[selected] = self.blocks[block_index][
+          indices[selected] - self._offsets[block_index]]
+    return rows
+
+  def standardized(self, mean: np.ndarray, std: np.ndarray) -> "StackedRows":
+    """The same rows read as (x - mean) / std ([F] each)."""
+    return StackedRows(self.blocks, np.float32(mean), np.float32(std))
+
+  def stack(self, other: "StackedRows") -> "StackedRows":
+    """These rows followed by `other`'s, all read with this standardisation."""
+    return StackedRows(self.blocks + other.blocks, self.mean, self.std)
+
+
+def column_mean_std(rows, chunk_rows: int = 65536
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+  """Per-column mean and standard deviation of [N, F] rows, read in chunks.
+
+  Returns:
+    ([F], [F]) float64 arrays.
+  """
+  total = np.zeros(rows.shape[1])
+  total_square = np.zeros(rows.shape[1])
+  for start in range(0, len(rows), chunk_rows):
+    chunk = np.asarray(rows[start:start + chunk_rows], np.float64)
+    total += chunk.sum(axis=0)
+    total_square += np.square(chunk).sum(axis=0)
+  mean = total / len(rows)
+  return mean, np.sqrt(np.maximum(total_square / len(rows) - mean**2, 0))
+
+
+Features = Dict[str, StackedRows]
 
 
 def load_module(path: str) -> Tuple[tf.Module, dict]:
@@ -77,7 +165,7 @@ def make_featurizer(module: tf.Module, pooling_mode: str = "max",
   return featurize
 
 
-def _write_shard(directory: str, index: int, features: Features,
+def _write_shard(directory: str, index: int, features: Dict[str, np.ndarray],
                  labels: np.ndarray) -> None:
   tmp = tempfile.mkdtemp(prefix=".tmp-", dir=directory)
   for name, value in features.items():
@@ -90,13 +178,23 @@ def _finished_shards(directory: str):
   return sorted(d for d in os.listdir(directory) if d.startswith("shard-"))
 
 
-def _read_shards(directory: str) -> Tuple[Features, np.ndarray]:
+def _read_shards(directory: str, num_examples: int
+                 ) -> Tuple[Features, np.ndarray]:
+  """The first `num_examples` rows of the cache, memory-mapped."""
   shards = [os.path.join(directory, s) for s in _finished_shards(directory)]
   names = sorted(f[:-4] for f in os.listdir(shards[0]) if f != "labels.npy")
-  load = lambda shard, name: np.load(os.path.join(shard, f"{name}.npy"),
-                                     mmap_mode="r")
-  features = {n: np.concatenate([load(s, n) for s in shards]) for n in names}
-  return features, np.concatenate([load(s, "labels") for s in shards])
+
+  def blocks(name):
+    arrays, remaining = [], num_examples
+    for shard in shards:
+      if remaining > 0:
+        array = np.load(os.path.join(shard, f"{name}.npy"), mmap_mode="r")
+        arrays.append(array[:remaining])
+        remaining -= len(arrays[-1])
+    return arrays
+
+  return ({name: StackedRows(blocks(name)) for name in names},
+          np.concatenate(blocks("labels")))
 
 
 def _check_cache_settings(directory: str, settings: dict) -> None:
@@ -123,7 +221,8 @@ def cached_features(module: tf.Module, source: data.Source, split: str,
                     ) -> Tuple[Features, np.ndarray]:
   """Features of every end point for `split` ([N, F] each) and labels [N].
 
-  Reuses the finished shards under `cache_dir` and extracts the rest.
+  Reuses the finished shards under `cache_dir` and extracts the rest. The
+  features are `StackedRows` of the memory-mapped shards.
   `max_examples` keeps the split's first examples only (quick runs).
   """
   num_examples = source.num_examples(split)
@@ -156,9 +255,7 @@ def cached_features(module: tf.Module, source: data.Source, split: str,
         progress.add(1)
       _write_shard(cache_dir, index, {k: np.concatenate(v) for k, v in parts.items()},
                    np.concatenate(labels))
-  features, labels = _read_shards(cache_dir)
-  return ({k: v[:num_examples] for k, v in features.items()},
-          labels[:num_examples])
+  return _read_shards(cache_dir, num_examples)
 
 
 def _progress(total_batches: int, done_batches: int, split: str):
