@@ -112,7 +112,7 @@ def test_weight_decay_one_loss_per_kernel(name, default_decay):
   model = _small_model(name, num_classes=3)
   kernels = [w for w in model.weights if w.path.endswith("/kernel")]
   # RevNet's root conv is the one kernel without decay.
-  undecayed = ["root_conv/kernel"] if name == "revnet50" else []
+  undecayed = ["root/kernel"] if name == "revnet50" else []
   decayed = [w for w in kernels if w.path not in undecayed]
 
   assert len(decayed) == len(kernels) - len(undecayed)

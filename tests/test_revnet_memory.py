@@ -46,12 +46,15 @@ def _randomise_batch_norms(model, rng):
 
 
 def _mini_revnet(memory_efficient, seed=0):
-  """Two 3-unit stages (the fewest units for which the backward pass uses a
-  reconstructed input) with RevNet's pooling and zero channel padding between:
-  images [B, 16, 16, 3] -> {"logits": [B, 3] float32, "block2": [B, 8, 8, 64]}."""
+  """RevNet's root in 3 chunks (so that the batches of 4 and 8 used here do
+  not divide into them), then two 3-unit stages (the fewest units for which
+  the backward pass uses a reconstructed input) with RevNet's pooling and zero
+  channel padding between: images [B, 32, 32, 3] ->
+  {"logits": [B, 3] float32, "block2": [B, 8, 8, 64]}."""
   keras.utils.set_random_seed(seed)
-  images = keras.Input((16, 16, 3))
-  x = layers.conv2d(32, 3, 1, None, "root_conv")(images)
+  images = keras.Input((32, 32, 3))
+  x = models.RevNetRoot(32, 1, memory_efficient, num_chunks=3,
+                        name="root")(images)
   x = models.ReversibleStage(3, 1e-4, memory_efficient, name="block1")(x)
   x = keras.layers.AveragePooling2D(2)(x)
   x = layers.ZeroPadChannels(32)(x)
@@ -189,6 +192,7 @@ def test_switch_is_on_by_default_and_set_by_gin():
   default = models.backbone("revnet50", filters_factor=1)
   assert len(stages(default)) == 4
   assert all(stage.memory_efficient for stage in stages(default))
+  assert default.get_layer("root").memory_efficient
   with gin.unlock_config():
     gin.parse_config("backbone.memory_efficient = False")
   try:
@@ -196,6 +200,7 @@ def test_switch_is_on_by_default_and_set_by_gin():
   finally:
     gin.clear_config()
   assert not any(stage.memory_efficient for stage in stages(configured))
+  assert not configured.get_layer("root").memory_efficient
   assert ([(w.path, w.shape) for w in default.weights]
           == [(w.path, w.shape) for w in configured.weights])
 
@@ -206,9 +211,11 @@ def test_keras_save_load_keeps_the_switch(memory_efficient, tmp_path):
   path = str(tmp_path / "model.keras")
   model.save(path)
   restored = keras.saving.load_model(path)
-  images = next(_batches(2, 16))[0]
+  images = next(_batches(2, 32))[0]
 
   assert restored.get_layer("block1").memory_efficient == memory_efficient
+  assert restored.get_layer("root").memory_efficient == memory_efficient
+  assert restored.get_layer("root").num_chunks == 3
   np.testing.assert_array_equal(restored(images, training=False)["logits"],
                                 model(images, training=False)["logits"])
 
@@ -220,7 +227,7 @@ def test_exported_savedmodel_trains_like_plain_backprop(tmp_path):
       model, default_output="logits", preprocess_spec="value_range(-1, 1)"),
       path, metadata={})
   loaded = tf.saved_model.load(path)
-  images, labels = next(_batches(4, 16))
+  images, labels = next(_batches(4, 32))
 
   def grads(call, variables):
     with tf.GradientTape() as tape:
@@ -237,7 +244,7 @@ def test_exported_savedmodel_trains_like_plain_backprop(tmp_path):
 
 def test_mirrored_strategy_step_matches_plain_backprop(two_cpu_strategy):
   strategy = two_cpu_strategy
-  images, labels = next(_batches(8, 16))
+  images, labels = next(_batches(8, 32))
   weights = {}
   for memory_efficient in (True, False):
     with strategy.scope():
@@ -259,7 +266,7 @@ def test_mirrored_strategy_step_matches_plain_backprop(two_cpu_strategy):
 def test_mixed_bfloat16_is_as_accurate_as_plain_backprop():
   """In bfloat16 the reconstruction x1 = y1 - F(y2) loses up to 2^-8 of |y1|;
   the gradient must stay as close to the float32 one as plain backprop's."""
-  images, labels = next(_batches(4, 16))
+  images, labels = next(_batches(4, 32))
   grads, losses = {}, {}
   for policy, memory_efficient in (("float32", False),
                                    ("mixed_bfloat16", False),
@@ -280,5 +287,74 @@ def test_mixed_bfloat16_is_as_accurate_as_plain_backprop():
            for key, value in grads.items()}
   assert losses["mixed_bfloat16", True] == losses["mixed_bfloat16", False]
   assert np.all(np.isfinite(grads["mixed_bfloat16", True]))
-  assert 0 < error["mixed_bfloat16", False] < 0.5
+  # bfloat16 is coarse here: measured 0.45 (0.22 with the 3x3 stride-1 conv
+  # that stood for the root before the root had a memory-efficient mode).
+  assert 0 < error["mixed_bfloat16", False] < 0.75
   assert error["mixed_bfloat16", True] <= 1.5 * error["mixed_bfloat16", False]
+
+
+def _conv_and_max_pool(images, kernel, stride):
+  """RevNet's root in tf.nn ops: 7x7 conv with TF-slim fixed padding (3 on
+  each side, then VALID), then 3x3 stride-2 SAME max-pool."""
+  padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]])
+  return tf.nn.max_pool2d(tf.nn.conv2d(padded, kernel, stride, "VALID"),
+                          3, 2, "SAME")
+
+
+def _keras_root(images, kernel, stride):
+  """The root as RevNet50 built it from Keras layers before `RevNetRoot`."""
+  inputs = keras.Input(images.shape[1:])
+  x = layers.conv2d_fixed_padding(inputs, kernel.shape[-1], 7, stride, None,
+                                  "root_conv")
+  model = keras.Model(inputs, layers.root_max_pool(x))
+  model.get_layer("root_conv").kernel.assign(kernel)
+  return model(images)
+
+
+@pytest.mark.parametrize("mode", ["eager", "static_batch", "unknown_batch"])
+@pytest.mark.parametrize("batch_size, num_chunks", [(5, 4), (6, 3), (2, 4)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_root_matches_conv_and_max_pool(stride, batch_size, num_chunks, mode):
+  """Outputs and gradients of the chunked root against tf.nn ops on the whole
+  batch; batches not divisible by, or smaller than, the number of chunks;
+  eagerly, or in a tf.function whose batch size is static or unknown (then a
+  batch of 2 in 4 chunks has empty chunks)."""
+  rng = np.random.RandomState(stride + batch_size)
+  images = tf.constant(rng.randn(batch_size, 15, 18, 3), tf.float32)
+  root = models.RevNetRoot(8, stride, memory_efficient=True,
+                           num_chunks=num_chunks)
+  root.build(images.shape)
+  kernel = tf.Variable(root.kernel.numpy())
+  output_shape = tuple(_conv_and_max_pool(images, kernel, stride).shape)
+  assert root.compute_output_shape(images.shape) == output_shape
+  output_grad = tf.constant(rng.randn(*output_shape), tf.float32)
+
+  def output_and_grads(call, variable):
+    def run(images):
+      with tf.GradientTape() as tape:
+        tape.watch(images)
+        output = call(images)
+        loss = tf.reduce_sum(output * output_grad)
+      return (output, *tape.gradient(loss, [images, variable]))
+
+    if mode != "eager":
+      batch_dim = batch_size if mode == "static_batch" else None
+      run = tf.function(
+          run, input_signature=[tf.TensorSpec((batch_dim, 15, 18, 3))])
+    return [t.numpy() for t in run(images)]
+
+  actual = output_and_grads(lambda x: root(x, training=True), root.kernel)
+  expected = output_and_grads(
+      lambda x: _conv_and_max_pool(x, kernel, stride), kernel)
+
+  plain = models.RevNetRoot(8, stride, memory_efficient=False)
+  plain.build(images.shape)
+  plain.kernel.assign(kernel)
+  for reference in (_keras_root(images, kernel, stride),
+                    plain(images, training=True)):
+    np.testing.assert_allclose(reference, expected[0], rtol=0,
+                               atol=1e-5 * np.abs(expected[0]).max())
+  for name, got, want in zip(("output", "images grad", "kernel grad"), actual,
+                             expected):
+    np.testing.assert_allclose(got, want, rtol=0,
+                               atol=1e-5 * np.abs(want).max(), err_msg=name)

@@ -247,7 +247,7 @@ _MINIMIZE_CHUNKED = {
 
 # In-memory features are processed in blocks of about this many bytes, which
 # stay in the CPU cache between the forward and the gradient matmul.
-_BLOCK_BYTES = 8 << 20
+_BLOCK_BYTES = 16 << 20
 
 
 def feature_second_moment(features: np.ndarray,

@@ -10,7 +10,11 @@ Network"): in training, a `ReversibleStage` keeps only its input and output for
 the backward pass, which walks the units in reverse, reconstructing each
 unit's input from its output and recomputing F under a local tape; so the
 activation memory of a stage does not grow with its number of units. The
-model, its weights and its outputs are the same with and without it.
+non-reversible root (`RevNetRoot`), whose conv output is the largest tensor of
+the network (4x any block1 tensor), instead computes its forward pass in batch
+chunks, keeping only the pooled output, and recomputes each chunk's conv
+output in the backward pass. The model, its weights and its outputs are the
+same with and without it.
 
 End points for images [B, H, W, 3] (patch mode as in ResNet: H/2, H/2, H/4, H/8,
 H/8 for after_root, block1..block4):
@@ -30,6 +34,9 @@ import tensorflow as tf
 from tfrevisit.models import layers
 from tfrevisit.models.factory import BACKBONES
 from tfrevisit.models.resnet import DEFAULT_WEIGHT_DECAY, UNITS_PER_STAGE
+
+ROOT_KERNEL_SIZE = 7
+DEFAULT_ROOT_CHUNKS = 4
 
 
 @keras.saving.register_keras_serializable(package="tfrevisit")
@@ -212,6 +219,148 @@ def _merge_grads(totals, grads):
   return [total if grad is None else grad for total, grad in zip(totals, grads)]
 
 
+@keras.saving.register_keras_serializable(package="tfrevisit")
+class RevNetRoot(keras.layers.Layer):
+  """RevNet's non-reversible root: images [B, H, W, C] -> [B, H', W', filters].
+
+  A 7x7 conv with stride `stride` (TF-slim fixed padding: 3 zero pixels on
+  each side, then VALID; no bias, no weight decay, He-normal), then the 3x3,
+  stride-2, SAME max-pool, as `layers.conv2d_fixed_padding` and
+  `layers.root_max_pool` build it. H' = ceil(ceil(H / stride) / 2), W' alike.
+
+  With `memory_efficient`, a training-mode call keeps no conv output for the
+  backward pass. Its forward pass runs conv and pool on `num_chunks`
+  consecutive batch chunks, one after another, keeping only the pooled output
+  (a quarter of the conv output's size); its gradient recomputes each
+  chunk's conv output from the chunk's images and backpropagates through pool
+  and conv, again one chunk at a time, summing the kernel gradient. So at most
+  one chunk's conv output and its gradient, each 1/num_chunks of the batch's,
+  are alive at a time, instead of both for the whole batch. The cost is one
+  more conv per step. Outputs and gradients are the same as without it, up to
+  float rounding; inference-mode calls are plain forward passes either way.
+
+  The default of 4 chunks cuts those conv-sized buffers to a quarter (enough
+  to halve RevNet50's training-step memory, see `tfrevisit.bench.revnet_memory`)
+  while chunks of a usual per-replica batch (16 images or more) keep 4 or more
+  images each, for an efficient conv. A batch of static size smaller than
+  `num_chunks` runs in one chunk per image.
+  """
+
+  def __init__(self, filters: int, stride: int, memory_efficient: bool = True,
+               num_chunks: int = DEFAULT_ROOT_CHUNKS, **kwargs):
+    super().__init__(**kwargs)
+    if num_chunks < 1 or int(num_chunks) != num_chunks:
+      raise ValueError(
+          f"num_chunks must be an integer >= 1, got {num_chunks!r}.")
+    self.filters = filters
+    self.stride = stride
+    self.memory_efficient = memory_efficient
+    self.num_chunks = int(num_chunks)
+
+  def build(self, input_shape):
+    self.kernel = self.add_weight(
+        name="kernel",
+        shape=(ROOT_KERNEL_SIZE, ROOT_KERNEL_SIZE, input_shape[-1],
+               self.filters),
+        initializer="he_normal")
+
+  def call(self, x, training=None):
+    kernel = keras.ops.cast(self.kernel, self.compute_dtype)
+    if training and self.memory_efficient:
+      return self._chunked_root(x, kernel)
+    return self._root(x, kernel)
+
+  def _root(self, x, kernel):
+    """Conv and pool of images x [b, H, W, C] with `kernel` of x's dtype."""
+    pad = ROOT_KERNEL_SIZE // 2
+    x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    x = tf.nn.conv2d(x, kernel, self.stride, "VALID")
+    return tf.nn.max_pool2d(x, 3, 2, "SAME")
+
+  def _chunk_bounds(self, x):
+    """[(start, stop)] of the batch chunks of x: consecutive, sizes differing
+    by at most 1; Python ints if x's batch size is static, else scalar tensors
+    (then a batch smaller than `num_chunks` gives empty chunks, which TF's
+    conv and pool ops handle)."""
+    batch_size = x.shape[0]
+    if batch_size is None:
+      batch_size, num_chunks = tf.shape(x)[0], self.num_chunks
+    else:
+      num_chunks = max(1, min(self.num_chunks, batch_size))
+    return [(index * batch_size // num_chunks,
+             (index + 1) * batch_size // num_chunks)
+            for index in range(num_chunks)]
+
+  def _chunked_root(self, x, kernel):
+    """Training-mode root whose gradient recomputes instead of storing."""
+    bounds = self._chunk_bounds(x)
+
+    @tf.custom_gradient
+    def root(x, kernel):
+      # stop_gradient keeps an eager tape from recording (and so keeping) the
+      # chunks' conv outputs; tf.custom_gradient records only root itself.
+      x_const, kernel_const = tf.stop_gradient(x), tf.stop_gradient(kernel)
+      outputs = []
+      for start, stop in bounds:
+        with tf.control_dependencies(outputs[-1:]):  # one chunk at a time
+          chunk = tf.identity(x_const[start:stop])
+        outputs.append(self._root(chunk, kernel_const))
+      return (tf.concat(outputs, axis=0),
+              lambda dy: self._chunked_backward(x, kernel, dy, bounds))
+
+    return root(x, kernel)
+
+  def _chunked_backward(self, x, kernel, dy, bounds):
+    """The gradient of `_chunked_root`, in `tf.custom_gradient` form.
+
+    Args:
+      x: the images [B, H, W, C].
+      kernel: the conv kernel [7, 7, C, filters], x's dtype.
+      dy: the gradient of the loss w.r.t. the root's output
+        [B, H', W', filters].
+      bounds: the batch chunks, as `_chunk_bounds` gives them.
+
+    Returns:
+      (dx, dkernel): [B, H, W, C] and [7, 7, C, filters], x's dtype; the kernel
+      gradient is summed over the chunks in float32. Under `tf.function` an
+      unused dx is pruned: no chunk waits for another's dx.
+    """
+    dxs = []
+    dkernel = tf.zeros(kernel.shape, tf.float32)
+    # Without the dependency on dy the executor would recompute the first chunk
+    # as soon as the forward pass ends; each later chunk waits for the kernel
+    # gradient of the one before, so one chunk's conv output lives at a time.
+    for index, (start, stop) in enumerate(bounds):
+      with tf.control_dependencies([dkernel if index else dy]):
+        chunk = tf.identity(x[start:stop])
+      with tf.GradientTape() as tape:
+        tape.watch([chunk, kernel])
+        output = self._root(chunk, kernel)
+      dx, dkernel_chunk = tape.gradient(output, [chunk, kernel],
+                                        output_gradients=dy[start:stop])
+      dxs.append(dx)
+      dkernel += tf.cast(dkernel_chunk, tf.float32)
+    return tf.concat(dxs, axis=0), tf.cast(dkernel, kernel.dtype)
+
+  def compute_output_shape(self, input_shape):
+    def size(side):
+      if side is None:
+        return None
+      return _ceil_div(_ceil_div(side, self.stride), 2)
+
+    return (input_shape[0], size(input_shape[1]), size(input_shape[2]),
+            self.filters)
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "stride": self.stride, "memory_efficient": self.memory_efficient,
+            "num_chunks": self.num_chunks}
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
+
+
 @BACKBONES.register("revnet50")
 def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
              num_classes, weight_decay, input_shape,
@@ -219,17 +368,17 @@ def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
   """Builds RevNet50; arguments as in `tfrevisit.models.backbone`.
 
   `memory_efficient` (gin: `backbone.memory_efficient`) turns on reversible
-  backprop in every stage (see `ReversibleStage`); it changes the memory and
-  time of a training step, not the model.
+  backprop in every stage (see `ReversibleStage`) and the chunked, recomputing
+  root (see `RevNetRoot`); it changes the memory and time of a training step,
+  not the model or its weights.
   """
   if weight_decay is None:
     weight_decay = DEFAULT_WEIGHT_DECAY
   root_stride, stage_strides = layers.strides(patch_mode)
 
   images = keras.Input(input_shape, name="images")
-  x = layers.conv2d_fixed_padding(
-      images, 64 * filters_factor, 7, root_stride, None, "root_conv")
-  x = layers.root_max_pool(x)
+  x = RevNetRoot(64 * filters_factor, root_stride, memory_efficient,
+                 name="root")(images)
   end_points = {"after_root": x}
   for stage, (num_units, stride) in enumerate(
       zip(UNITS_PER_STAGE, stage_strides), start=1):
