@@ -33,17 +33,12 @@ and optimises the graph).
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 
-# TensorFlow keeps CPU allocator stats only with oneDNN on, which it turns on by
-# default only on CPUs with AVX-512 (the workers inherit this).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
-import keras  # pylint: disable=g-import-not-at-top
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -102,7 +97,8 @@ def _allocator_bytes(device: str, key: str) -> int:
   except ValueError as error:  # seen with TF_ENABLE_ONEDNN_OPTS=0
     raise RuntimeError(
         f"{error}; TensorFlow kept CPU allocator stats in our runs only with "
-        "oneDNN on: unset TF_ENABLE_ONEDNN_OPTS or set it to 1.") from error
+        "oneDNN on (tfrevisit's default): unset TF_ENABLE_ONEDNN_OPTS or set "
+        "it to 1.") from error
 
 
 def _reset_peaks(device: str):
