@@ -7,8 +7,9 @@ Features of `train`, `val` and `test` are extracted once (cached in
 DIR/features; `trainval` = train + val), then each probe runs on each end point
 and label fraction. The linear probe reads the cached (memory-mapped) features
 in chunks when `select_l2_and_fit.chunk_size` is set, so splits larger than
-memory work; the Keras probes load one end point's features into memory. Results go to DIR/results.json and DIR/results.csv after
-every finished row; a table is printed at the end.
+memory work; the Keras probes load one end point's features into memory.
+Results go to DIR/results.json and DIR/results.csv after every finished row; a
+table is printed at the end.
 
 Probes: `linear` (the paper's protocol: L-BFGS logistic regression, L2 chosen
 on train -> val, refit on trainval, top-1/top-5 on test), `mlp` and
