@@ -211,7 +211,6 @@ def test_evaluate_end_to_end_writes_a_row_per_end_point(tiny_export, tmp_path):
       "--gin_param", "evaluate.label_fractions = [1.0, 0.25]",
       "--gin_param", "select_l2_and_fit.l2_grid = [1e-2, 1e-3]",
       "--gin_param", "select_l2_and_fit.max_iterations = 20",
-      "--gin_param", "select_l2_and_fit.chunk_size = 16",
       "--gin_param", "train_mlp.epochs = 2",
       "--gin_param", "train_mlp.decay_epochs = [1]"])
   end_points = {"after_root", "block1", "block2", "block3", "block4", "pre_logits",
@@ -225,6 +224,22 @@ def test_evaluate_end_to_end_writes_a_row_per_end_point(tiny_export, tmp_path):
     assert 0 <= row["top1"] <= row["top5"] <= 1
   header = open(os.path.join(workdir, "results.csv")).readline()
   assert header.startswith("end_point,probe,label_fraction")
+
+
+def test_evaluate_streams_chunks_of_the_feature_cache(tiny_export, tmp_path):
+  _, path = tiny_export
+  rows = evaluate.main([
+      "--hub_module", path, "--workdir", str(tmp_path / "eval"),
+      "--gin_param", 'source.name = "random"',
+      "--gin_param", "source.num_examples = 40",
+      "--gin_param", "source.image_shape = (32, 32, 3)",
+      "--gin_param", 'evaluate.end_points = ["pre_logits"]',
+      "--gin_param", "select_l2_and_fit.l2_grid = [1e-2]",
+      "--gin_param", "select_l2_and_fit.max_iterations = 20",
+      "--gin_param", "select_l2_and_fit.chunk_size = 16"])
+  assert [(row["end_point"], row["probe"]) for row in rows] == [
+      ("pre_logits", "linear")]
+  assert 0 <= rows[0]["top1"] <= rows[0]["top5"] <= 1
 
 
 def test_wrong_hub_module_path_is_a_clear_error(tmp_path):

@@ -119,6 +119,18 @@ def test_preconditioning_changes_the_path_not_the_optimum(problem):
   np.testing.assert_allclose(fits[1].weights, fits[0].weights, atol=1e-3)
 
 
+def test_preconditioning_is_off_by_default_with_fewer_examples_than_features():
+  (features, labels), = gaussian_splits((30,), 50, 3, seed=3)
+  default = linear.fit_logistic_regression(features, labels, 3, 1e-2)
+  plain = linear.fit_logistic_regression(features, labels, 3, 1e-2,
+                                         precondition=False)
+  preconditioned = linear.fit_logistic_regression(features, labels, 3, 1e-2,
+                                                  precondition=True)
+  assert default.evaluations == plain.evaluations
+  np.testing.assert_array_equal(default.weights, plain.weights)
+  assert preconditioned.evaluations != plain.evaluations
+
+
 def test_second_moment_and_preconditioner_against_numpy(problem):
   features, _ = problem
   augmented = np.concatenate([features, np.ones([len(features), 1])], 1)

@@ -272,6 +272,12 @@ def feature_second_moment(features: np.ndarray,
   return (sample.T @ sample).astype(np.float64) / len(rows)
 
 
+def _preconditioning_pays(features) -> bool:
+  """Whether N > D: with fewer examples than features, the O(D^3) factorisation
+  outweighs the O(N D C) evaluations that preconditioning saves."""
+  return len(features) > features.shape[1]
+
+
 def preconditioner(second_moment: np.ndarray, num_classes: int,
                    l2: float) -> tf.Tensor:
   """The Cholesky factor L of the objective's Hessian at W = 0 (per class).
@@ -306,7 +312,7 @@ def fit_logistic_regression(
     chunk_size: Optional[int] = None,
     initial: Optional[LogisticRegressionResult] = None,
     second_moment: Optional[np.ndarray] = None,
-    precondition: bool = True,
+    precondition: Optional[bool] = None,
     jit_compile: bool = False,
 ) -> LogisticRegressionResult:
   """Fits multinomial logistic regression with full-batch L-BFGS.
@@ -340,7 +346,7 @@ def fit_logistic_regression(
     precondition: run L-BFGS in preconditioned coordinates; the
       [D + 1, D + 1] second moment and its Cholesky factor cost
       O(max(8192, 2 D) D^2 + D^3) once, and each evaluation two triangular
-      solves, O(D^2 C).
+      solves, O(D^2 C). Default (None): only when N > D.
     jit_compile: compile the loss and gradient computation with XLA (slower on
       CPU; may help on accelerators).
 
@@ -362,6 +368,8 @@ def fit_logistic_regression(
     initial_params = np.zeros([features.shape[1] + 1, num_classes])
   else:
     initial_params = np.concatenate([initial.weights, initial.bias[None]])
+  if precondition is None:
+    precondition = _preconditioning_pays(features)
   if not precondition:
     factor = tf.eye(features.shape[1] + 1, dtype=tf.float64)
   else:
@@ -433,7 +441,8 @@ def select_l2_and_fit(
   start = time.perf_counter()
   fit_options = dict(num_classes=num_classes, max_iterations=max_iterations,
                      tolerance=tolerance, chunk_size=chunk_size)
-  train_moment = feature_second_moment(train[0])
+  train_moment = (feature_second_moment(train[0])
+                  if _preconditioning_pays(train[0]) else None)
   best_l2, best_val_top1, best_fit, fit = None, -1.0, None, None
   for l2 in sorted(l2_grid, reverse=True):
     fit = fit_logistic_regression(*train, l2=l2, initial=fit,
