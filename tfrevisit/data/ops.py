@@ -28,6 +28,9 @@ Size = Union[int, Sequence[int]]
 WindowFn = Callable[[tf.Tensor], tf.Tensor]  # int32 [h, w] -> [y, x, h, w].
 
 _INCEPTION_EVAL_FRACTION = 0.875
+# The release's Inception crop: area in [5%, 100%] that covers at least 10% of
+# the image, so in effect [10%, 100%].
+_INCEPTION_MIN_COVERED = 0.1
 _split_seed = tf.random.experimental.stateless_split
 
 
@@ -103,10 +106,14 @@ def _uniform_offsets(room: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def _inception_window(seed, area_range, aspect_ratio_range) -> WindowFn:
+  """A random window of area in `area_range` (fractions of the image) that
+  also covers at least `_INCEPTION_MIN_COVERED` of the image, as the release
+  asked `sample_distorted_bounding_box`."""
   def window(height_width):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.concat([height_width, [3]], axis=0), tf.zeros([0, 0, 4]), seed,
-        min_object_covered=0.0, aspect_ratio_range=aspect_ratio_range,
+        min_object_covered=_INCEPTION_MIN_COVERED,
+        aspect_ratio_range=aspect_ratio_range,
         area_range=area_range, max_attempts=100,
         use_image_if_no_bounding_boxes=True)
     return tf.concat([begin[:2], size[:2]], axis=0)
@@ -227,12 +234,39 @@ def inception_crop(size: Size, area_min: float = 0.05, area_max: float = 1.0,
   return crop_example
 
 
+def _distort_colour(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """The release's fast colour distortion of float32 [h, w, 3] in [0, 1]:
+  brightness +-32/255 and saturation x[0.5, 1.5], in a random one of the two
+  orders, then clipped to [0, 1]."""
+  order_seed, brightness_seed, saturation_seed = tf.unstack(
+      _split_seed(seed, 3))
+  brightness = lambda x: tf.image.stateless_random_brightness(
+      x, 32 / 255, brightness_seed)
+  saturation = lambda x: tf.image.stateless_random_saturation(
+      x, 0.5, 1.5, saturation_seed)
+  brightness_first = tf.random.stateless_uniform([], order_seed) < 0.5
+  image = tf.cond(brightness_first, lambda: saturation(brightness(image)),
+                  lambda: brightness(saturation(image)))
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _inception_distort(image, size_hw, seed) -> tf.Tensor:
+  """The Inception training distortion: float32 [size, size, 3] in [0, 1].
+
+  Random Inception crop, random left-right flip, `_distort_colour`.
+  """
+  crop_seed, flip_seed, colour_seed = tf.unstack(_split_seed(seed, 3))
+  image = _inception_crop(image, size_hw, crop_seed, True) / 255.0
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return _distort_colour(image, colour_seed)
+
+
 @OPS.register("inception_preprocess")
 def inception_preprocess(size: Size, *, training) -> Op:
   """Inception preprocessing to float32 [size, size, 3] in [-1, 1].
 
-  Training: Inception crop, random flip, light colour distortion (brightness
-  +-32/255, saturation x[0.5, 1.5]). Eval: central 87.5% crop and resize.
+  Training: `_inception_distort` (crop, flip, colour). Eval: central 87.5%
+  crop and resize.
   """
   size_hw = _height_width(size)
 
@@ -241,18 +275,8 @@ def inception_preprocess(size: Size, *, training) -> Op:
       return _map_image(example, lambda image: _inception_crop(
           image, size_hw, None, False) / 127.5 - 1.0)
     seed, example = take_seed(example)
-    crop_seed, flip_seed, brightness_seed, saturation_seed = tf.unstack(
-        _split_seed(seed, 4))
-
-    def distort(image):
-      image = _inception_crop(image, size_hw, crop_seed, True) / 255.0
-      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-      image = tf.image.stateless_random_brightness(image, 32 / 255,
-                                                   brightness_seed)
-      image = tf.image.stateless_random_saturation(image, 0.5, 1.5,
-                                                   saturation_seed)
-      return tf.clip_by_value(image, 0.0, 1.0) * 2.0 - 1.0
-    return _map_image(example, distort)
+    return _map_image(example, lambda image: _inception_distort(
+        image, size_hw, seed) * 2.0 - 1.0)
   return preprocess
 
 
@@ -364,25 +388,37 @@ def rotate(*, training) -> Op:
 
 
 @OPS.register("inception_patches")
-def inception_patches(n: int, size: Size, *, training) -> Op:
-  """`n` independent Inception crops of one image, each randomly flipped.
+def inception_patches(n: int, size: Size, colour: bool = True, *,
+                      training) -> Op:
+  """`n` independent Inception crops of one image: [H, W, 3] -> [n, size,
+  size, 3].
 
-  [H, W, 3] -> [n, size, size, 3], same dtype (uint8 from bytes). Eval: n copies
-  of the central Inception eval crop.
+  Training: each crop gets the whole Inception training distortion on its own
+  random draw (`_inception_distort`: crop, flip, brightness and saturation,
+  clip), float32 in [0, 1], as the release's Exemplar did; `colour=False`
+  leaves out the colour distortion and keeps the dtype (uint8 from bytes).
+  Eval: n copies of the central Inception eval crop, float32 in [0, 1]
+  (`colour=False`: the input's dtype).
   """
   size_hw = _height_width(size)
 
+  def crop(image, seed):
+    if not training:
+      return _inception_crop(image, size_hw, None, False) / 255.0
+    if colour:
+      return _inception_distort(image, size_hw, seed)
+    crop_seed, flip_seed = tf.unstack(_split_seed(seed, 2))
+    return tf.image.stateless_random_flip_left_right(
+        _inception_crop(image, size_hw, crop_seed, True), flip_seed) / 255.0
+
   def crops(example):
     image = _decode(example["image"])
-    if not training:
-      patch = _inception_crop(image, size_hw, None, False)
-      patches = _cast_like(tf.stack([patch] * n), image.dtype)
-      return {**example, "image": patches}
-    seed, example = take_seed(example)
-    patches = []
-    for patch_seed in tf.unstack(_split_seed(seed, n)):
-      crop_seed, flip_seed = tf.unstack(_split_seed(patch_seed, 2))
-      patches.append(tf.image.stateless_random_flip_left_right(
-          _inception_crop(image, size_hw, crop_seed, True), flip_seed))
-    return {**example, "image": _cast_like(tf.stack(patches), image.dtype)}
+    seeds = [None] * n
+    if training:
+      seed, example = take_seed(example)
+      seeds = tf.unstack(_split_seed(seed, n))
+    patches = tf.stack([crop(image, patch_seed) for patch_seed in seeds])
+    if not colour:
+      patches = _cast_like(patches * 255.0, image.dtype)
+    return {**example, "image": patches}
   return crops

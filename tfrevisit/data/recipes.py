@@ -20,9 +20,10 @@ def supervised(image_size: int = 224) -> str:
 
 
 def exemplar(image_size: int = 224, num_crops: int = 8) -> str:
-  """`num_crops` Inception crops, grayscale w.p. 0.66 (one draw per image),
+  """Grayscale w.p. 0.66 (one draw per image), then `num_crops` crops each
+  with its own Inception distortion (crop, flip, brightness, saturation),
   standardized per crop: [num_crops, size, size, 3]."""
-  return (f"inception_patches({num_crops}, {image_size})|to_gray(p=0.66)"
+  return (f"to_gray(p=0.66)|inception_patches({num_crops}, {image_size})"
           "|standardization")
 
 

@@ -1,20 +1,28 @@
 """Building blocks shared by the backbones: TF-slim style convs, BatchNorm, heads.
 
-Conventions (all backbones):
-  * Convolutions have no bias and He-normal initialisation. A strided conv pads
+Conventions (all backbones), the defaults of the paper's release (TF1 layers):
+  * Conv and dense kernels start from Glorot-uniform (`kernel_initializer`;
+    gin `kernel_initializer.name = "he_normal"` for the textbook ResNet init).
+  * Convolutions have no bias. A strided conv pads
     the input explicitly and symmetrically ("fixed padding", total kernel-1,
     begin total//2) and then runs VALID, as TF-slim ResNets do; a stride-1 conv
     runs SAME.
   * Weight decay `wd` on a kernel `w` adds `wd * tf.nn.l2_loss(w)` =
     `wd / 2 * sum(w**2)` to the model's losses, i.e. `keras.regularizers.L2(wd/2)`.
-  * BatchNorm uses momentum 0.9 and epsilon 1e-5.
+  * BatchNorm uses momentum 0.99 and epsilon 1e-3 (gin `batch_norm.momentum`,
+    `batch_norm.epsilon`; 0.9 and 1e-5 are the usual TF2 ResNet values).
+  * The root max-pool pads 1 zero pixel on each side, then runs 3x3 stride 2
+    VALID (not SAME, which pads with -inf: they differ where a border
+    window's values are all negative, as in ResNet v2's and RevNet's roots).
 """
 from typing import Dict, Optional, Sequence, Tuple
 
+import gin
 import keras
 
-BATCH_NORM_MOMENTUM = 0.9
-BATCH_NORM_EPSILON = 1e-5
+BATCH_NORM_MOMENTUM = 0.99
+BATCH_NORM_EPSILON = 1e-3
+KERNEL_INITIALIZER = "glorot_uniform"
 
 _ROOT_STRIDE = {False: 2, True: 1}
 _STAGE_STRIDES = {False: (1, 2, 2, 2), True: (1, 2, 2, 1)}
@@ -23,6 +31,13 @@ _STAGE_STRIDES = {False: (1, 2, 2, 2), True: (1, 2, 2, 1)}
 def strides(patch_mode: bool) -> Tuple[int, Tuple[int, ...]]:
   """Returns (root conv stride, stage strides); patch tasks keep more resolution."""
   return _ROOT_STRIDE[patch_mode], _STAGE_STRIDES[patch_mode]
+
+
+@gin.configurable("kernel_initializer")
+def kernel_initializer(name: str = KERNEL_INITIALIZER
+                       ) -> keras.initializers.Initializer:
+  """The initialiser of every conv and dense kernel, by Keras name."""
+  return keras.initializers.get(name)
 
 
 def kernel_regularizer(weight_decay: Optional[float]):
@@ -49,7 +64,7 @@ def conv2d(filters: int, kernel_size, stride: int,
     padding = "same" if stride == 1 else "valid"
   return keras.layers.Conv2D(
       filters, kernel_size, strides=stride, padding=padding, use_bias=False,
-      kernel_initializer="he_normal",
+      kernel_initializer=kernel_initializer(),
       kernel_regularizer=kernel_regularizer(weight_decay), name=name,
       dtype=dtype)
 
@@ -68,10 +83,12 @@ def conv2d_fixed_padding(x, filters: int, kernel_size: int, stride: int,
   return conv2d(filters, kernel_size, stride, weight_decay, name)(x)
 
 
-def batch_norm(name: str, dtype=None) -> keras.layers.BatchNormalization:
+@gin.configurable("batch_norm", allowlist=["momentum", "epsilon"])
+def batch_norm(name: str, dtype=None, momentum: float = BATCH_NORM_MOMENTUM,
+               epsilon: float = BATCH_NORM_EPSILON
+               ) -> keras.layers.BatchNormalization:
   return keras.layers.BatchNormalization(
-      momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, name=name,
-      dtype=dtype)
+      momentum=momentum, epsilon=epsilon, name=name, dtype=dtype)
 
 
 def batch_norm_relu(x, name: str, relu: bool = True):
@@ -81,8 +98,12 @@ def batch_norm_relu(x, name: str, relu: bool = True):
 
 
 def root_max_pool(x):
-  """The 3x3, stride-2, SAME max-pool that ends the ResNet/RevNet root."""
-  return keras.layers.MaxPooling2D(3, 2, padding="same", name="root_pool")(x)
+  """The ResNet root's max-pool: zero-pad 1, then 3x3 stride 2 VALID.
+
+  [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C].
+  """
+  x = keras.layers.ZeroPadding2D(1, name="root_pool_pad")(x)
+  return keras.layers.MaxPooling2D(3, 2, padding="valid", name="root_pool")(x)
 
 
 def end_points_model(images, end_points: Dict[str, keras.KerasTensor],
@@ -96,7 +117,8 @@ def end_points_model(images, end_points: Dict[str, keras.KerasTensor],
   end_points = dict(end_points)
   if num_classes is not None:
     end_points["logits"] = keras.layers.Dense(
-        num_classes, kernel_regularizer=kernel_regularizer(weight_decay),
+        num_classes, kernel_initializer=kernel_initializer(),
+        kernel_regularizer=kernel_regularizer(weight_decay),
         dtype="float32", name="logits")(end_points["pre_logits"])
   return keras.Model(images, end_points, name=name)
 

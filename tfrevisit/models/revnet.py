@@ -224,8 +224,9 @@ class RevNetRoot(keras.layers.Layer):
   """RevNet's non-reversible root: images [B, H, W, C] -> [B, H', W', filters].
 
   A 7x7 conv with stride `stride` (TF-slim fixed padding: 3 zero pixels on
-  each side, then VALID; no bias, no weight decay, He-normal), then the 3x3,
-  stride-2, SAME max-pool, as `layers.conv2d_fixed_padding` and
+  each side, then VALID; no bias, no weight decay, `layers.kernel_initializer`),
+  then zero padding by 1 and the 3x3, stride-2, VALID max-pool, as
+  `layers.conv2d_fixed_padding` and
   `layers.root_max_pool` build it. H' = ceil(ceil(H / stride) / 2), W' alike.
 
   With `memory_efficient`, a training-mode call keeps no conv output for the
@@ -262,7 +263,7 @@ class RevNetRoot(keras.layers.Layer):
         name="kernel",
         shape=(ROOT_KERNEL_SIZE, ROOT_KERNEL_SIZE, input_shape[-1],
                self.filters),
-        initializer="he_normal")
+        initializer=layers.kernel_initializer())
 
   def call(self, x, training=None):
     kernel = keras.ops.cast(self.kernel, self.compute_dtype)
@@ -275,7 +276,8 @@ class RevNetRoot(keras.layers.Layer):
     pad = ROOT_KERNEL_SIZE // 2
     x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     x = tf.nn.conv2d(x, kernel, self.stride, "VALID")
-    return tf.nn.max_pool2d(x, 3, 2, "SAME")
+    x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    return tf.nn.max_pool2d(x, 3, 2, "VALID")
 
   def _chunk_bounds(self, x):
     """[(start, stop)] of the batch chunks of x: consecutive, sizes differing

@@ -11,20 +11,21 @@ followed by a 2x2 max-pool. End points for images [B, H, W, 3]:
   pre_logits  [B, 512k]             fc7: 1x1 conv (dense), BN, ReLU
   logits      [B, num_classes]      only if num_classes is set
 
-In patch mode the pools after block1 and block4 have stride 1 (mirroring
-ResNet's root stride 1 and stage strides (1, 2, 2, 1)), so the end points have
-ResNet's patch-mode sizes: H/2, H/2, H/4, H/8, H/8; at 64x64 fc6 covers 8x8.
+As in the paper's release, patch mode (the patch tasks' strides) changes
+nothing in VGG: it keeps its five 2x2 pools, so on 64x64 patches fc6 covers
+2x2. The weight decay default is the release's effective 1e-4 (a flag default
+overrode the VGG code's 5e-4); `backbone.weight_decay = 5e-4` gives the VGG
+paper's.
 """
 import keras
 
 from tfrevisit.models import layers
 from tfrevisit.models.factory import BACKBONES, require_last_relu
 
-DEFAULT_WEIGHT_DECAY = 5e-4
+DEFAULT_WEIGHT_DECAY = 1e-4
 # (end point, number of convs, filters / k) per block.
 _BLOCKS = (("conv1", 2, 8), ("block1", 2, 16), ("block2", 4, 32),
            ("block3", 4, 64), ("block4", 4, 64))
-_POOL_STRIDES = {False: (2, 2, 2, 2, 2), True: (2, 1, 2, 2, 1)}
 
 
 def _require_fixed_size(input_shape):
@@ -38,7 +39,9 @@ def _require_fixed_size(input_shape):
 @BACKBONES.register("vgg19")
 def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
           num_classes, weight_decay, input_shape) -> keras.Model:
-  """Builds VGG19-BN; arguments as in `tfrevisit.models.backbone`."""
+  """Builds VGG19-BN; arguments as in `tfrevisit.models.backbone`; patch_mode
+  is accepted and, as in the release, changes nothing."""
+  del patch_mode
   require_last_relu("vgg19", last_relu)
   _require_fixed_size(input_shape)
   if weight_decay is None:
@@ -47,15 +50,12 @@ def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
   images = keras.Input(input_shape, name="images")
   x = images
   end_points = {}
-  for (name, num_convs, filters), pool_stride in zip(
-      _BLOCKS, _POOL_STRIDES[patch_mode]):
+  for name, num_convs, filters in _BLOCKS:
     for index in range(1, num_convs + 1):
       x = layers.conv2d(filters * filters_factor, 3, 1, weight_decay,
                         f"{name}_conv{index}")(x)
       x = layers.batch_norm_relu(x, f"{name}_conv{index}")
-    if pool_stride > 1:
-      x = keras.layers.MaxPooling2D(
-          pool_stride, pool_stride, padding="same", name=f"{name}_pool")(x)
+    x = keras.layers.MaxPooling2D(2, 2, padding="same", name=f"{name}_pool")(x)
     end_points[name] = x
 
   x = layers.conv2d(512 * filters_factor, x.shape[1:3], 1, weight_decay, "fc6",
@@ -64,7 +64,8 @@ def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
   x = keras.layers.Flatten(name="fc6_flatten")(x)
   end_points["fc6"] = x
   x = keras.layers.Dense(
-      512 * filters_factor, use_bias=False, kernel_initializer="he_normal",
+      512 * filters_factor, use_bias=False,
+      kernel_initializer=layers.kernel_initializer(),
       kernel_regularizer=layers.kernel_regularizer(weight_decay), name="fc7")(x)
   end_points["pre_logits"] = layers.batch_norm_relu(x, "fc7")
   return layers.end_points_model(

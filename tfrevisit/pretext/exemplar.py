@@ -20,25 +20,40 @@ def nearest_neighbour_accuracy(labels: tf.Tensor, embeddings: tf.Tensor) -> tf.T
 @gin.configurable("exemplar")
 class ExemplarTask(base.Task):
   """`num_crops` Inception crops per image (grayscale w.p. 0.66, per-crop
-  standardization); L2-normalised `logits` of `embed_dim` are the embedding."""
+  distortion and standardization); the `logits` of `embed_dim`, L2-normalised,
+  are the embedding.
+
+  `normalize_axis` (gin `exemplar.normalize_axis`): 0, the release's default,
+  normalises each embedding dimension across the B*num_crops crops of the
+  batch; -1 (the textbook variant) normalises each embedding.
+  """
 
   name = "exemplar"
   value_range = "standardization"
 
   def __init__(self, num_classes: int, image_size: int = 224, num_crops: int = 8,
-               embed_dim: int = 1000, margin: float = 0.5):
+               embed_dim: int = 1000, margin: float = 0.5,
+               normalize_axis: int = 0):
     del num_classes  # The labels are the crops' source images.
     self.image_size = image_size
     self.num_crops = num_crops
     self.margin = margin
+    self.normalize_axis = normalize_axis
     self.train_preprocess = recipes.exemplar(image_size, num_crops)
     self.eval_preprocess = recipes.eval_image(image_size, "standardization")
     self.encoder = base.build_encoder(embed_dim, image_size)
 
+  def embed(self, crops: tf.Tensor, training: bool) -> tf.Tensor:
+    """Crops [B, num_crops, h, w, 3] -> normalised float32 embeddings
+    [B * num_crops, embed_dim]."""
+    embeddings = self.encoder(base.flatten_views(crops),
+                              training=training)["logits"]
+    return tf.math.l2_normalize(tf.cast(embeddings, tf.float32),
+                                axis=self.normalize_axis)
+
   def loss(self, batch, training):
     crops = batch["image"]  # [B, num_crops, h, w, 3]
-    embeddings = self.encoder(base.flatten_views(crops), training=training)["logits"]
-    embeddings = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=-1)
+    embeddings = self.embed(crops, training)
     batch_size = tf.shape(crops)[0]
     labels = tf.repeat(tf.range(batch_size), self.num_crops)
     loss = losses.triplet_semihard_loss(labels, embeddings, margin=self.margin)
