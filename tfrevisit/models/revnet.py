@@ -281,9 +281,9 @@ class RevNetRoot(keras.layers.Layer):
 
   def _chunk_bounds(self, x):
     """[(start, stop)] of the batch chunks of x: consecutive, sizes differing
-    by at most 1; Python ints if x's batch size is static, else scalar tensors
-    (then a batch smaller than `num_chunks` gives empty chunks, which TF's
-    conv and pool ops handle)."""
+    by at most 1; Python ints if x's batch size is static (then no chunk is
+    empty), else scalar tensors (then a batch smaller than `num_chunks` gives
+    empty chunks, see `_if_nonempty`)."""
     batch_size = x.shape[0]
     if batch_size is None:
       batch_size, num_chunks = tf.shape(x)[0], self.num_chunks
@@ -306,7 +306,9 @@ class RevNetRoot(keras.layers.Layer):
       for start, stop in bounds:
         with tf.control_dependencies(outputs[-1:]):  # one chunk at a time
           chunk = tf.identity(x_const[start:stop])
-        outputs.append(self._root(chunk, kernel_const))
+        outputs.append(_if_nonempty(
+            chunk, lambda chunk=chunk: self._root(chunk, kernel_const),
+            lambda chunk=chunk: self._empty_output(chunk)))
       return (tf.concat(outputs, axis=0),
               lambda dy: self._chunked_backward(x, kernel, dy, bounds))
 
@@ -335,14 +337,28 @@ class RevNetRoot(keras.layers.Layer):
     for index, (start, stop) in enumerate(bounds):
       with tf.control_dependencies([dkernel if index else dy]):
         chunk = tf.identity(x[start:stop])
-      with tf.GradientTape() as tape:
-        tape.watch([chunk, kernel])
-        output = self._root(chunk, kernel)
-      dx, dkernel_chunk = tape.gradient(output, [chunk, kernel],
-                                        output_gradients=dy[start:stop])
+      dx, dkernel_chunk = _if_nonempty(
+          chunk,
+          lambda chunk=chunk, dy=dy[start:stop]: self._chunk_grads(
+              chunk, kernel, dy),
+          lambda chunk=chunk: (tf.zeros_like(chunk), tf.zeros_like(kernel)))
       dxs.append(dx)
       dkernel += tf.cast(dkernel_chunk, tf.float32)
     return tf.concat(dxs, axis=0), tf.cast(dkernel, kernel.dtype)
+
+  def _chunk_grads(self, chunk, kernel, dy):
+    """(d chunk, d kernel) of the root's output on `chunk`, given its gradient
+    dy; recomputes the chunk's conv output."""
+    with tf.GradientTape() as tape:
+      tape.watch([chunk, kernel])
+      output = self._root(chunk, kernel)
+    return tuple(tape.gradient(output, [chunk, kernel], output_gradients=dy))
+
+  def _empty_output(self, images):
+    """The root's output [0, H', W', filters] for an empty batch of images."""
+    height, width = tf.unstack(tf.shape(images)[1:3])
+    size = lambda side: _ceil_div(_ceil_div(side, self.stride), 2)
+    return tf.zeros([0, size(height), size(width), self.filters], images.dtype)
 
   def compute_output_shape(self, input_shape):
     def size(side):
@@ -361,6 +377,20 @@ class RevNetRoot(keras.layers.Layer):
 
 def _ceil_div(a: int, b: int) -> int:
   return -(-a // b)
+
+
+def _if_nonempty(chunk, true_fn, empty_fn):
+  """true_fn() if the batch chunk has images, else empty_fn().
+
+  Chunks with a static size are never empty (see `_chunk_bounds`). Chunks of a
+  dynamic batch can be; running conv on one gives, on some CPUs' oneDNN
+  kernels, an empty output with the input's channel count rather than the
+  conv's, which breaks the concatenation of the chunks, so the conv never
+  sees one.
+  """
+  if chunk.shape[0] is not None:
+    return true_fn()
+  return tf.cond(tf.shape(chunk)[0] > 0, true_fn, empty_fn)
 
 
 @BACKBONES.register("revnet50")
