@@ -20,9 +20,10 @@ _RESNET_PATCH_64 = {"block1": (32, 32, 64), "block2": (16, 16, 128),
 _VGG_224 = {"conv1": (112, 112, 8), "block1": (56, 56, 16),
             "block2": (28, 28, 32), "block3": (14, 14, 64),
             "block4": (7, 7, 64), "fc6": (512,), "pre_logits": (512,)}
-_VGG_PATCH_64 = {"conv1": (32, 32, 8), "block1": (32, 32, 16),
-                 "block2": (16, 16, 32), "block3": (8, 8, 64),
-                 "block4": (8, 8, 64), "fc6": (512,), "pre_logits": (512,)}
+# VGG keeps its five 2x2 pools in patch mode, as in the paper's release.
+_VGG_PATCH_64 = {"conv1": (32, 32, 8), "block1": (16, 16, 16),
+                 "block2": (8, 8, 32), "block3": (4, 4, 64),
+                 "block4": (2, 2, 64), "fc6": (512,), "pre_logits": (512,)}
 _AFTER_ROOT_CHANNELS = {"resnet50_v1": 16, "resnet50_v2": 16, "revnet50": 64}
 
 
@@ -107,7 +108,7 @@ def test_last_relu_false_gives_negative_pre_logits(name):
 
 @pytest.mark.parametrize("name, default_decay", [
     ("resnet50_v1", 1e-4), ("resnet50_v2", 1e-4), ("revnet50", 1e-4),
-    ("vgg19", 5e-4)])
+    ("vgg19", 1e-4)])
 def test_weight_decay_one_loss_per_kernel(name, default_decay):
   model = _small_model(name, num_classes=3)
   kernels = [w for w in model.weights if w.path.endswith("/kernel")]

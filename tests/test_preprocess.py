@@ -298,12 +298,23 @@ def test_inception_preprocess_range_and_modes():
 
 def test_inception_patches_are_independent_crops():
   image = _random_image((100, 120, 3))
+  central = _run("inception_crop(32)", image, False)["image"]
   out = _run("inception_patches(5, 32)", image, True, seed=0)["image"]
-  assert out.shape == (5, 32, 32, 3) and out.dtype == np.uint8
+  assert out.shape == (5, 32, 32, 3) and out.dtype == np.float32
+  assert out.min() >= 0.0 and out.max() <= 1.0
   assert len({p.tobytes() for p in out}) == 5
   eval_out = _run("inception_patches(5, 32)", image, False)["image"]
-  central = _run("inception_crop(32)", image, False)["image"]
-  np.testing.assert_array_equal(eval_out, np.stack([central] * 5))
+  np.testing.assert_allclose(eval_out, np.stack([central] * 5) / 255.0,
+                             atol=0.5 / 255 + 1e-6)
+
+  # Without colour distortion: crops and flips only, in the input's dtype.
+  out = _run("inception_patches(5, 32, colour=False)", image, True,
+             seed=0)["image"]
+  assert out.shape == (5, 32, 32, 3) and out.dtype == np.uint8
+  assert len({p.tobytes() for p in out}) == 5
+  eval_out = _run("inception_patches(5, 32, colour=False)", image,
+                  False)["image"]
+  np.testing.assert_allclose(eval_out, np.stack([central] * 5), atol=1)
 
 
 # The paper's recipes.

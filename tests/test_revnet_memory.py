@@ -317,10 +317,12 @@ def test_mixed_bfloat16_is_as_accurate_as_plain_backprop():
 
 def _conv_and_max_pool(images, kernel, stride):
   """RevNet's root in tf.nn ops: 7x7 conv with TF-slim fixed padding (3 on
-  each side, then VALID), then 3x3 stride-2 SAME max-pool."""
+  each side, then VALID), then zero padding by 1 and a 3x3 stride-2 VALID
+  max-pool."""
   padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]])
-  return tf.nn.max_pool2d(tf.nn.conv2d(padded, kernel, stride, "VALID"),
-                          3, 2, "SAME")
+  conv = tf.nn.conv2d(padded, kernel, stride, "VALID")
+  return tf.nn.max_pool2d(tf.pad(conv, [[0, 0], [1, 1], [1, 1], [0, 0]]),
+                          3, 2, "VALID")
 
 
 def _keras_root(images, kernel, stride):
