@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfrevisit import distribute
 from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit.data import ops
@@ -245,3 +246,28 @@ def test_supervised_baseline_trains_on_trainval():
   gin_config.parse_gin([os.path.join(gin_config.CONFIG_DIR, "supervised.gin")],
                        [])
   assert gin.query_parameter("train.train_split") == "trainval"
+
+
+def test_batch_norm_statistics_are_averaged_over_replicas(two_cpu_strategy):
+  """Replica 0 sees only 1s, replica 1 only 5s: momentum 0 makes each copy of
+  the moving mean its replica's batch mean; averaging gives 3 everywhere."""
+  strategy = two_cpu_strategy
+  with strategy.scope():
+    batch_norm = keras.layers.BatchNormalization(momentum=0.0)
+    batch_norm.build((None, 1))
+  images = np.array([[1.0], [1.0], [5.0], [5.0]], np.float32)
+  dataset = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensor_slices(images).batch(4))
+  tf.function(lambda batch: strategy.run(
+      lambda x: batch_norm(x, training=True), args=(batch,)))(
+          next(iter(dataset)))
+  copies = lambda: [float(c.numpy()[0])
+                    for c in batch_norm.moving_mean.value.values]
+  assert copies() == [1.0, 5.0]
+
+  distribute.average_replica_copies(strategy, batch_norm.non_trainable_weights)
+
+  assert copies() == [3.0, 3.0]
+  # Each replica's batch is constant: variance 0 in both copies, and so mean.
+  assert [float(c.numpy()[0])
+          for c in batch_norm.moving_variance.value.values] == [0.0, 0.0]

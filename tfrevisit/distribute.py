@@ -77,3 +77,30 @@ def worker_dir(directory: str, strategy: tf.distribute.Strategy) -> str:
   if is_chief(strategy):
     return directory
   return os.path.join(directory, f".worker{strategy.cluster_resolver.task_id}")
+
+
+def average_replica_copies(strategy: tf.distribute.Strategy,
+                           variables) -> None:
+  """Sets each variable's copies on all replicas to their mean.
+
+  For the BatchNorm moving statistics: Keras creates them without a
+  cross-replica aggregation, so each replica updates its own copy from its own
+  batches and a read (a checkpoint, an export) sees only replica 0's. Averaging
+  them (across all workers, too) before saving gives the statistics of every
+  replica's data. Variables that are not distributed are left as they are.
+  Call in cross-replica context (outside `strategy.run`).
+  """
+  variables = [v for v in variables
+               if isinstance(getattr(v, "value", v), tf.distribute.DistributedValues)]
+  if not variables or strategy.num_replicas_in_sync == 1:
+    return
+
+  @tf.function
+  def average():
+    local_copies = strategy.run(
+        lambda: [tf.identity(v.value) for v in variables])
+    means = strategy.reduce(tf.distribute.ReduceOp.MEAN, local_copies, axis=None)
+    for variable, mean in zip(variables, means):
+      variable.assign(mean)
+
+  average()
