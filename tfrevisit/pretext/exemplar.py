@@ -16,24 +16,25 @@ def nearest_neighbour_accuracy(labels: tf.Tensor, embeddings: tf.Tensor) -> tf.T
   return tf.cast(tf.equal(tf.gather(labels, nearest), labels), tf.float32)
 
 
-@base.TASKS.register("exemplar")
+@base.register("exemplar")
 @gin.configurable("exemplar")
 class ExemplarTask(base.Task):
   """`num_crops` Inception crops per image (grayscale w.p. 0.66, per-crop
   standardization); L2-normalised `logits` of `embed_dim` are the embedding."""
 
-  name = "exemplar"
   value_range = "standardization"
 
-  def __init__(self, num_classes: int, image_size: int = 224, num_crops: int = 8,
-               embed_dim: int = 1000, margin: float = 0.5):
-    del num_classes  # The labels are the crops' source images.
+  def __init__(self, backbone, num_classes: int, image_size: int = 224,
+               num_crops: int = 8, embed_dim: int = 1000, margin: float = 0.5):
+    # num_classes is unused: the labels are the crops' source images.
+    super().__init__(backbone, num_classes, image_size=image_size,
+                     num_crops=num_crops, embed_dim=embed_dim, margin=margin)
     self.image_size = image_size
     self.num_crops = num_crops
     self.margin = margin
     self.train_preprocess = recipes.exemplar(image_size, num_crops)
     self.eval_preprocess = recipes.eval_image(image_size, "standardization")
-    self.encoder = base.build_encoder(embed_dim, image_size)
+    self.encoder = self.build_encoder(embed_dim)
 
   def loss(self, batch, training):
     crops = batch["image"]  # [B, num_crops, h, w, 3]
