@@ -106,7 +106,7 @@ def test_every_task_overfits_a_fixed_batch(name):
   keras.utils.set_random_seed(0)
   task = pretext.get_task(name, backbone=models.Backbone("resnet50_v1", 1),
                           num_classes=2, **options)
-  assert task.name == name and task.options == options
+  assert task.name == name and options.items() <= task.options.items()
   losses = _train_steps(task, make_batch(), 25)
   assert losses[-1] < 0.7 * losses[0], losses
 
