@@ -4,6 +4,7 @@ import gin
 import tensorflow as tf
 
 from tfrevisit import losses
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 
@@ -24,8 +25,9 @@ class ExemplarTask(base.Task):
 
   value_range = "standardization"
 
-  def __init__(self, backbone, num_classes: int, image_size: int = 224,
-               num_crops: int = 8, embed_dim: int = 1000, margin: float = 0.5):
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               image_size: int = 224, num_crops: int = 8, embed_dim: int = 1000,
+               margin: float = 0.5):
     # num_classes is unused: the labels are the crops' source images.
     super().__init__(backbone, num_classes, image_size=image_size,
                      num_crops=num_crops, embed_dim=embed_dim, margin=margin)

@@ -3,6 +3,7 @@ the 9 patches."""
 import gin
 import tensorflow as tf
 
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 from tfrevisit.pretext import patches
@@ -37,8 +38,8 @@ class JigsawTask(base.Task):
   value_range = "standardization"
   patch_mode = True
 
-  def __init__(self, backbone, num_classes: int, patch_size: int = 64,
-               patch_jitter: int = 21, embed_dim: int = 1000,
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               patch_size: int = 64, patch_jitter: int = 21, embed_dim: int = 1000,
                head_hidden: int = 4096, num_permutations: int = 100,
                perm_subset_size: int = 8):
     # num_classes is unused: the labels are permutation indices.

@@ -3,6 +3,7 @@ relative to the centre one, among the 8 positions of a 3x3 grid."""
 import gin
 import tensorflow as tf
 
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 from tfrevisit.pretext import patches
@@ -28,8 +29,8 @@ class RelativePatchLocationTask(base.Task):
   value_range = "standardization"
   patch_mode = True
 
-  def __init__(self, backbone, num_classes: int, patch_size: int = 64,
-               patch_jitter: int = 21, embed_dim: int = 1000,
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               patch_size: int = 64, patch_jitter: int = 21, embed_dim: int = 1000,
                head_hidden: int = 4096):
     # num_classes is unused: the labels are the patch positions.
     super().__init__(backbone, num_classes, patch_size=patch_size,

@@ -2,6 +2,7 @@
 import gin
 import tensorflow as tf
 
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 
@@ -13,7 +14,8 @@ NUM_ROTATIONS = 4
 class RotationTask(base.Task):
   """Each image is shown at the four rotations; 4-way softmax on `logits`."""
 
-  def __init__(self, backbone, num_classes: int, image_size: int = 224):
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               image_size: int = 224):
     # num_classes is unused: the labels are made by the `rotate` op.
     super().__init__(backbone, num_classes, image_size=image_size)
     self.image_size = image_size

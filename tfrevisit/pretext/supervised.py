@@ -1,6 +1,7 @@
 """The supervised baseline: softmax over the dataset's labels."""
 import gin
 
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 
@@ -10,7 +11,8 @@ from tfrevisit.pretext import base
 class SupervisedTask(base.Task):
   """Inception-preprocessed images, cross-entropy on the `logits` head."""
 
-  def __init__(self, backbone, num_classes: int, image_size: int = 224):
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               image_size: int = 224):
     super().__init__(backbone, num_classes, image_size=image_size)
     self.image_size = image_size
     self.train_preprocess = recipes.supervised(image_size)
