@@ -19,3 +19,12 @@ def _two_cpu_strategy():
   """MirroredStrategy over the two logical CPUs."""
   from tfrevisit import distribute  # pylint: disable=g-import-not-at-top
   return distribute.mirrored(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  """Every test starts and ends with an empty gin config."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  yield
+  gin.clear_config()

@@ -20,13 +20,6 @@ PREPROCESS = f"resize_small({SIZE})|central_crop({SIZE})|value_range(-1, 1)"
 PATCH_PREPROCESS = "crop_patches(3, 0)|standardization"
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _tiny_export(path, patch_mode=False, preprocess=PREPROCESS):
   keras.utils.set_random_seed(0)
   encoder = models.backbone("resnet50_v2", filters_factor=1, num_classes=4,

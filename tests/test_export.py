@@ -9,19 +9,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from tfrevisit import artifacts
 from tfrevisit import export
 from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit import train
 
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
 
 
 def _export_backbone(tmp_path, name, size=32, **kwargs):
@@ -57,7 +51,7 @@ def test_round_trip_every_end_point(tmp_path, name, kwargs):
   np.testing.assert_allclose(
       loaded.signatures["serving_default"](images=images)["default"],
       expected["logits"], atol=ATOL)
-  metadata = json.load(open(os.path.join(path, "assets", export.METADATA_FILE)))
+  metadata = json.load(open(os.path.join(path, "assets", artifacts.METADATA_FILE)))
   assert metadata["architecture"] == name
 
 
@@ -146,13 +140,42 @@ def test_export_from_workdir_and_latest_link(workdir):
   path = export.main(["--workdir", workdir])
   latest = os.path.join(workdir, "export", "latest")
   assert os.path.realpath(latest) == os.path.realpath(path)
-  metadata = json.load(open(os.path.join(latest, "assets", export.METADATA_FILE)))
+  metadata = json.load(open(os.path.join(latest, "assets", artifacts.METADATA_FILE)))
   assert metadata["task"] == "rotation" and metadata["global_step"] == 1
   assert metadata["architecture"] == "resnet50_v2" and metadata["filters_factor"] == 1
   assert "pre_logits" in metadata["end_points"]
   assert "train.batch_size = 4" in metadata["gin_config"]
   loaded = tf.saved_model.load(latest)
   assert loaded(_images(2, 32)).shape == (2, 4)
+
+
+def test_task_json_rebuilds_the_task_without_gin(workdir):
+  record = artifacts.read_task_record(workdir)
+  assert record.backbone == models.Backbone("resnet50_v2", 1).to_dict()
+  assert record.options == {"image_size": 32}
+  task, step = export.restore_task(workdir)  # gin's config is empty here.
+  assert task.backbone == models.Backbone("resnet50_v2", 1)
+  assert task.image_size == 32 and step == 1
+
+
+def test_metadata_records_the_task_and_old_metadata_still_reads(workdir):
+  metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
+  assert artifacts.export_record(metadata) == artifacts.read_task_record(workdir)
+  old = {k: v for k, v in metadata.items()
+         if k not in ("backbone", "num_classes", "task_options")}
+  assert artifacts.export_record(old) == artifacts.TaskRecord(
+      "rotation", None, {"name": "resnet50_v2", "filters_factor": 1,
+                         "last_relu": True})
+
+
+def test_export_reads_the_config_gin_of_an_old_workdir(workdir):
+  with open(os.path.join(workdir, artifacts.TASK_FILE), "w") as f:
+    json.dump({"task": "rotation", "num_classes": 10}, f)
+  with pytest.raises(ValueError, match="does not record the backbone"):
+    export.restore_task(workdir)
+  metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
+  assert metadata["backbone"]["name"] == "resnet50_v2"
+  assert metadata["task_options"] == {"image_size": 32}
 
 
 def test_interrupted_export_keeps_the_previous_one(workdir, monkeypatch):
@@ -175,7 +198,7 @@ def test_export_without_checkpoints_is_a_clear_error(tmp_path):
     export.main(["--workdir", str(tmp_path)])
   (tmp_path / "checkpoints").mkdir()
   (tmp_path / "config.gin").write_text("")
-  (tmp_path / export.TASK_INFO_FILE).write_text('{"task": "rotation", "num_classes": 4}')
+  (tmp_path / artifacts.TASK_FILE).write_text('{"task": "rotation", "num_classes": 4}')
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     export.main(["--workdir", str(tmp_path)])
 

@@ -1,23 +1,20 @@
-"""Pretext tasks: label layouts against hand-made inputs, and overfitting."""
-import gin
+"""Pretext tasks: label layouts against hand-made inputs, and overfitting.
+
+Every registered task must have a setup in TASK_SETUPS; a new task without one
+fails `test_every_task_overfits_a_fixed_batch`.
+"""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit import train
 from tfrevisit.data import get_preprocess_fn
 from tfrevisit.pretext import exemplar
 from tfrevisit.pretext import jigsaw
 from tfrevisit.pretext import relative_patch_location as relpatch
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
 
 
 def _nine_colour_image(cell=8):
@@ -58,30 +55,79 @@ def test_nearest_neighbour_accuracy_by_hand():
       exemplar.nearest_neighbour_accuracy(labels, embeddings), [1, 1, 1, 1, 0])
 
 
+def _views_batch(views, size):
+  """8 images of `views` random views each, labels unused (made by the task)."""
+  images = tf.random.stateless_normal([8, views, size, size, 3], [1, 2])
+  return {"image": images, "label": tf.zeros([8], tf.int32)}
+
+
+def _rotation_batch(size=32):
+  """8 smooth images at their four rotations, labelled 0..3."""
+  coarse = tf.random.stateless_uniform([8, 4, 4, 3], [1, 2], -1, 1)
+  images = tf.image.resize(coarse, (size, size), method="bilinear")
+  rotated = tf.stack([tf.image.rot90(images, k) for k in range(4)], axis=1)
+  return {"image": rotated, "label": tf.tile(tf.range(4)[None], [8, 1])}
+
+
+def _supervised_batch(size=32):
+  images = tf.random.stateless_normal([8, size, size, 3], [1, 2])
+  return {"image": images, "label": tf.range(8) % 2}
+
+
+# Every registered task: small options and a batch maker.
 TASK_SETUPS = {
-    "exemplar": (["exemplar.image_size = 32", "exemplar.num_crops = 4",
-                  "exemplar.embed_dim = 16"], (4, 32)),
-    "relative_patch_location": (["relative_patch_location.patch_size = 16",
-                                 "relative_patch_location.embed_dim = 16",
-                                 "relative_patch_location.head_hidden = 64"], (9, 16)),
-    "jigsaw": (["jigsaw.patch_size = 16", "jigsaw.embed_dim = 16",
-                "jigsaw.head_hidden = 64", "jigsaw.num_permutations = 10",
-                "jigsaw.perm_subset_size = 10"], (9, 16)),
+    "exemplar": (dict(image_size=32, num_crops=4, embed_dim=16),
+                 lambda: _views_batch(4, 32)),
+    "jigsaw": (dict(patch_size=16, embed_dim=16, head_hidden=64,
+                    num_permutations=10, perm_subset_size=10),
+               lambda: _views_batch(9, 16)),
+    "relative_patch_location": (dict(patch_size=16, embed_dim=16, head_hidden=64),
+                                lambda: _views_batch(9, 16)),
+    "rotation": (dict(image_size=32), _rotation_batch),
+    "supervised": (dict(image_size=32), _supervised_batch),
 }
 
 
-@pytest.mark.parametrize("name", sorted(TASK_SETUPS))
-def test_task_overfits_a_fixed_batch(name):
-  bindings, (views, size) = TASK_SETUPS[name]
-  gin.parse_config(['backbone.name = "resnet50_v1"', "backbone.filters_factor = 1"]
-                   + bindings)
-  keras.utils.set_random_seed(0)
-  task = pretext.get_task(name, num_classes=10)
-  images = tf.random.stateless_normal([8, views, size, size, 3], [1, 2])
-  batch = {"image": images, "label": tf.zeros([8], tf.int32)}
-  optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+def _train_steps(task, batch, num_steps, learning_rate=0.05):
+  """Per-image losses of `num_steps` SGD steps on one batch of 8 images."""
+  optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
   optimizer.build(task.trainable_variables)
   step = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 8)
   iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
-  losses = [float(step(iterator)["loss"]) / 8 for _ in range(25)]
+  return [float(step(iterator)["loss"]) / 8 for _ in range(num_steps)]
+
+
+@pytest.mark.parametrize("name", pretext.TASKS.names())
+def test_every_task_overfits_a_fixed_batch(name):
+  if name not in TASK_SETUPS:
+    pytest.fail(f"Task {name!r} has no entry in TASK_SETUPS: add its small "
+                "options and a batch maker.")
+  options, make_batch = TASK_SETUPS[name]
+  keras.utils.set_random_seed(0)
+  task = pretext.get_task(name, backbone=models.Backbone("resnet50_v1", 1),
+                          num_classes=2, **options)
+  assert task.name == name and options.items() <= task.options.items()
+  losses = _train_steps(task, make_batch(), 25)
   assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_rotation_on_revnet_trains_without_gin():
+  """A task built and trained in plain Python: no gin binding, no parse."""
+  keras.utils.set_random_seed(0)
+  backbone = models.Backbone("revnet50", filters_factor=1,
+                             options={"memory_efficient": True})
+  task = pretext.get_task("rotation", backbone=backbone, num_classes=10,
+                          image_size=32)
+  assert task.backbone == backbone
+  assert task.encoder.output["pre_logits"].shape[-1] == 512
+  before = [v.numpy() for v in task.encoder.trainable_variables]
+  losses = _train_steps(task, _rotation_batch(), 1)
+  assert np.isfinite(losses).all()
+  after = task.encoder.trainable_variables
+  assert any(not np.allclose(b, a.numpy()) for b, a in zip(before, after))
+
+
+def test_task_options_are_checked():
+  with pytest.raises(ValueError, match="task 'rotation': no option \\['patch_size'\\]"):
+    pretext.get_task("rotation", backbone=models.Backbone("resnet50_v1", 1),
+                     num_classes=10, patch_size=16)

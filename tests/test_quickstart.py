@@ -2,9 +2,6 @@
 import json
 import os
 
-import gin
-import pytest
-
 from tfrevisit import quickstart
 
 TINY_TRAIN = ["train.max_steps = 3", "train.batch_size = 16", 'source.name = "random"',
@@ -12,12 +9,6 @@ TINY_TRAIN = ["train.max_steps = 3", "train.batch_size = 16", 'source.name = "ra
 TINY_EVAL = ['source.name = "random"', "source.num_examples = 48",
              "source.image_shape = (32, 32, 3)", "evaluate.end_points = ['block4', 'pre_logits']",
              "select_l2_and_fit.l2_grid = [1e-2]", "select_l2_and_fit.max_iterations = 10"]
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  yield
-  gin.clear_config()
 
 
 def test_quickstart_trains_exports_and_compares(tmp_path, capsys):

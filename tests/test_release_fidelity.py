@@ -12,18 +12,12 @@ import tensorflow as tf
 from tfrevisit import distribute
 from tfrevisit import gin_config
 from tfrevisit import models
+from tfrevisit import pretext
 from tfrevisit.data import ops
 from tfrevisit.data import preprocess
 from tfrevisit.data import recipes
 from tfrevisit.models import layers
 from tfrevisit.pretext import patches
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
 
 _BACKBONES = [("resnet50_v1", False), ("resnet50_v2", False),
               ("revnet50", False), ("vgg19", False), ("resnet50_v1", True)]
@@ -171,29 +165,17 @@ def test_exemplar_recipe_grays_the_image_before_its_crops():
 
 
 def test_exemplar_normalizes_embeddings_along_the_batch_axis():
-  from tfrevisit.pretext import exemplar  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   embeddings = rng.randn(16, 5).astype(np.float32)
   release = embeddings / np.sqrt((embeddings ** 2).sum(axis=0, keepdims=True))
   textbook = embeddings / np.sqrt((embeddings ** 2).sum(axis=1, keepdims=True))
-  task = _exemplar_task()
-  task.encoder = lambda images, training: {"logits": tf.constant(embeddings)}
-  np.testing.assert_allclose(task.embed(tf.zeros([2, 8, 4, 4, 3]), False),
-                             release, rtol=1e-5)
-  gin.parse_config("exemplar.normalize_axis = -1")
-  task = _exemplar_task()
-  task.encoder = lambda images, training: {"logits": tf.constant(embeddings)}
-  np.testing.assert_allclose(task.embed(tf.zeros([2, 8, 4, 4, 3]), False),
-                             textbook, rtol=1e-5)
-  assert exemplar.ExemplarTask is type(task)
-
-
-def _exemplar_task():
-  from tfrevisit import pretext  # pylint: disable=g-import-not-at-top
-  gin.parse_config('backbone.name = "resnet50_v2"\n'
-                   "backbone.filters_factor = 1\n"
-                   "exemplar.image_size = 16")
-  return pretext.get_task("exemplar", num_classes=10)
+  crops = tf.zeros([2, 8, 4, 4, 3])
+  for options, expected in (({}, release), ({"normalize_axis": -1}, textbook)):
+    task = pretext.get_task(
+        "exemplar", backbone=models.Backbone("resnet50_v2", filters_factor=1),
+        num_classes=10, image_size=16, **options)
+    task.encoder = lambda images, training: {"logits": tf.constant(embeddings)}
+    np.testing.assert_allclose(task.embed(crops, False), expected, rtol=1e-5)
 
 
 def _max_pool_zero_padded(x):

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tfrevisit import export
+from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit.models import layers
 
@@ -199,7 +200,8 @@ def test_switch_is_on_by_default_and_set_by_gin():
   with gin.unlock_config():
     gin.parse_config("backbone.memory_efficient = False")
   try:
-    configured = models.backbone("revnet50", filters_factor=1)
+    configured = gin_config.configured_backbone(
+        name="revnet50", filters_factor=1).build()
   finally:
     gin.clear_config()
   assert not any(stage.memory_efficient for stage in stages(configured))

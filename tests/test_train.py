@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tfrevisit import gin_config
+from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit import train
 
@@ -27,10 +28,8 @@ SMALL_ROTATION = [
 
 
 @pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
+def _float32_policy():
   yield
-  gin.clear_config()
   keras.mixed_precision.set_global_policy("float32")
 
 
@@ -49,9 +48,8 @@ def _rotation_batch(batch_size, size=32):
 
 
 def _rotation_task():
-  gin.parse_config(['backbone.name = "resnet50_v2"', "backbone.filters_factor = 1",
-                    "rotation.image_size = 32"])
-  return pretext.get_task("rotation", num_classes=10)
+  return pretext.get_task("rotation", backbone=models.Backbone("resnet50_v2", 1),
+                          num_classes=10, image_size=32)
 
 
 def test_rotation_overfits_a_fixed_batch():
@@ -195,9 +193,10 @@ def test_paper_config_runs_one_step_on_mock_data(tmp_path, config):
 @pytest.mark.parametrize("config", sorted(PAPER_CONFIGS))
 def test_paper_config_full_width_builds(config):
   gin_config.parse_gin([os.path.join(REPO, "configs", f"{config}.gin")], [])
-  task = pretext.get_task(gin.query_parameter("train.task"), num_classes=1000)
-  assert task.encoder.output["pre_logits"].shape[-1] == 512 * gin.query_parameter(
-      "backbone.filters_factor")
+  backbone = gin_config.configured_backbone()
+  task = pretext.get_task(gin.query_parameter("train.task"), backbone=backbone,
+                          num_classes=1000)
+  assert task.encoder.output["pre_logits"].shape[-1] == 512 * backbone.filters_factor
 
 
 def _free_ports(n):

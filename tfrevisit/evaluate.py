@@ -11,15 +11,17 @@ memory work; the Keras probes load one end point's features into memory.
 Results go to DIR/results.json and DIR/results.csv after every finished row; a
 table is printed at the end.
 
-Probes: `linear` (the paper's protocol: L-BFGS logistic regression, L2 chosen
-on train -> val, refit on trainval, top-1/top-5 on test), `mlp` and
-`linear_sgd` (Keras `fit` on trainval, evaluated on test every epoch). Features
-are standardised with the training split's mean and standard deviation.
+Probes are looked up by name in `tfrevisit.evaluation.probes.PROBES`, which
+also defines their one interface: `linear` (the paper's protocol: L-BFGS
+logistic regression, L2 chosen on train -> val, refit on trainval, top-1/top-5
+on test), `mlp` and `linear_sgd` (Keras `fit` on trainval, evaluated on test
+every epoch). Features are standardised with the training split's mean and
+standard deviation.
 """
 import argparse
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import gin
 import numpy as np
@@ -27,38 +29,12 @@ import numpy as np
 from tfrevisit import data
 from tfrevisit import gin_config
 from tfrevisit.evaluation import features as features_lib
-from tfrevisit.evaluation import linear
 from tfrevisit.evaluation import probes as probes_lib
 from tfrevisit.evaluation import results as results_lib
-from tfrevisit.registry import Registry
 
 log = logging.getLogger("tfrevisit.evaluate")
 
-PROBES = Registry("probe")
-Split = Tuple[np.ndarray, np.ndarray]
-
-
-@PROBES.register("linear")
-def _linear(train, val, trainval, test, num_classes):
-  return linear.select_l2_and_fit(train, val, trainval, test, num_classes)
-
-
-def _keras_probe(fit_fn):
-  def probe(train, val, trainval, test, num_classes):
-    del train, val  # Fixed hyper-parameters: train on trainval.
-    # Keras fit reads the features from memory.
-    (train_x, train_y), (test_x, test_y) = trainval, test
-    result = fit_fn(np.asarray(train_x), train_y, np.asarray(test_x), test_y,
-                    num_classes)
-    return {"top1": result.top1, "top5": result.top5,
-            "epochs": len(result.history["top1"]),
-            "test_top1_per_epoch": [round(float(a), 5) for a in result.history["val_top1"]],
-            "wall_time_s": result.wall_time_s}
-  return probe
-
-
-PROBES.register("mlp")(_keras_probe(probes_lib.train_mlp))
-PROBES.register("linear_sgd")(_keras_probe(probes_lib.train_linear_sgd))
+Split = probes_lib.Split
 
 
 def standardize(splits: Dict[str, Split]) -> Dict[str, Split]:
@@ -103,7 +79,7 @@ def evaluate(hub_module: str, workdir: str,
   Args:
     hub_module: an exported SavedModel directory.
     workdir: where features are cached and results written.
-    probes: names in `PROBES`: linear, mlp, linear_sgd.
+    probes: names in `probes_lib.PROBES`: linear, mlp, linear_sgd.
     end_points: the end points to evaluate (default: all).
     label_fractions: fractions of the training labels (class-balanced).
     pooling: `max`, `avg`, `adaptive_max` or `adaptive_avg`.
@@ -116,7 +92,7 @@ def evaluate(hub_module: str, workdir: str,
     model_name: a `model` column for the rows (e.g. to compare models).
   """
   for probe in probes:
-    PROBES.get(probe)
+    probes_lib.PROBES.get(probe)
   module, metadata = features_lib.load_module(hub_module)
   preprocess = preprocess or metadata.get("preprocess")
   if not preprocess:
@@ -144,8 +120,7 @@ def evaluate(hub_module: str, workdir: str,
       for probe in probes:
         log.info("Evaluating %s with the %s probe on %g of the labels.",
                  name, probe, fraction)
-        row = PROBES.get(probe)(subset["train"], subset["val"], subset["trainval"],
-                                subset["test"], source.num_classes)
+        row = probes_lib.PROBES.get(probe)(subset, source.num_classes)
         rows.append({**({"model": model_name} if model_name else {}),
                      "end_point": name, "probe": probe,
                      "label_fraction": fraction,

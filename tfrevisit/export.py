@@ -17,28 +17,28 @@ The SavedModel, loaded with `tf.saved_model.load(path)` as `obj`:
   signatures: "serving_default" ({"default": default output}) and
   "representation" (the end points), both on float32 `images` [B, H, W, 3]
   already preprocessed; batch (and, for ResNet/RevNet, spatial) size dynamic.
-  assets/tfrevisit.json: task, architecture, preprocessing and training facts.
+  assets/tfrevisit.json: the task, its backbone and options, preprocessing
+  and training facts (format: `tfrevisit.artifacts`).
+
+The metadata comes from the task itself (`task.backbone`, `task.options`);
+`restore_task` rebuilds a workdir's task from its task.json, not from gin.
 """
 import argparse
-import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Dict, Optional, Sequence
 
-import gin
 import keras
 import tensorflow as tf
 
+from tfrevisit import artifacts
+from tfrevisit import gin_config as gin_config_lib
+from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit.data import preprocess as preprocess_lib
 
 log = logging.getLogger("tfrevisit.export")
-
-METADATA_FILE = "tfrevisit.json"
-TASK_INFO_FILE = "task.json"  # written by the trainer: task name, num_classes
 
 
 def build_module(encoder: keras.Model, *, default_output: str,
@@ -89,101 +89,79 @@ def _regularization_loss_fn(variable):
 def save_module(root: tf.Module, path: str, metadata: Dict[str, Any]) -> None:
   """Saves `root` with `metadata` in assets/tfrevisit.json, atomically: to a
   temporary sibling directory, renamed when complete."""
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-  try:
+  with artifacts.atomic_directory(path) as tmp:
     tf.saved_model.save(root, tmp, signatures={
         "serving_default": root.serving_default,
         "representation": root.representation})
-    os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
-    with open(os.path.join(tmp, "assets", METADATA_FILE), "w") as f:
-      json.dump(metadata, f, indent=2, sort_keys=True)
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.rename(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
-def point_latest(export_dir: str, name: str) -> None:
-  """Atomically points `export_dir/latest` at `export_dir/name`."""
-  link = os.path.join(export_dir, "latest")
-  tmp_link = os.path.join(export_dir, ".latest.tmp")
-  if os.path.lexists(tmp_link):
-    os.remove(tmp_link)
-  os.symlink(name, tmp_link)
-  os.replace(tmp_link, link)
+    artifacts.write_metadata(tmp, metadata)
 
 
 def export_task(task: pretext.Task, workdir: str, step: int,
-                output: Optional[str] = None) -> str:
+                output: Optional[str] = None, gin_config: str = "") -> str:
   """Exports `task`'s encoder; returns the SavedModel's path.
 
   Without `output`, writes `workdir/export/<step>` and updates `latest`.
+  `gin_config` is the run's config text, kept in the metadata for people.
   """
-  metadata = {
-      "task": task.name,
-      "architecture": _query("backbone.name"),
-      "filters_factor": _query("backbone.filters_factor"),
-      "last_relu": _query("backbone.last_relu", True),
-      "patch_mode": task.patch_mode,
-      "input_shape": list(task.encoder.input_shape[1:]),
-      "image_size": task.image_size,
-      "value_range": task.value_range,
-      "preprocess": task.eval_preprocess,
-      "default_output": pretext.DEFAULT_OUTPUT,
-      "end_points": sorted(task.encoder.output.keys()),
-      "global_step": int(step),
-      "gin_config": gin.config_str(),
-  }
+  metadata = artifacts.export_metadata(
+      task, default_output=pretext.DEFAULT_OUTPUT, step=step,
+      gin_config=gin_config)
   root = build_module(task.encoder, default_output=pretext.DEFAULT_OUTPUT,
                       preprocess_spec=task.eval_preprocess)
   if output is None:
-    export_dir = os.path.join(workdir, "export")
+    export_dir = artifacts.export_dir(workdir)
     output = os.path.join(export_dir, str(step))
     save_module(root, output, metadata)
-    point_latest(export_dir, str(step))
+    artifacts.point_latest(export_dir, str(step))
   else:
     save_module(root, output, metadata)
   log.info("Exported the encoder at step %d to %s.", step, output)
   return output
 
 
-def _query(name, default=None):
-  try:
-    return gin.query_parameter(name)
-  except ValueError:
-    return default
+def build_task(record: artifacts.TaskRecord) -> pretext.Task:
+  """The task that `record` describes (it must name its backbone)."""
+  return pretext.get_task(record.task, num_classes=record.num_classes,
+                          backbone=models.Backbone(**record.backbone),
+                          **record.options)
 
 
 def restore_task(workdir: str, checkpoint: Optional[str] = None):
-  """Rebuilds the task of a training workdir and restores its encoder.
+  """Rebuilds the task of a training workdir from its task.json and restores
+  its encoder.
 
   Returns:
     (task, step) with the encoder's weights from `checkpoint` (default: latest).
+
+  Raises:
+    FileNotFoundError: not a training workdir, or no checkpoint.
+    ValueError: task.json predates the backbone record (`main` reads those
+      runs' config.gin).
   """
-  info_path = os.path.join(workdir, TASK_INFO_FILE)
-  config_path = os.path.join(workdir, "config.gin")
-  for path in (info_path, config_path):
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"{path} is missing: {workdir!r} is not a tfrevisit training workdir "
-          "(run `python -m tfrevisit.train --workdir ...` first).")
-  checkpoint = checkpoint or tf.train.latest_checkpoint(
-      os.path.join(workdir, "checkpoints"))
-  if not checkpoint:
-    raise FileNotFoundError(
-        f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first, "
-        "or pass --checkpoint PATH.")
-  with open(info_path) as f:
-    info = json.load(f)
-  gin.parse_config_file(config_path)
-  task = pretext.get_task(info["task"], num_classes=info["num_classes"])
+  record = artifacts.read_task_record(workdir)
+  checkpoint = checkpoint or artifacts.latest_checkpoint(workdir)
+  if record.backbone is None:
+    raise ValueError(
+        f"{artifacts.TASK_FILE} in {workdir!r} does not record the backbone "
+        "(written by an older version); export it with "
+        "`python -m tfrevisit.export`, which reads its config.gin.")
+  task = build_task(record)
+  return task, restore_encoder(task, checkpoint)
+
+
+def restore_encoder(task: pretext.Task, checkpoint: str) -> int:
+  """Loads `task.encoder`'s weights from `checkpoint`; returns its step."""
   tf.train.Checkpoint(encoder=task.encoder).restore(checkpoint).expect_partial()
   match = re.search(r"-(\d+)$", checkpoint)
-  return task, int(match.group(1)) if match else 0
+  return int(match.group(1)) if match else 0
+
+
+def _task_from_gin(workdir: str, record: artifacts.TaskRecord) -> pretext.Task:
+  """The task of a workdir whose task.json predates the backbone record, from
+  its config.gin, parsed into gin's global config (command line only)."""
+  gin_config_lib.parse_gin([artifacts.config_path(workdir)], [])
+  return pretext.get_task(record.task, num_classes=record.num_classes,
+                          backbone=gin_config_lib.configured_backbone())
 
 
 def parse_args(argv=None):
@@ -200,8 +178,15 @@ def parse_args(argv=None):
 def main(argv: Optional[Sequence[str]] = None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  task, step = restore_task(args.workdir, args.checkpoint)
-  path = export_task(task, args.workdir, step, args.output)
+  record = artifacts.read_task_record(args.workdir)
+  checkpoint = args.checkpoint or artifacts.latest_checkpoint(args.workdir)
+  if record.backbone is None:
+    task = _task_from_gin(args.workdir, record)
+  else:
+    task = build_task(record)
+  step = restore_encoder(task, checkpoint)
+  path = export_task(task, args.workdir, step, args.output,
+                     artifacts.read_config(args.workdir))
   print(path)
   return path
 

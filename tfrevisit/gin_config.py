@@ -1,13 +1,33 @@
-"""Gin parsing shared by the command lines, and where the configs live."""
+"""Gin for the command lines: parsing, flags, and the `backbone.*` bindings.
+
+Only the command lines (train, evaluate, export, quickstart) parse gin.
+Library code takes explicit values: a `models.Backbone`, task options, source
+arguments; gin fills them by calling the configurables (`train`, `evaluate`,
+`source`, the tasks, and `configured_backbone` here).
+"""
 import argparse
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import gin
+
+from tfrevisit import models
 
 # The repository's configs/ (installed with `pip install -e .`).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs")
+
+
+@gin.configurable("backbone")
+def configured_backbone(name: str = gin.REQUIRED,
+                        filters_factor: int = gin.REQUIRED,
+                        last_relu: bool = True,
+                        weight_decay: Optional[float] = None,
+                        **options) -> models.Backbone:
+  """The `models.Backbone` that the `backbone.*` bindings describe, e.g.
+  `backbone.name = "revnet50"`, `backbone.filters_factor = 16`,
+  `backbone.memory_efficient = False` (a family option)."""
+  return models.Backbone(name, filters_factor, last_relu, weight_decay, options)
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:

@@ -4,17 +4,20 @@ A custom training loop (`strategy.run` inside a `tf.function`) over Keras 3
 models, with input from `distribute_datasets_from_function`, so that the same
 code runs on one CPU, on several GPUs and on several hosts.
 
-Workdir layout:
+The backbone is a `models.Backbone` value: `main` parses gin, `train` gets
+the one the `backbone.*` bindings describe (or an explicit one), hands it to
+the task, and the task builds its encoder from it. The run's task (name,
+backbone, options) is recorded in the workdir, whose layout and formats
+`tfrevisit.artifacts` defines:
   config.gin        the operative gin config, written before the first step.
+  task.json         what rebuilds the task (export reads it, not gin).
   checkpoints/      the last `keep_checkpoints` checkpoints; a rerun resumes.
   tb/               TensorBoard summaries.
   export/           the exported encoder (see tfrevisit.export).
 """
 import argparse
 import contextlib
-import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -25,10 +28,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrevisit import artifacts
 from tfrevisit import data
 from tfrevisit import distribute
 from tfrevisit import export as export_lib
 from tfrevisit import gin_config
+from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit import schedules
 
@@ -38,9 +43,12 @@ log = logging.getLogger("tfrevisit.train")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 
 
-@gin.configurable("train", denylist=["workdir", "mock_data"])
+@gin.configurable("train", denylist=["workdir", "backbone", "source",
+                                      "mock_data"])
 def train(workdir: str,
           task: str = gin.REQUIRED,
+          backbone: Optional[models.Backbone] = None,
+          source: Optional[data.Source] = None,
           batch_size: int = gin.REQUIRED,
           epochs: float = gin.REQUIRED,
           max_steps: Optional[int] = None,
@@ -64,6 +72,10 @@ def train(workdir: str,
   Args:
     workdir: output directory; a rerun with the same workdir resumes.
     task: name of a task in `tfrevisit.pretext.TASKS`.
+    backbone: the backbone to train; None: the one the gin bindings
+      `backbone.*` describe (`gin_config.configured_backbone`).
+    source: the training data; None: the one the gin bindings `source.*`
+      describe (`data.get_source`).
     batch_size: global batch size, in images (before a task's views).
     epochs: training length in epochs of `train_split`.
     max_steps: optional hard cap on the number of steps (smoke runs).
@@ -81,12 +93,15 @@ def train(workdir: str,
     log_every_steps: logging and summary period in steps.
     seed: seed of weights, input order and augmentation (None: random).
     export: export the encoder when training ends.
-    mock_data: train on mock/random data of the right shapes.
+    mock_data: TFDS sources yield mock data of the right shapes (pass a
+      random `source` for local ones, as `main` does).
   """
   if mixed_precision not in PRECISIONS:
     raise ValueError(f"Unknown train.mixed_precision {mixed_precision!r}; valid "
                      f"choices: {PRECISIONS}.")
   pretext.TASKS.get(task)  # Fail on an unknown task before any work.
+  if backbone is None:
+    backbone = gin_config.configured_backbone()
   strategy_ = distribute.make_strategy(strategy)
   if seed is not None:
     keras.utils.set_random_seed(seed)
@@ -94,14 +109,16 @@ def train(workdir: str,
     keras.mixed_precision.set_global_policy(mixed_precision)
 
   with _data_context(mock_data):
-    source = _open_source(mock_data)
+    if source is None:
+      source = data.get_source()
     steps_per_epoch = max(source.num_examples(train_split) // batch_size, 1)
     total_steps = int(epochs * steps_per_epoch)
     if max_steps is not None:
       total_steps = min(total_steps, max_steps)
 
     with strategy_.scope():
-      task_ = pretext.get_task(task, num_classes=source.num_classes)
+      task_ = pretext.get_task(task, backbone=backbone,
+                               num_classes=source.num_classes)
       schedule = schedules.WarmupStepDecay(
           base_lr=lr * batch_size / lr_scale_batch_size,
           warmup_steps=int(warmup_epochs * steps_per_epoch),
@@ -118,11 +135,12 @@ def train(workdir: str,
     # Everything that can fail on bad input has run: now touch the workdir.
     chief = distribute.is_chief(strategy_)
     if chief:
-      _write_run_info(workdir, task, source.num_classes)
+      artifacts.write_run_info(workdir, gin.operative_config_str(),
+                               artifacts.task_record(task_))
 
     checkpoint = tf.train.Checkpoint(optimizer=optimizer, **task_.checkpoint_items())
     manager = tf.train.CheckpointManager(
-        checkpoint, distribute.worker_dir(os.path.join(workdir, "checkpoints"), strategy_),
+        checkpoint, distribute.worker_dir(artifacts.checkpoint_dir(workdir), strategy_),
         max_to_keep=keep_checkpoints)
     if manager.latest_checkpoint:
       checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -137,17 +155,9 @@ def train(workdir: str,
         writer=_summary_writer(workdir, chief))
     _cleanup_worker_dir(manager, strategy_)
     if export and chief:
-      export_lib.export_task(task_, workdir, int(optimizer.iterations.numpy()))
+      export_lib.export_task(task_, workdir, int(optimizer.iterations.numpy()),
+                             gin_config=gin.config_str())
   return metrics
-
-
-def _write_run_info(workdir, task, num_classes):
-  """The operative gin config and what export needs to rebuild the task."""
-  tf.io.gfile.makedirs(workdir)
-  with tf.io.gfile.GFile(os.path.join(workdir, "config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
-  with tf.io.gfile.GFile(os.path.join(workdir, export_lib.TASK_INFO_FILE), "w") as f:
-    json.dump({"task": task, "num_classes": num_classes}, f)
 
 
 def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
@@ -271,7 +281,7 @@ def _make_optimizer(learning_rate, momentum, mixed_precision):
 def _summary_writer(workdir, chief):
   if not chief:
     return tf.summary.create_noop_writer()
-  return tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+  return tf.summary.create_file_writer(artifacts.summary_dir(workdir))
 
 
 def _write_summaries(writer, metrics, step):
@@ -297,12 +307,12 @@ def _data_context(mock_data):
     yield
 
 
-def _open_source(mock_data):
-  """The gin-configured source; under `mock_data`, random images stand in for
-  local files (TFDS datasets are mocked by `_data_context`)."""
-  if mock_data and gin.query_parameter("source.name") in data.sources.SOURCES:
+def _mock_source() -> Optional[data.Source]:
+  """Under --mock_data, random images stand in for the configured local files
+  (TFDS datasets are mocked by `_data_context`); None otherwise."""
+  if gin.query_parameter("source.name") in data.sources.SOURCES:
     return data.sources.RandomSource(image_shape=(96, 96, 3), num_examples=256)
-  return data.get_source()
+  return None
 
 
 def parse_args(argv=None):
@@ -321,7 +331,8 @@ def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   gin_config.parse_gin(args.gin, args.gin_param)
-  train(args.workdir, mock_data=args.mock_data)
+  source = _mock_source() if args.mock_data else None
+  train(args.workdir, source=source, mock_data=args.mock_data)
 
 
 if __name__ == "__main__":

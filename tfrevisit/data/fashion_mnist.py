@@ -7,14 +7,16 @@ set.
 """
 import functools
 import gzip
+import logging
 import os
 from typing import List, Optional, Tuple
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from tfrevisit.data import sources
+
+log = logging.getLogger("tfrevisit.data.fashion_mnist")
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -82,7 +84,7 @@ def load(data_dir: Optional[str] = None) -> Tuple[Arrays, Arrays]:
   for directory in dirs:
     names = FILES["train"] + FILES["test"]
     if all(os.path.isfile(os.path.join(directory, n)) for n in names):
-      logging.info("Reading Fashion-MNIST from %s.", directory)
+      log.info("Reading Fashion-MNIST from %s.", directory)
       return _read_dir(directory)
   try:
     return _download_with_keras()

@@ -9,14 +9,16 @@ them (`Source.may_contain_corrupt_images`).
 fixed pseudo-random order (seed 0, independent of the run's seed), so that it
 covers all classes although files are listed class by class.
 """
+import logging
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from tfrevisit.data import sources
+
+log = logging.getLogger("tfrevisit.data.image_files")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _HELD_OUT_ORDER_SEED = 0
@@ -100,8 +102,8 @@ def _list_class_folders(directory: str, classes: Sequence[str]) -> Files:
         num_ignored += 1
   if not paths:
     raise ValueError(f"No {'/'.join(IMAGE_EXTENSIONS)} images in {directory}.")
-  logging.info("%s: %d images in %d classes (%d other entries ignored).",
-               directory, len(paths), len(classes), num_ignored)
+  log.info("%s: %d images in %d classes (%d other entries ignored).",
+           directory, len(paths), len(classes), num_ignored)
   return paths, labels
 
 

@@ -1,11 +1,13 @@
 """`make_dataset`: source -> preprocessed, batched `tf.data.Dataset`."""
+import logging
 from typing import Callable, Optional, Union
 
-from absl import logging
 import tensorflow as tf
 
 from tfrevisit.data import preprocess as preprocess_lib
 from tfrevisit.data import sources
+
+log = logging.getLogger("tfrevisit.data.pipeline")
 
 
 def _zeros_like_spec(element_spec):
@@ -24,9 +26,9 @@ def _skip_and_count_failures(ds: tf.data.Dataset,
   """
   expected = int(ds.cardinality())  # Per pass; negative when unknown.
 
-  def log(kept):
+  def log_counts(kept):
     skipped = expected - kept if expected >= 0 else -1  # -1: unknown.
-    log_fn = logging.warning if skipped else logging.info
+    log_fn = log.warning if skipped else log.info
     log_fn("%s: skipped %d unreadable or failing images this pass, kept %d.",
            description, skipped, kept)
     return kept
@@ -34,7 +36,7 @@ def _skip_and_count_failures(ds: tf.data.Dataset,
   def count(kept, element):
     example, is_end = element
     logged = tf.cond(
-        is_end, lambda: tf.numpy_function(log, [kept], tf.int64, stateful=True),
+        is_end, lambda: tf.numpy_function(log_counts, [kept], tf.int64, stateful=True),
         lambda: kept)
     with tf.control_dependencies([logged]):
       return tf.where(is_end, tf.constant(0, tf.int64), kept + 1), element

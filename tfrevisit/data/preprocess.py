@@ -6,7 +6,6 @@ keyword arguments, e.g. `"resize(292)|crop(255)|to_gray(p=0.66)"`. Ops are in
 `tfrevisit.data.ops` (`OPS.names()` lists them).
 """
 import ast
-import inspect
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 from tfrevisit.data import ops
@@ -51,14 +50,7 @@ def parse_spec(spec: Spec) -> List[ParsedOp]:
 
 
 def _build_op(name: str, args, kwargs, training: bool) -> ops.Op:
-  factory = OPS.get(name)
-  signature = inspect.signature(factory)
-  try:
-    signature.bind(*args, training=training, **kwargs)
-  except TypeError as e:
-    raise ValueError(f"Preprocessing op {name!r}: {e}; usage: "
-                     f"{name}{signature}.") from e
-  return factory(*args, training=training, **kwargs)
+  return OPS.build(name, *args, training=training, **kwargs)
 
 
 def get_preprocess_fn(spec: Spec, *, training: bool

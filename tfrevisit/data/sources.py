@@ -9,7 +9,6 @@ Sources shard per worker themselves (`input_context`), so `make_dataset` never
 shards again.
 """
 import abc
-import inspect
 from typing import Callable, Optional, Tuple
 
 import gin
@@ -252,11 +251,5 @@ def get_source(name: str, *, data_dir: Optional[str] = None,
     The source.
   """
   if name in SOURCES:
-    build = SOURCES.get(name)
-    try:
-      inspect.signature(build).bind(data_dir=data_dir, **kwargs)
-    except TypeError as e:
-      raise ValueError(f"Source {name!r}: {e}; it takes "
-                       f"{inspect.signature(build)}.") from e
-    return build(data_dir=data_dir, **kwargs)
+    return SOURCES.build(name, data_dir=data_dir, **kwargs)
   return TfdsSource(name, data_dir=data_dir, **kwargs)

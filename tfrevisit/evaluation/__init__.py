@@ -5,7 +5,9 @@
   `select_l2_and_fit`).
 - `pooling`: end points -> flat features of about 9000 values
   (`pool_to_size`), per-patch features -> one vector (`combine_patches`).
-- `probes`: SGD-trained MLP and linear probes with Keras `fit`, and
+- `probes`: the probe interface and registry (`PROBES`: `linear`, `mlp`,
+  `linear_sgd`), the SGD-trained MLP and linear probes with Keras `fit`, and
   class-balanced low-data subsets (`balanced_subset`).
+- `features`: per-layer features of an export, cached in shards.
 - `results`: result rows -> results.json / results.csv and a printed table.
 """

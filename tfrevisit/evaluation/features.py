@@ -20,10 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrevisit import artifacts
 from tfrevisit import data
-from tfrevisit import export
 from tfrevisit.evaluation import pooling
-
 
 
 class StackedRows:
@@ -114,7 +113,8 @@ Features = Dict[str, StackedRows]
 
 
 def load_module(path: str) -> Tuple[tf.Module, dict]:
-  """Loads an exported encoder and its metadata (empty if not ours).
+  """Loads an exported encoder and its metadata (`tfrevisit.artifacts`;
+  empty if not ours).
 
   Raises:
     FileNotFoundError: `path` is not a SavedModel directory.
@@ -131,12 +131,7 @@ def load_module(path: str) -> Tuple[tf.Module, dict]:
         f"The SavedModel at {path!r} has no 'representation' signature (it has "
         f"{sorted(module.signatures)}); export encoders with "
         "`python -m tfrevisit.export`.")
-  metadata_path = os.path.join(path, "assets", export.METADATA_FILE)
-  metadata = {}
-  if os.path.exists(metadata_path):
-    with open(metadata_path) as f:
-      metadata = json.load(f)
-  return module, metadata
+  return module, artifacts.read_metadata(path)
 
 
 def make_featurizer(module: tf.Module, pooling_mode: str = "max",

@@ -1,17 +1,37 @@
-"""SGD-trained probes on frozen features: the MLP and the linear model.
+"""Probes on frozen features: one interface, the registry, the SGD probes.
 
-Both are trained with Keras `fit` (SGD with momentum, step decays at given
-epochs), logging top-1 / top-5 per epoch so that slow convergence can be
-plotted. `balanced_subset` picks the class-balanced fraction of the training
-labels for the low-data setting (any probe, L-BFGS included).
+A probe is a function `probe(splits, num_classes) -> row`, registered in
+`PROBES` under the name that `evaluate.probes` lists:
+  splits: {"train", "val", "trainval", "test"} -> (features [N, D], labels
+    [N] int): features are NumPy arrays or `features.StackedRows` (read in
+    chunks, or all at once with `np.asarray`), already standardised.
+  row: {"top1", "top5"} on `test` (fractions) plus whatever else the probe
+    reports (chosen L2, epochs, wall time...), JSON-serialisable.
+Its hyper-parameters are gin-configurable under its own function's name. To
+add a probe, register one such function here.
+
+Registered: `linear` (the paper's L-BFGS logistic regression,
+`linear.select_l2_and_fit`), and `mlp` and `linear_sgd`, trained with Keras
+`fit` (SGD with momentum, step decays at given epochs) on trainval, logging
+top-1 / top-5 on test per epoch so that slow convergence can be plotted.
+`balanced_subset` picks the class-balanced fraction of the training labels
+for the low-data setting (any probe).
 """
 import dataclasses
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import keras
 import numpy as np
+
+from tfrevisit.evaluation import linear
+from tfrevisit.registry import Registry
+
+# (features [N, D], labels [N]).
+Split = Tuple[Any, np.ndarray]
+Probe = Callable[[Mapping[str, Split], int], Dict[str, Any]]
+PROBES = Registry("probe")
 
 
 @dataclasses.dataclass
@@ -168,6 +188,36 @@ def train_linear_sgd(
   return _fit(model, (train_features, train_labels),
               (eval_features, eval_labels), epochs, batch_size, learning_rate,
               decay_epochs, momentum)
+
+
+@PROBES.register("linear")
+def linear_probe(splits: Mapping[str, Split], num_classes: int
+                 ) -> Dict[str, Any]:
+  """The paper's protocol: L2 chosen on train -> val, refit on trainval."""
+  return linear.select_l2_and_fit(splits["train"], splits["val"],
+                                  splits["trainval"], splits["test"],
+                                  num_classes)
+
+
+def _keras_probe(fit_fn) -> Probe:
+  """A probe that fits `fit_fn` (`train_mlp`, `train_linear_sgd`) on trainval
+  and evaluates it on test; fixed hyper-parameters, so train and val go
+  unused."""
+  def probe(splits, num_classes):
+    # Keras fit reads the features from memory.
+    (train_x, train_y), (test_x, test_y) = splits["trainval"], splits["test"]
+    result = fit_fn(np.asarray(train_x), train_y, np.asarray(test_x), test_y,
+                    num_classes)
+    return {"top1": result.top1, "top5": result.top5,
+            "epochs": len(result.history["top1"]),
+            "test_top1_per_epoch": [round(float(a), 5)
+                                    for a in result.history["val_top1"]],
+            "wall_time_s": result.wall_time_s}
+  return probe
+
+
+PROBES.register("mlp")(_keras_probe(train_mlp))
+PROBES.register("linear_sgd")(_keras_probe(train_linear_sgd))
 
 
 def balanced_subset(labels: np.ndarray, fraction: float, seed: int,

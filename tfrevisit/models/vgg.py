@@ -36,7 +36,7 @@ def _require_fixed_size(input_shape):
         "input_shape=(224, 224, 3), or (64, 64, 3) with patch_mode=True.")
 
 
-@BACKBONES.register("vgg19")
+@BACKBONES.register("vgg19", fixed_input_size=True)
 def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
           num_classes, weight_decay, input_shape) -> keras.Model:
   """Builds VGG19-BN; arguments as in `tfrevisit.models.backbone`; patch_mode

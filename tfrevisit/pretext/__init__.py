@@ -1,14 +1,25 @@
-"""Pretext tasks, looked up by name: `get_task("rotation", num_classes=...)`."""
+"""Pretext tasks, looked up by name:
+`get_task("rotation", backbone=models.Backbone("revnet50", 16), num_classes=1000)`.
+"""
+from tfrevisit import models
 # Importing the task modules registers them.
 from tfrevisit.pretext import exemplar, jigsaw, relative_patch_location, rotation, supervised  # pylint: disable=unused-import
 from tfrevisit.pretext.base import DEFAULT_OUTPUT, TASKS, Task
 
 
-def get_task(name: str, num_classes: int) -> Task:
-  """Builds task `name`; its own knobs come from gin (e.g. `rotation.image_size`).
+def get_task(name: str, *, backbone: models.Backbone, num_classes: int,
+             **options) -> Task:
+  """Builds task `name` around `backbone`.
 
   Args:
     name: one of `TASKS.names()`.
+    backbone: the backbone the task trains.
     num_classes: the number of labels of the training source.
+    **options: the task's own options (e.g. `image_size=32`); options not
+      given take the task's gin bindings when gin is configured (e.g.
+      `rotation.image_size`), else the task's defaults.
+
+  Raises:
+    ValueError: for an unknown task or an option the task lacks.
   """
-  return TASKS.get(name)(num_classes=num_classes)
+  return TASKS.build(name, backbone, num_classes, **options)

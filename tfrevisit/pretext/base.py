@@ -5,12 +5,19 @@ training input (several crops, patches or rotations per image), the network
 (the backbone, whose end points are exported, plus an optional task head) and
 the loss. The trainer knows nothing else about a task.
 
+A task is built from explicit values, `TaskClass(backbone, num_classes,
+**options)`: the `models.Backbone` it trains, the number of labels of the
+source and its own options (e.g. `image_size`). It keeps all three
+(`backbone`, `num_classes`, `options`), so that the trainer records them in
+the workdir and the export in its metadata (`tfrevisit.artifacts`), from
+which `get_task` rebuilds the same task.
+
 Shapes: a task's batch is a dict with "image" [B, ...] (B images, each possibly
 expanded to N views [B, N, h, w, 3]) and "label" [B] or [B, N]. `loss` returns
 per-image losses [B] so that the trainer can average them over the global
 batch, whatever the number of views per image.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -20,14 +27,25 @@ from tfrevisit.registry import Registry
 
 TASKS = Registry("task")
 
+
+def register(name: str) -> Callable[[type], type]:
+  """Class decorator: registers a Task subclass in `TASKS` as `name`, which
+  becomes its `name`."""
+  def wrap(cls):
+    cls.name = name
+    return TASKS.register(name)(cls)
+  return wrap
+
 # The backbone output that exported models return by default: the pretext
 # head's logits (rotation, supervised) or the embedding (exemplar, patches).
 DEFAULT_OUTPUT = "logits"
 
 
 class Task:
-  """Base class: subclasses set these attributes in `__init__`."""
+  """Base class: subclasses call `super().__init__` with their own options,
+  then set the attributes below."""
 
+  # The registry key (set by `register`).
   name: str
   # Preprocessing specs (tfrevisit.data.preprocess) of training batches and of
   # the evaluation of the frozen representation (no augmentation, no task views).
@@ -42,6 +60,31 @@ class Task:
 
   encoder: keras.Model
   head: Optional[keras.Model] = None
+
+  def __init__(self, backbone: models.Backbone, num_classes: int, **options):
+    """Keeps what rebuilds the task: `get_task(self.name, backbone=backbone,
+    num_classes=num_classes, **options)`.
+
+    Args:
+      backbone: the backbone the task trains; see `build_encoder`.
+      num_classes: the number of labels of the training source.
+      **options: every option of the subclass's constructor, as used;
+        JSON-serialisable values.
+    """
+    self.backbone = backbone
+    self.num_classes = num_classes
+    self.options: Dict[str, Any] = options
+
+  def build_encoder(self, num_outputs: int) -> keras.Model:
+    """`self.backbone` with a `logits` head of `num_outputs`, in this task's
+    patch mode.
+
+    Inputs are [B, H, W, 3] with dynamic H, W where the architecture allows it,
+    else (VGG) fixed to `self.image_size`.
+    """
+    return self.backbone.build(num_classes=num_outputs,
+                               patch_mode=self.patch_mode,
+                               input_size=self.image_size)
 
   @property
   def trainable_variables(self) -> List[tf.Variable]:
@@ -96,15 +139,4 @@ def softmax_loss_and_accuracy(logits: tf.Tensor, labels: tf.Tensor, num_views: i
                     tf.float32)
   per_image = lambda x: tf.reduce_mean(tf.reshape(x, [-1, num_views]), axis=1)
   return per_image(xent), {"accuracy": per_image(correct)}
-
-
-def build_encoder(num_classes: int, image_size: int, patch_mode: bool = False
-                  ) -> keras.Model:
-  """The gin-configured backbone with a `logits` head of `num_classes`.
-
-  Inputs are [B, H, W, 3] with dynamic H, W where the architecture allows it,
-  else (VGG) fixed to `image_size`.
-  """
-  return models.backbone(num_classes=num_classes, patch_mode=patch_mode,
-                         input_size=image_size)
 

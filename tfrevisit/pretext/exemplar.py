@@ -4,6 +4,7 @@ import gin
 import tensorflow as tf
 
 from tfrevisit import losses
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 
@@ -16,7 +17,7 @@ def nearest_neighbour_accuracy(labels: tf.Tensor, embeddings: tf.Tensor) -> tf.T
   return tf.cast(tf.equal(tf.gather(labels, nearest), labels), tf.float32)
 
 
-@base.TASKS.register("exemplar")
+@base.register("exemplar")
 @gin.configurable("exemplar")
 class ExemplarTask(base.Task):
   """`num_crops` Inception crops per image (grayscale w.p. 0.66, per-crop
@@ -28,20 +29,22 @@ class ExemplarTask(base.Task):
   batch; -1 (the textbook variant) normalises each embedding.
   """
 
-  name = "exemplar"
   value_range = "standardization"
 
-  def __init__(self, num_classes: int, image_size: int = 224, num_crops: int = 8,
-               embed_dim: int = 1000, margin: float = 0.5,
-               normalize_axis: int = 0):
-    del num_classes  # The labels are the crops' source images.
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               image_size: int = 224, num_crops: int = 8, embed_dim: int = 1000,
+               margin: float = 0.5, normalize_axis: int = 0):
+    # num_classes is unused: the labels are the crops' source images.
+    super().__init__(backbone, num_classes, image_size=image_size,
+                     num_crops=num_crops, embed_dim=embed_dim, margin=margin,
+                     normalize_axis=normalize_axis)
     self.image_size = image_size
     self.num_crops = num_crops
     self.margin = margin
     self.normalize_axis = normalize_axis
     self.train_preprocess = recipes.exemplar(image_size, num_crops)
     self.eval_preprocess = recipes.eval_image(image_size, "standardization")
-    self.encoder = base.build_encoder(embed_dim, image_size)
+    self.encoder = self.build_encoder(embed_dim)
 
   def embed(self, crops: tf.Tensor, training: bool) -> tf.Tensor:
     """Crops [B, num_crops, h, w, 3] -> normalised float32 embeddings

@@ -3,6 +3,7 @@ the 9 patches."""
 import gin
 import tensorflow as tf
 
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 from tfrevisit.pretext import patches
@@ -27,21 +28,25 @@ def permuted_concat(embeddings: tf.Tensor, permutations: tf.Tensor) -> tf.Tensor
   return tf.reshape(permuted, [batch_size, num_perms, concat_dim])
 
 
-@base.TASKS.register("jigsaw")
+@base.register("jigsaw")
 @gin.configurable("jigsaw")
 class JigsawTask(base.Task):
   """Patch embeddings concatenated in a permutation's order; a head predicts
   the permutation. Each training step draws `perm_subset_size` of the
   `num_permutations` and shows every image under each of them."""
 
-  name = "jigsaw"
   value_range = "standardization"
   patch_mode = True
 
-  def __init__(self, num_classes: int, patch_size: int = 64, patch_jitter: int = 21,
-               embed_dim: int = 1000, head_hidden: int = 4096,
-               num_permutations: int = 100, perm_subset_size: int = 8):
-    del num_classes  # The labels are permutation indices.
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               patch_size: int = 64, patch_jitter: int = 21, embed_dim: int = 1000,
+               head_hidden: int = 4096, num_permutations: int = 100,
+               perm_subset_size: int = 8):
+    # num_classes is unused: the labels are permutation indices.
+    super().__init__(backbone, num_classes, patch_size=patch_size,
+                     patch_jitter=patch_jitter, embed_dim=embed_dim,
+                     head_hidden=head_hidden, num_permutations=num_permutations,
+                     perm_subset_size=perm_subset_size)
     if not 1 <= perm_subset_size <= num_permutations:
       raise ValueError(f"jigsaw.perm_subset_size must be in [1, {num_permutations}], "
                        f"got {perm_subset_size}.")
@@ -51,7 +56,7 @@ class JigsawTask(base.Task):
         max_hamming_permutations(num_permutations, patches.NUM_PATCHES))
     self.train_preprocess = recipes.patches(patch_size, patch_jitter)
     self.eval_preprocess = recipes.eval_patches(patch_size)
-    self.encoder = base.build_encoder(embed_dim, patch_size, patch_mode=True)
+    self.encoder = self.build_encoder(embed_dim)
     self.head = patches.build_head(patches.NUM_PATCHES * embed_dim,
                                    num_permutations, head_hidden)
 

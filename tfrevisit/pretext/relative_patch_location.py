@@ -3,6 +3,7 @@ relative to the centre one, among the 8 positions of a 3x3 grid."""
 import gin
 import tensorflow as tf
 
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 from tfrevisit.pretext import patches
@@ -19,23 +20,26 @@ def neighbour_centre_pairs(embeddings: tf.Tensor) -> tf.Tensor:
   return tf.concat([neighbours, centre], axis=-1)
 
 
-@base.TASKS.register("relative_patch_location")
+@base.register("relative_patch_location")
 @gin.configurable("relative_patch_location")
 class RelativePatchLocationTask(base.Task):
   """Each patch -> backbone (patch mode) -> embedding; a head classifies each
   (neighbour, centre) pair into the 8 relative positions."""
 
-  name = "relative_patch_location"
   value_range = "standardization"
   patch_mode = True
 
-  def __init__(self, num_classes: int, patch_size: int = 64, patch_jitter: int = 21,
-               embed_dim: int = 1000, head_hidden: int = 4096):
-    del num_classes  # The labels are the patch positions.
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               patch_size: int = 64, patch_jitter: int = 21, embed_dim: int = 1000,
+               head_hidden: int = 4096):
+    # num_classes is unused: the labels are the patch positions.
+    super().__init__(backbone, num_classes, patch_size=patch_size,
+                     patch_jitter=patch_jitter, embed_dim=embed_dim,
+                     head_hidden=head_hidden)
     self.image_size = patch_size
     self.train_preprocess = recipes.patches(patch_size, patch_jitter)
     self.eval_preprocess = recipes.eval_patches(patch_size)
-    self.encoder = base.build_encoder(embed_dim, patch_size, patch_mode=True)
+    self.encoder = self.build_encoder(embed_dim)
     self.head = patches.build_head(2 * embed_dim, len(NEIGHBOURS), head_hidden)
 
   def loss(self, batch, training):

@@ -2,25 +2,26 @@
 import gin
 import tensorflow as tf
 
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 
 NUM_ROTATIONS = 4
 
 
-@base.TASKS.register("rotation")
+@base.register("rotation")
 @gin.configurable("rotation")
 class RotationTask(base.Task):
   """Each image is shown at the four rotations; 4-way softmax on `logits`."""
 
-  name = "rotation"
-
-  def __init__(self, num_classes: int, image_size: int = 224):
-    del num_classes  # The labels are made by the `rotate` op.
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               image_size: int = 224):
+    # num_classes is unused: the labels are made by the `rotate` op.
+    super().__init__(backbone, num_classes, image_size=image_size)
     self.image_size = image_size
     self.train_preprocess = recipes.rotation(image_size)
     self.eval_preprocess = recipes.eval_image(image_size)
-    self.encoder = base.build_encoder(NUM_ROTATIONS, image_size)
+    self.encoder = self.build_encoder(NUM_ROTATIONS)
 
   def loss(self, batch, training):
     images = base.flatten_views(batch["image"])  # [B*4, h, w, 3]

@@ -1,22 +1,23 @@
 """The supervised baseline: softmax over the dataset's labels."""
 import gin
 
+from tfrevisit import models
 from tfrevisit.data import recipes
 from tfrevisit.pretext import base
 
 
-@base.TASKS.register("supervised")
+@base.register("supervised")
 @gin.configurable("supervised")
 class SupervisedTask(base.Task):
   """Inception-preprocessed images, cross-entropy on the `logits` head."""
 
-  name = "supervised"
-
-  def __init__(self, num_classes: int, image_size: int = 224):
+  def __init__(self, backbone: models.Backbone, num_classes: int,
+               image_size: int = 224):
+    super().__init__(backbone, num_classes, image_size=image_size)
     self.image_size = image_size
     self.train_preprocess = recipes.supervised(image_size)
     self.eval_preprocess = recipes.eval_image(image_size)
-    self.encoder = base.build_encoder(num_classes, image_size)
+    self.encoder = self.build_encoder(num_classes)
 
   def loss(self, batch, training):
     logits = self.encoder(batch["image"], training=training)["logits"]

@@ -1,0 +1,216 @@
+"""The files that training and export leave behind: layout and formats.
+
+This module alone names, writes and reads them; it imports no model or task.
+
+A training workdir (written by `tfrevisit.train`):
+  config.gin      the operative gin config, for people (nothing parses it,
+                  except to re-export a run older than `task.json`'s
+                  `backbone`).
+  task.json       what rebuilds the task (`TaskRecord`): {"task", "num_classes",
+                  "backbone": Backbone.to_dict(), "options": the task's own}.
+  checkpoints/    `ckpt-<step>` checkpoints of the task's models and optimizer.
+  tb/             TensorBoard summaries.
+  export/<step>/  exported SavedModels; export/latest links to the newest.
+
+An export (a SavedModel directory, written by `tfrevisit.export`):
+  assets/tfrevisit.json  metadata: the `TaskRecord` fields (keys "task",
+                  "num_classes", "backbone", "task_options"), the backbone's
+                  old flat keys ("architecture", "filters_factor",
+                  "last_relu", kept for readers of older versions), patch mode,
+                  input shape and size, value range, the evaluation
+                  preprocessing spec, default output, end points, global step
+                  and the gin config text.
+Exports older than "backbone" carry only the flat keys; `export_record` reads
+both.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Iterator, Optional
+
+import tensorflow as tf
+
+CONFIG_FILE = "config.gin"
+TASK_FILE = "task.json"
+CHECKPOINT_DIR = "checkpoints"
+SUMMARY_DIR = "tb"
+EXPORT_DIR = "export"
+LATEST = "latest"
+METADATA_FILE = "tfrevisit.json"  # in the SavedModel's assets/
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRecord:
+  """What rebuilds a task: `pretext.get_task(task, num_classes=num_classes,
+  backbone=models.Backbone(**backbone), **options)`.
+
+  Attributes:
+    task: the task's registry name.
+    num_classes: labels of the training source (None in old exports).
+    backbone: `Backbone.to_dict()`; None in workdirs older than the record.
+    options: the task's own constructor options ({} in old records).
+  """
+  task: str
+  num_classes: Optional[int]
+  backbone: Optional[Dict[str, Any]]
+  options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def task_record(task) -> TaskRecord:
+  """The record of a built `pretext.Task`."""
+  return TaskRecord(task.name, task.num_classes, task.backbone.to_dict(),
+                    dict(task.options))
+
+
+# Workdir.
+
+
+def write_run_info(workdir: str, gin_config: str, record: TaskRecord) -> None:
+  """Writes config.gin (the gin config text) and task.json."""
+  tf.io.gfile.makedirs(workdir)
+  with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(gin_config)
+  with tf.io.gfile.GFile(os.path.join(workdir, TASK_FILE), "w") as f:
+    json.dump(dataclasses.asdict(record), f, indent=2, sort_keys=True)
+
+
+def read_task_record(workdir: str) -> TaskRecord:
+  """Reads task.json; a pre-record one ({"task", "num_classes"}) gives
+  `backbone=None`.
+
+  Raises:
+    FileNotFoundError: `workdir` is not a training workdir.
+  """
+  path = os.path.join(workdir, TASK_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(
+        f"{path} is missing: {workdir!r} is not a tfrevisit training workdir "
+        "(run `python -m tfrevisit.train --workdir ...` first).")
+  with tf.io.gfile.GFile(path) as f:
+    info = json.load(f)
+  return TaskRecord(info["task"], info["num_classes"], info.get("backbone"),
+                    info.get("options", {}))
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, CONFIG_FILE)
+
+
+def read_config(workdir: str) -> str:
+  """The text of config.gin ("" when missing)."""
+  path = config_path(workdir)
+  if not tf.io.gfile.exists(path):
+    return ""
+  with tf.io.gfile.GFile(path) as f:
+    return f.read()
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, CHECKPOINT_DIR)
+
+
+def summary_dir(workdir: str) -> str:
+  return os.path.join(workdir, SUMMARY_DIR)
+
+
+def latest_checkpoint(workdir: str) -> str:
+  """The newest checkpoint prefix in `workdir`.
+
+  Raises:
+    FileNotFoundError: there is none.
+  """
+  checkpoint = tf.train.latest_checkpoint(checkpoint_dir(workdir))
+  if not checkpoint:
+    raise FileNotFoundError(
+        f"No checkpoint in {checkpoint_dir(workdir)}: train first, or pass "
+        "--checkpoint PATH.")
+  return checkpoint
+
+
+# Exports.
+
+
+def export_dir(workdir: str) -> str:
+  return os.path.join(workdir, EXPORT_DIR)
+
+
+def point_latest(directory: str, name: str) -> None:
+  """Atomically points `directory/latest` at `directory/name`."""
+  link = os.path.join(directory, LATEST)
+  tmp_link = os.path.join(directory, f".{LATEST}.tmp")
+  if os.path.lexists(tmp_link):
+    os.remove(tmp_link)
+  os.symlink(name, tmp_link)
+  os.replace(tmp_link, link)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+  """Yields a temporary sibling of `path` to fill; it replaces `path` when the
+  block completes and is deleted when the block raises."""
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+  try:
+    yield tmp
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def write_metadata(saved_model_dir: str, metadata: Dict[str, Any]) -> None:
+  os.makedirs(os.path.join(saved_model_dir, "assets"), exist_ok=True)
+  with open(os.path.join(saved_model_dir, "assets", METADATA_FILE), "w") as f:
+    json.dump(metadata, f, indent=2, sort_keys=True)
+
+
+def read_metadata(saved_model_dir: str) -> Dict[str, Any]:
+  """assets/tfrevisit.json of an export; {} for SavedModels not made by us."""
+  path = os.path.join(saved_model_dir, "assets", METADATA_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def export_metadata(task, *, default_output: str, step: int,
+                    gin_config: str) -> Dict[str, Any]:
+  """The metadata of an export of `task` (a built `pretext.Task`) at `step`."""
+  record = task_record(task)
+  return {
+      "task": record.task,
+      "num_classes": record.num_classes,
+      "backbone": record.backbone,
+      "task_options": record.options,
+      "architecture": record.backbone["name"],
+      "filters_factor": record.backbone["filters_factor"],
+      "last_relu": record.backbone["last_relu"],
+      "patch_mode": task.patch_mode,
+      "input_shape": list(task.encoder.input_shape[1:]),
+      "image_size": task.image_size,
+      "value_range": task.value_range,
+      "preprocess": task.eval_preprocess,
+      "default_output": default_output,
+      "end_points": sorted(task.encoder.output.keys()),
+      "global_step": int(step),
+      "gin_config": gin_config,
+  }
+
+
+def export_record(metadata: Dict[str, Any]) -> TaskRecord:
+  """The `TaskRecord` in an export's metadata; older exports (flat backbone
+  keys, no task options or num_classes) give `options={}` and
+  `num_classes=None`."""
+  backbone = metadata.get("backbone") or {
+      "name": metadata["architecture"],
+      "filters_factor": metadata["filters_factor"],
+      "last_relu": metadata.get("last_relu", True),
+  }
+  return TaskRecord(metadata["task"], metadata.get("num_classes"), backbone,
+                    metadata.get("task_options", {}))
