@@ -65,10 +65,18 @@ def representations(model, images):
   if len(images.shape) == 5:
     num_patches = images.shape[1]
     flat = tf.reshape(images, [-1, *images.shape[2:]])
-    outputs = model.signatures["representation"](images=flat)
+    outputs = _call_representation(model, flat)
     return {k: tf.reduce_mean(tf.reshape(v, [-1, num_patches, *v.shape[1:]]), 1)
             for k, v in outputs.items()}
-  return model.signatures["representation"](images=images)
+  return _call_representation(model, images)
+
+
+def _call_representation(model, images):
+  """The `representation` signature, whose input key is `image` (`images` in
+  exports made before tfrevisit followed the TF-Hub convention)."""
+  signature = model.signatures["representation"]
+  (key,) = signature.structured_input_signature[1]
+  return signature(**{key: images})
 
 
 def extract(model, dataset, end_points=None, keep_spatial=False, batch_size=32):

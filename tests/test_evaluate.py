@@ -215,8 +215,44 @@ def test_evaluate_end_to_end_writes_a_row_per_end_point(tiny_export, tmp_path):
       (p, f) for p in ("linear", "mlp") for f in (1.0, 0.25)}
   for row in saved:
     assert 0 <= row["top1"] <= row["top5"] <= 1
+    assert (row["protocol"], row["reported_split"]) == ("table2", "test")
   header = open(os.path.join(workdir, "results.csv")).readline()
   assert header.startswith("end_point,probe,label_fraction")
+
+
+def test_table1_protocol_reports_val_and_never_reads_test(tiny_export,
+                                                          tmp_path):
+  _, path = tiny_export
+  workdir = str(tmp_path / "eval")
+  rows = evaluate.main([
+      "--hub_module", path, "--workdir", workdir,
+      "--gin_param", 'source.name = "random"',
+      "--gin_param", "source.num_examples = 60",
+      "--gin_param", "source.image_shape = (32, 32, 3)",
+      "--gin_param", 'evaluate.protocol = "table1"',
+      "--gin_param", 'evaluate.end_points = ["pre_logits"]',
+      "--gin_param", "select_l2_and_fit.l2_grid = [1e-2, 1e-3]",
+      "--gin_param", "select_l2_and_fit.max_iterations = 20"])
+  assert [(r["protocol"], r["reported_split"]) for r in rows] == [
+      ("table1", "val")]
+  assert sorted(os.listdir(os.path.join(workdir, "features"))) == [
+      "train", "val"]
+
+
+def test_protocol_splits_hold_out_part_of_train():
+  x = features_lib.StackedRows([np.arange(40, dtype=np.float32).reshape(20, 2)])
+  splits = {"train": (x, np.arange(20)), "val": (x[:5], np.arange(5)),
+            "test": (x[:3], np.arange(3))}
+  table1 = evaluate.protocol_splits(splits, "table1", 0.25, seed=0)
+  held_out, rest = table1["val"][1], table1["train"][1]
+  assert len(held_out) == 5 and len(rest) == 15
+  assert sorted(np.concatenate([held_out, rest])) == list(range(20))
+  np.testing.assert_array_equal(table1["train"][0][:, 0], 2 * rest)
+  assert table1["trainval"][0] is x and table1["test"][1].tolist() == [0, 1, 2, 3, 4]
+  table2 = evaluate.protocol_splits(splits, "table2", 0.25, seed=0)
+  assert table2["test"][1].tolist() == [0, 1, 2]
+  assert table2["trainval"][1].tolist() == list(range(20)) + list(range(5))
+  assert table2["trainval"][0].shape == (25, 2)
 
 
 def test_evaluate_streams_chunks_of_the_feature_cache(tiny_export, tmp_path):

@@ -43,13 +43,13 @@ def test_round_trip_every_end_point(tmp_path, name, kwargs):
   loaded = tf.saved_model.load(path)
   images = _images(7, 32)
   expected = encoder(images, training=False)
-  got = loaded.signatures["representation"](images=images)
+  got = loaded.signatures["representation"](image=images)
   assert set(got) == set(expected)
   for key, value in expected.items():
     np.testing.assert_allclose(got[key], value, atol=ATOL, err_msg=key)
   np.testing.assert_allclose(loaded(images), expected["logits"], atol=ATOL)
   np.testing.assert_allclose(
-      loaded.signatures["serving_default"](images=images)["default"],
+      loaded.signatures["serving_default"](image=images)["default"],
       expected["logits"], atol=ATOL)
   metadata = json.load(open(os.path.join(path, "assets", artifacts.METADATA_FILE)))
   assert metadata["architecture"] == name

@@ -22,6 +22,9 @@ def ring_splits():
 
 SHORT_SCHEDULE = dict(epochs=8, decay_epochs=(6,), batch_size=50,
                       learning_rate=0.1)
+# The same learning rate for the linear probe, given per 256 examples.
+SHORT_LINEAR_SCHEDULE = dict(epochs=8, decay_epochs=(6,), batch_size=50,
+                             base_learning_rate=0.1 * 256 / 50)
 
 
 def test_mlp_beats_linear_on_rings(ring_splits):
@@ -29,7 +32,7 @@ def test_mlp_beats_linear_on_rings(ring_splits):
   mlp = probes.train_mlp(train_x, train_y, test_x, test_y, num_classes=2,
                          hidden_units=64, dropout=0.1, **SHORT_SCHEDULE)
   linear = probes.train_linear_sgd(train_x, train_y, test_x, test_y,
-                                   num_classes=2, **SHORT_SCHEDULE)
+                                   num_classes=2, **SHORT_LINEAR_SCHEDULE)
   assert mlp.top1 > 0.95
   assert linear.top1 < 0.7
   predicted = mlp.model.predict(test_x, verbose=0).argmax(1)
@@ -40,12 +43,14 @@ def test_mlp_beats_linear_on_rings(ring_splits):
 def test_history_has_one_entry_per_epoch(ring_splits):
   (train_x, train_y), (test_x, test_y) = ring_splits
   result = probes.train_linear_sgd(train_x, train_y, test_x, test_y, 2,
-                                   epochs=3, decay_epochs=(1, 2))
+                                   epochs=3, decay_epochs=(1, 2),
+                                   batch_size=512)
   for key in ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5"):
     assert len(result.history[key]) == 3
   assert result.top1 == result.history["val_top1"][-1]
-  # Two decays: 0.1 -> 0.01 -> 0.001.
-  assert float(result.model.optimizer.learning_rate) == pytest.approx(1e-3)
+  # 0.1 x 512 / 256 = 0.2, then two decays: 0.02, 0.002.
+  assert float(result.model.optimizer.learning_rate) == pytest.approx(2e-3)
+  assert not result.model.losses  # the release: no weight decay
 
 
 def test_weight_decay_is_half_squared_norm(ring_splits):

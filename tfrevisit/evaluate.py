@@ -15,8 +15,11 @@ Probes are looked up by name in `tfrevisit.evaluation.probes.PROBES`, which
 also defines their one interface: `linear` (the paper's protocol: L-BFGS
 logistic regression, L2 chosen on train -> val, refit on trainval, top-1/top-5
 on test), `mlp` and `linear_sgd` (Keras `fit` on trainval, evaluated on test
-every epoch). Features are standardised with the training split's mean and
-standard deviation.
+every epoch). Features are fed raw, as in the paper's release
+(`evaluate.standardize = True` standardises them with the training
+split's statistics). `evaluate.protocol` picks the paper's Table 2 protocol
+(default) or its Table 1 protocol; rows never report the split that chose
+the hyper-parameters.
 """
 import argparse
 import logging
@@ -37,7 +40,7 @@ log = logging.getLogger("tfrevisit.evaluate")
 Split = probes_lib.Split
 
 
-def standardize(splits: Dict[str, Split]) -> Dict[str, Split]:
+def standardized_splits(splits: Dict[str, Split]) -> Dict[str, Split]:
   """Scales every split's features by the train split's mean and std.
 
   The features are `features_lib.StackedRows`, and so are the results: they
@@ -61,6 +64,33 @@ def label_subset(splits: Dict[str, Split], fraction: float, seed: int,
   return subset
 
 
+# The splits each protocol reads, and the one its rows report on.
+PROTOCOL_SPLITS = {"table2": ("train", "val", "test"), "table1": ("train", "val")}
+REPORTED_SPLIT = {"table2": "test", "table1": "val"}
+
+
+def protocol_splits(per_split: Dict[str, Split], protocol: str,
+                    held_out_fraction: float, seed: int) -> Dict[str, Split]:
+  """The probes' {"train", "val", "trainval", "test"} under a protocol.
+
+  "table2" (the paper's Table 2): choose hyper-parameters on train -> val,
+  fit on trainval (train + val), report test. "table1" (Table 1): choose on
+  train minus a seeded held-out part -> that part, fit on train, report val;
+  the test split is never read.
+  """
+  (train_x, train_y), (val_x, val_y) = per_split["train"], per_split["val"]
+  if protocol == "table2":
+    return {"train": per_split["train"], "val": per_split["val"],
+            "trainval": (train_x.stack(val_x), np.concatenate([train_y, val_y])),
+            "test": per_split["test"]}
+  order = np.random.RandomState(seed).permutation(len(train_y))
+  num_held_out = max(1, round(held_out_fraction * len(train_y)))
+  held_out, rest = np.sort(order[:num_held_out]), np.sort(order[num_held_out:])
+  return {"train": (train_x[rest], train_y[rest]),
+          "val": (train_x[held_out], train_y[held_out]),
+          "trainval": per_split["train"], "test": per_split["val"]}
+
+
 @gin.configurable("evaluate", denylist=["hub_module", "workdir", "model_name"])
 def evaluate(hub_module: str, workdir: str,
              probes: Sequence[str] = ("linear",),
@@ -73,6 +103,9 @@ def evaluate(hub_module: str, workdir: str,
              batch_size: int = 64,
              max_examples: Optional[int] = None,
              seed: int = 0,
+             standardize: bool = False,
+             protocol: str = "table2",
+             held_out_fraction: float = 0.1,
              model_name: Optional[str] = None) -> List[dict]:
   """Runs `probes` on every end point; returns the result rows.
 
@@ -88,11 +121,21 @@ def evaluate(hub_module: str, workdir: str,
     preprocess: evaluation preprocessing spec; default: the export's own.
     batch_size: feature-extraction batch size.
     max_examples: keep only the first examples of each split (quick runs).
-    seed: seed of the label subsets and the Keras probes.
+    seed: seed of the label subsets, the Keras probes and table1's held-out
+      part.
+    standardize: scale features by the train split's mean and std
+      first; off by default, as in the paper's release (raw pooled features).
+    protocol: "table2" (choose on val, fit on trainval, report test) or
+      "table1" (choose on a held-out part of train, fit on train, report
+      val); see `protocol_splits`. Each row says which.
+    held_out_fraction: table1's held-out part of train.
     model_name: a `model` column for the rows (e.g. to compare models).
   """
   for probe in probes:
     probes_lib.PROBES.get(probe)
+  if protocol not in PROTOCOL_SPLITS:
+    raise ValueError(f"Unknown evaluate.protocol {protocol!r}; valid choices: "
+                     f"{', '.join(PROTOCOL_SPLITS)}.")
   module, metadata = features_lib.load_module(hub_module)
   preprocess = preprocess or metadata.get("preprocess")
   if not preprocess:
@@ -100,7 +143,7 @@ def evaluate(hub_module: str, workdir: str,
                      "by tfrevisit); set evaluate.preprocess.")
   source = data.get_source()
   splits = {}
-  for split in ("train", "val", "test"):
+  for split in PROTOCOL_SPLITS[protocol]:
     features, labels = features_lib.cached_features(
         module, source, split, preprocess,
         os.path.join(workdir, "features", split), batch_size=batch_size,
@@ -108,13 +151,13 @@ def evaluate(hub_module: str, workdir: str,
         patch_combine=patch_combine,
         settings={"hub_module": os.path.realpath(hub_module)})
     splits[split] = (features, labels)
-  names = end_points or sorted(splits["test"][0])
+  names = end_points or sorted(splits["train"][0])
   rows = []
   for name in names:
-    per_split = standardize({s: (f[name], y) for s, (f, y) in splits.items()})
-    (train_x, train_y), (val_x, val_y) = per_split["train"], per_split["val"]
-    per_split["trainval"] = (train_x.stack(val_x),
-                             np.concatenate([train_y, val_y]))
+    per_split = {s: (f[name], y) for s, (f, y) in splits.items()}
+    if standardize:
+      per_split = standardized_splits(per_split)
+    per_split = protocol_splits(per_split, protocol, held_out_fraction, seed)
     for fraction in label_fractions:
       subset = label_subset(per_split, fraction, seed, source.num_classes)
       for probe in probes:
@@ -123,7 +166,8 @@ def evaluate(hub_module: str, workdir: str,
         row = probes_lib.PROBES.get(probe)(subset, source.num_classes)
         rows.append({**({"model": model_name} if model_name else {}),
                      "end_point": name, "probe": probe,
-                     "label_fraction": fraction,
+                     "label_fraction": fraction, "protocol": protocol,
+                     "reported_split": REPORTED_SPLIT[protocol],
                      "num_features": per_split["test"][0].shape[1], **row})
         results_lib.write_results(rows, workdir)
   return rows

@@ -15,8 +15,10 @@ The SavedModel, loaded with `tf.saved_model.load(path)` as `obj`:
                                  the Reusable SavedModel API that
                                  `hub.KerasLayer(trainable=True)` fine-tunes.
   signatures: "serving_default" ({"default": default output}) and
-  "representation" (the end points), both on float32 `images` [B, H, W, 3]
-  already preprocessed; batch (and, for ResNet/RevNet, spatial) size dynamic.
+  "representation" (the end points), both on float32 `image` [B, H, W, 3]
+  already preprocessed (the key of the release's TF-Hub modules; exports
+  before it used `images`, which `evaluation.features` still reads); batch
+  (and, for ResNet/RevNet, spatial) size dynamic.
   assets/tfrevisit.json: the task, its backbone and options, preprocessing
   and training facts (format: `tfrevisit.artifacts`).
 
@@ -44,8 +46,9 @@ log = logging.getLogger("tfrevisit.export")
 def build_module(encoder: keras.Model, *, default_output: str,
                  preprocess_spec: str) -> tf.Module:
   """Wraps `encoder` (images -> dict of end points) into a saveable object."""
+  # The signatures' input key is `image`, as in the release's TF-Hub modules.
   input_spec = tf.TensorSpec([None, *encoder.input_shape[1:]], tf.float32,
-                             name="images")
+                             name="image")
   root = tf.train.Checkpoint()
   root.variables = [v.value for v in encoder.variables]
   root.trainable_variables = [v.value for v in encoder.trainable_variables]
@@ -58,12 +61,12 @@ def build_module(encoder: keras.Model, *, default_output: str,
     return encoder(images, training=training)[default_output]
 
   @tf.function(input_signature=[input_spec])
-  def representation(images):
-    return dict(encoder(images, training=False))
+  def representation(image):
+    return dict(encoder(image, training=False))
 
   @tf.function(input_signature=[input_spec])
-  def serving_default(images):
-    return {"default": encoder(images, training=False)[default_output]}
+  def serving_default(image):
+    return {"default": encoder(image, training=False)[default_output]}
 
   example_fn = preprocess_lib.get_preprocess_fn(preprocess_spec, training=False)
 

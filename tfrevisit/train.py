@@ -148,8 +148,13 @@ def train(workdir: str,
                int(optimizer.iterations.numpy()))
 
     step_fn = make_train_step(task_, optimizer, strategy_, batch_size)
+    # Each replica updates its own copy of the BatchNorm statistics; checkpoints
+    # and the export get their mean (the statistics of the whole global batch).
+    moving_statistics = [v for model in task_.checkpoint_items().values()
+                         for v in model.non_trainable_variables]
+    save = lambda step: _save(manager, step, strategy_, moving_statistics)
     metrics = _train_loop(
-        step_fn, iter(dataset), optimizer, manager, total_steps,
+        step_fn, iter(dataset), optimizer, save, manager, total_steps,
         batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps,
         log_every_steps=log_every_steps,
         writer=_summary_writer(workdir, chief))
@@ -197,9 +202,16 @@ def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
   return train_step
 
 
-def _train_loop(step_fn, iterator, optimizer, manager, total_steps, *,
+def _save(manager, step, strategy, moving_statistics):
+  """Averages the replicas' copies of the moving statistics, then saves."""
+  distribute.average_replica_copies(strategy, moving_statistics)
+  manager.save(checkpoint_number=step)
+
+
+def _train_loop(step_fn, iterator, optimizer, save, manager, total_steps, *,
                 batch_size, checkpoint_every_steps, log_every_steps, writer):
-  """Runs steps until `total_steps`, checkpointing, logging and checking NaNs."""
+  """Runs steps until `total_steps`, checkpointing (`save(step)`), logging and
+  checking NaNs."""
   step = int(optimizer.iterations.numpy())
   progress = _Progress(step, total_steps)
   interval = _Interval()
@@ -221,10 +233,10 @@ def _train_loop(step_fn, iterator, optimizer, manager, total_steps, *,
         _write_summaries(writer, metrics, step)
         progress.log(step, metrics)
       if step % checkpoint_every_steps == 0 or step == total_steps:
-        manager.save(checkpoint_number=step)
+        save(step)
   except KeyboardInterrupt:
     log.warning("Interrupted at step %d: saving a checkpoint.", step)
-    manager.save(checkpoint_number=step)
+    save(step)
     raise
   return metrics
 

@@ -134,6 +134,13 @@ def load_module(path: str) -> Tuple[tf.Module, dict]:
   return module, artifacts.read_metadata(path)
 
 
+def call_signature(signature, inputs: tf.Tensor):
+  """Calls a one-input signature whatever its input's key: `image` (the
+  release's TF-Hub convention), or `images` in older tfrevisit exports."""
+  (key,) = signature.structured_input_signature[1]
+  return signature(**{key: inputs})
+
+
 def make_featurizer(module: tf.Module, pooling_mode: str = "max",
                     target: int = 9000, patch_combine: str = "avg"):
   """A tf.function: preprocessed images -> {end point: [B, F] float32}.
@@ -148,7 +155,7 @@ def make_featurizer(module: tf.Module, pooling_mode: str = "max",
     num_patches = images.shape[1] if images.shape.rank == 5 else None
     if num_patches:
       images = tf.reshape(images, [-1, *images.shape[2:]])
-    outputs = representation(images=images)
+    outputs = call_signature(representation, images)
     features = {}
     for name, value in outputs.items():
       value = pooling.pool_to_size(tf.cast(value, tf.float32), pooling_mode, target)

@@ -157,23 +157,25 @@ def train_linear_sgd(
     eval_features: np.ndarray,
     eval_labels: np.ndarray,
     num_classes: int,
-    weight_decay: float = 1e-4,
+    weight_decay: float = 0.0,
     epochs: int = 520,
     decay_epochs: Sequence[int] = (480, 500),
     batch_size: int = 2048,
-    learning_rate: float = 0.1,
+    base_learning_rate: float = 0.1,
     momentum: float = 0.9,
     seed: int = 0,
 ) -> ProbeResult:
-  """Trains the linear probe with SGD (the release's long schedule by default).
+  """Trains the linear probe with SGD, as the paper's release did: the long
+  schedule, learning rate 0.1 x batch_size / 256, no weight decay.
 
   Args:
     train_features, train_labels, eval_features, eval_labels, num_classes:
       as for `train_mlp`.
-    weight_decay: wd in the loss term wd / 2 * ||W||^2.
+    weight_decay: wd in the loss term wd / 2 * ||W||^2 (0: the release's).
     epochs: training epochs (520 in the release's long setting).
     decay_epochs: learning rate x0.1 at these epochs ((480, 500) there).
-    batch_size, learning_rate, momentum: SGD settings.
+    batch_size, momentum: SGD settings.
+    base_learning_rate: the learning rate per 256 examples of a batch.
     seed: seeds initialisation and shuffling (sets Keras' global seed).
 
   Returns:
@@ -186,8 +188,8 @@ def train_linear_sgd(
       _dense(num_classes, weight_decay, "logits"),
   ], name="linear_probe")
   return _fit(model, (train_features, train_labels),
-              (eval_features, eval_labels), epochs, batch_size, learning_rate,
-              decay_epochs, momentum)
+              (eval_features, eval_labels), epochs, batch_size,
+              base_learning_rate * batch_size / 256, decay_epochs, momentum)
 
 
 @PROBES.register("linear")
