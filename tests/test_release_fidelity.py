@@ -1,6 +1,7 @@
 """Each default that follows the paper's original release, pinned by its number
 (../shared/reference/paper.md, "Numerics of the release"), against NumPy or
 the formula it should obey."""
+import inspect
 import os
 
 import gin
@@ -10,12 +11,15 @@ import pytest
 import tensorflow as tf
 
 from tfrevisit import distribute
+from tfrevisit import evaluate
+from tfrevisit import export
 from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit.data import ops
 from tfrevisit.data import preprocess
 from tfrevisit.data import recipes
+from tfrevisit.evaluation import features as features_lib
 from tfrevisit.models import layers
 from tfrevisit.pretext import patches
 
@@ -253,3 +257,41 @@ def test_batch_norm_statistics_are_averaged_over_replicas(two_cpu_strategy):
   # Each replica's batch is constant: variance 0 in both copies, and so mean.
   assert [float(c.numpy()[0])
           for c in batch_norm.moving_variance.value.values] == [0.0, 0.0]
+
+
+def test_export_signatures_take_image_and_old_exports_still_read(tmp_path):
+  """The signatures' input key is `image`, as in the release's TF-Hub modules;
+  the evaluation still reads exports whose key was `images`."""
+  keras.utils.set_random_seed(0)
+  encoder = models.backbone("resnet50_v2", filters_factor=1, num_classes=3)
+  path = str(tmp_path / "export")
+  export.save_module(export.build_module(
+      encoder, default_output="logits", preprocess_spec="value_range(-1, 1)"),
+      path, metadata={})
+  loaded = tf.saved_model.load(path)
+  images = tf.constant(np.random.RandomState(0).rand(2, 32, 32, 3), tf.float32)
+  for name in ("serving_default", "representation"):
+    assert list(loaded.signatures[name].structured_input_signature[1]) == [
+        "image"]
+  expected = encoder(images, training=False)["pre_logits"]
+  np.testing.assert_allclose(features_lib.call_signature(
+      loaded.signatures["representation"], images)["pre_logits"], expected,
+                             rtol=1e-5, atol=1e-6)
+
+  legacy = tf.Module()
+  legacy.variables_ = [v.value for v in encoder.variables]
+  legacy.f = tf.function(
+      lambda images: {"pre_logits": encoder(images, training=False)["pre_logits"]},
+      input_signature=[tf.TensorSpec([None, 32, 32, 3], name="images")])
+  legacy_path = str(tmp_path / "legacy")
+  tf.saved_model.save(legacy, legacy_path, signatures={"representation": legacy.f})
+  signature = tf.saved_model.load(legacy_path).signatures["representation"]
+  np.testing.assert_allclose(
+      features_lib.call_signature(signature, images)["pre_logits"], expected,
+      rtol=1e-5, atol=1e-6)
+
+
+def test_linear_probe_defaults_to_raw_features_and_table2():
+  parameters = inspect.signature(evaluate.evaluate).parameters
+  assert parameters["standardize"].default is False
+  assert parameters["protocol"].default == "table2"
