@@ -104,10 +104,7 @@ def pre_logits_degrade(results: Results) -> Finding:
   if margin is not None and skip and vgg:
     skip_fine = np.mean([d >= -margin for d in skip]) > 0.5
     vgg_drops = np.mean([d < -margin for d in vgg]) > 0.5
-    if skip_fine and vgg_drops:
-      verdict = HOLDS
-    elif not vgg_drops or not skip_fine:
-      verdict = FAILS
+    verdict = HOLDS if skip_fine and vgg_drops else FAILS
   return Finding(
       "(2) With skip connections pre_logits does not degrade; VGG's does",
       "holds if for most (task, ResNet/RevNet) models pre_logits is within 2s "

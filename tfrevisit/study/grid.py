@@ -113,17 +113,18 @@ class Study:
       every evaluation job of a cell shares, so that they share the feature
       cache, plus one NAME.gin per evaluation job).
     train_params, eval_params: extra gin bindings for every cell.
-    estimate_minutes: task -> rough CPU minutes of a k=1 ResNet cell (train and
-      evaluations); see `estimated_minutes`.
+    train_minutes: task -> rough minutes to train a k=1 ResNet50 v2 cell.
+    eval_minutes: evaluation job -> rough minutes on a k=1 ResNet50 v2 cell.
     architecture_cost: architecture label -> cost relative to ResNet50 v2.
-    width_cost: k -> cost relative to k=1.
+    width_cost: k -> cost relative to k=1 (default k**1.5).
   """
   cells: Tuple[Cell, ...]
   train_configs: Dict[str, str]
   eval_config_dir: str
   train_params: Tuple[str, ...] = ()
   eval_params: Tuple[str, ...] = ()
-  estimate_minutes: Dict[str, float] = dataclasses.field(default_factory=dict)
+  train_minutes: Dict[str, float] = dataclasses.field(default_factory=dict)
+  eval_minutes: Dict[str, float] = dataclasses.field(default_factory=dict)
   architecture_cost: Dict[str, float] = dataclasses.field(default_factory=dict)
   width_cost: Dict[int, float] = dataclasses.field(default_factory=dict)
 
@@ -137,9 +138,11 @@ class Study:
             os.path.join(self.eval_config_dir, f"{name}.gin")]
 
   def estimated_minutes(self, cell: Cell) -> float:
-    """Config estimate of a cell's CPU minutes: task x architecture x width."""
-    return (self.estimate_minutes.get(cell.task, 0.0)
-            * self.architecture_cost.get(cell.architecture, 1.0)
+    """Config estimate of a cell's minutes: (training + its evaluation jobs)
+    on ResNet50 v2 at k=1, times the architecture's and the width's cost."""
+    base = self.train_minutes.get(cell.task, 0.0) + sum(
+        self.eval_minutes.get(job, 0.0) for job in cell.evals)
+    return (base * self.architecture_cost.get(cell.architecture, 1.0)
             * self.width_cost.get(cell.filters_factor, cell.filters_factor ** 1.5))
 
 
@@ -156,7 +159,8 @@ def study(blocks: Sequence[Sequence[Cell]] = gin.REQUIRED,
           eval_config_dir: str = "study/eval",
           train_params: Sequence[str] = (),
           eval_params: Sequence[str] = (),
-          estimate_minutes: Dict[str, float] = None,
+          train_minutes: Dict[str, float] = None,
+          eval_minutes: Dict[str, float] = None,
           architecture_cost: Dict[str, float] = None,
           width_cost: Dict[int, float] = None) -> Study:
   """The gin-configured study; config paths may be relative to configs/."""
@@ -169,6 +173,7 @@ def study(blocks: Sequence[Sequence[Cell]] = gin.REQUIRED,
       train_configs={t: resolve_config(p) for t, p in train_configs.items()},
       eval_config_dir=resolve_config(eval_config_dir),
       train_params=tuple(train_params), eval_params=tuple(eval_params),
-      estimate_minutes=dict(estimate_minutes or {}),
+      train_minutes=dict(train_minutes or {}),
+      eval_minutes=dict(eval_minutes or {}),
       architecture_cost=dict(architecture_cost or {}),
       width_cost={int(k): v for k, v in (width_cost or {}).items()})

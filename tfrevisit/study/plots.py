@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tfrevisit.study import grid
-from tfrevisit.study.results import Results, mean_std
+from tfrevisit.study.results import REPRESENTATIONS, Results, mean_std
 # pylint: enable=g-import-not-at-top
 
 _MARKERS = {"rotation": "o", "exemplar": "s", "relative_patch_location": "^",
@@ -60,15 +60,18 @@ def layers(results: Results, path: str) -> Optional[str]:
     return None
   fig, axes = _subplots(len(tasks))
   for ax, task in zip(axes, tasks):
-    for architecture in grid.ARCHITECTURES:
-      names = results.layers(task, architecture)
+    per_architecture = {a: results.layers(task, a) for a in grid.ARCHITECTURES}
+    # One x position per end point of any architecture, in network order.
+    axis = [e for e in REPRESENTATIONS
+            if any(e in names for names in per_architecture.values())]
+    for architecture, names in per_architecture.items():
       if not names:
         continue
       stats = [_stats(results.top1(task, architecture, 1, e)) for e in names]
-      ax.errorbar(range(len(names)), [s[0] for s in stats],
+      ax.errorbar([axis.index(e) for e in names], [s[0] for s in stats],
                   yerr=[s[1] for s in stats], marker="o", capsize=2,
                   color=_color(architecture), label=_title(architecture))
-      ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+    ax.set_xticks(range(len(axis)), axis, rotation=45, fontsize=7)
     ax.set_title(task)
     ax.set_ylabel("linear top-1 %")
   axes[0].legend(fontsize=7)

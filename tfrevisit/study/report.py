@@ -30,13 +30,13 @@ STUDY_COMMAND = ("python -m tfrevisit.study --gin configs/study/fashion_mnist.gi
 
 
 def _cell(seeds: Dict[int, float]) -> str:
-  """'mean ± std (n)' in percent, or the value alone for one seed."""
+  """'mean ± std, n=seeds' in percent, or the value alone for one seed."""
   if not seeds:
     return "-"
   mean, std = mean_std(list(seeds.values()))
   if std is None:
     return f"{100 * mean:.1f}"
-  return f"{100 * mean:.1f} ± {100 * std:.1f} ({len(seeds)})"
+  return f"{100 * mean:.1f} ± {100 * std:.1f}, n={len(seeds)}"
 
 
 def table1(results: Results, k: int = 1) -> List[List[str]]:
@@ -93,8 +93,8 @@ def study_markdown(results: Results, plot_paths: Dict[str, str]) -> str:
       "",
       f"Produced by `{STUDY_COMMAND}` (seeds in the cell names, `-sN`), then "
       "`python -m tfrevisit.study.report`. Accuracies: top-1 % on the "
-      "Fashion-MNIST test split; mean ± std (number of seeds) where a model "
-      "has several seeds.",
+      "Fashion-MNIST test split; mean ± std over n seeds where a model has "
+      "several.",
       "",
       "## Table 1 analogue (k=1): best layer (which) / pre_logits, linear probe",
       "",
