@@ -163,11 +163,15 @@ def test_list_estimates_scale_with_measured_time(tmp_path, monkeypatch, capsys):
   os.makedirs(tmp_path / "results")
   done = study.cells[0]
   with open(cells_lib.result_path(str(tmp_path / "results"), done), "w") as f:
-    json.dump({"train_wall_time_s": 900, "eval_wall_time_s": 300}, f)
+    json.dump({"train_wall_time_s": 900, "eval_wall_time_s": 300,
+               "train_cpu_time_s": 1500, "eval_cpu_time_s": 300}, f)
   text = runner.listing(study, study.cells, str(tmp_path / "work"),
                         str(tmp_path / "results"))
-  # Measured 20 min against an estimate of 10: the remaining 20 becomes 40.
-  assert "remaining ~0.7 CPU h" in text
+  # Measured 30 CPU and 20 wall minutes against an estimate of 10: the
+  # remaining estimate of 20 becomes 60 CPU and 40 wall minutes.
+  assert "remaining ~1.0 CPU h, ~0.7 h wall" in text
+  assert text.splitlines()[1].split()[:3] == [done.name, "done", "20"]
+  assert text.splitlines()[2].split()[:3] == [study.cells[1].name, "todo", "~20"]
 
 
 def test_blocks_merge_into_cells_with_the_union_of_evals():

@@ -25,37 +25,45 @@ DEFAULT_RESULTS_DIR = os.path.join(os.path.dirname(gin_config.CONFIG_DIR),
                                    "docs", "study", "cells")
 
 
-def _measured_minutes(results_dir: str, cell: grid.Cell) -> float:
+def _measured_minutes(results_dir: str, cell: grid.Cell, kind: str) -> float:
+  """A done cell's train + evaluation `kind` ("wall" or "cpu") minutes."""
   result = cells_lib.read_json(cells_lib.result_path(results_dir, cell), {})
-  return ((result.get("train_wall_time_s") or 0)
-          + (result.get("eval_wall_time_s") or 0)) / 60
+  return ((result.get(f"train_{kind}_time_s") or 0)
+          + (result.get(f"eval_{kind}_time_s") or 0)) / 60
 
 
 def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
             results_dir: str) -> str:
-  """A table of cells with state and minutes (measured if done, else the
-  config's estimate), and the remaining time: the estimates of unfinished
-  cells scaled by measured / estimated over the finished ones."""
+  """A table of cells with state and minutes (measured wall time if done,
+  else the config's CPU estimate, marked ~), and the remaining time: the
+  estimates of unfinished cells, in CPU hours and, once cells are done,
+  scaled by measured / estimated over the done ones (CPU and wall)."""
   lines = [f"{'cell':<48} {'state':<8} {'minutes':>8}  evals"]
-  measured = estimated_done = remaining = 0.0
+  done = {"estimate": 0.0, "cpu": 0.0, "wall": 0.0}
+  remaining = 0.0
   for cell in cells:
     state = cells_lib.state_of(cell, workdir, results_dir)
     estimate = study.estimated_minutes(cell)
-    minutes = estimate
+    minutes = f"~{estimate:.0f}"
     if state == "done":
-      minutes = _measured_minutes(results_dir, cell)
-      measured += minutes
-      estimated_done += estimate
+      done["estimate"] += estimate
+      for kind in ("cpu", "wall"):
+        done[kind] += _measured_minutes(results_dir, cell, kind)
+      minutes = f"{_measured_minutes(results_dir, cell, 'wall'):.0f}"
     else:
       remaining += estimate
-    mark = "" if state == "done" else "~"
-    lines.append(f"{cell.name:<48} {state:<8} {mark + format(minutes, '.0f'):>8}  "
-                 f"{','.join(cell.evals)}")
-  scale = measured / estimated_done if measured and estimated_done else 1.0
-  basis = ("measured/estimated of done cells: "
-           f"{scale:.2f}" if measured else "config estimates")
-  lines.append(f"{len(cells)} cells; done in {measured / 60:.1f} h; remaining "
-               f"~{scale * remaining / 60:.1f} CPU h ({basis}).")
+    lines.append(f"{cell.name:<48} {state:<8} {minutes:>8}  {','.join(cell.evals)}")
+  summary = (f"{len(cells)} cells; done: {done['wall'] / 60:.1f} h wall, "
+             f"{done['cpu'] / 60:.1f} CPU h; remaining ")
+  if done["estimate"] and done["cpu"]:
+    scale = {k: done[k] / done["estimate"] for k in ("cpu", "wall")}
+    summary += (f"~{scale['cpu'] * remaining / 60:.1f} CPU h, "
+                f"~{scale['wall'] * remaining / 60:.1f} h wall (config "
+                f"estimates x measured/estimated of the done cells: "
+                f"CPU {scale['cpu']:.2f}, wall {scale['wall']:.2f}).")
+  else:
+    summary += f"~{remaining / 60:.1f} CPU h (config estimates)."
+  lines.append(summary)
   return "\n".join(lines)
 
 
