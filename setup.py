@@ -19,6 +19,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.9,<4.10",
         "gin-config>=0.5,<0.6",
         "numpy>=1.26,<2.5",
+        "matplotlib>=3.8,<3.12",  # the study's plots (Agg backend)
     ],
     extras_require={
         "test": [
@@ -33,6 +34,8 @@ setuptools.setup(
             "tfrevisit-export=tfrevisit.export:main",
             "tfrevisit-evaluate=tfrevisit.evaluate:main",
             "tfrevisit-quickstart=tfrevisit.quickstart:main",
+            "tfrevisit-study=tfrevisit.study.__main__:main",
+            "tfrevisit-study-report=tfrevisit.study.report:main",
         ],
     },
 )

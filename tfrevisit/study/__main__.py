@@ -1,0 +1,121 @@
+r"""Runs the study's grid, one cell at a time.
+
+`python -m tfrevisit.study --gin configs/study/fashion_mnist.gin --workdir DIR
+ [--only PATTERN] [--list] [--results_dir docs/study/cells]`
+
+Each cell trains (`python -m tfrevisit.train`, DIR/CELL/train), then runs its
+evaluation jobs (`python -m tfrevisit.evaluate` on the export, DIR/CELL/eval),
+then writes its result to DIR/CELL/cell.json and to the committed results
+directory. A cell whose committed result exists is skipped; an interrupted one
+resumes (training from its checkpoint, evaluation from the feature cache).
+`--list` prints each cell's state and the estimated remaining CPU time.
+"""
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from typing import List
+
+from tfrevisit import gin_config
+from tfrevisit.study import cells as cells_lib
+from tfrevisit.study import grid
+
+DEFAULT_RESULTS_DIR = os.path.join(os.path.dirname(gin_config.CONFIG_DIR),
+                                   "docs", "study", "cells")
+
+
+def _measured_minutes(results_dir: str, cell: grid.Cell, kind: str) -> float:
+  """A done cell's train + evaluation `kind` ("wall" or "cpu") minutes."""
+  result = cells_lib.read_json(cells_lib.result_path(results_dir, cell), {})
+  return ((result.get(f"train_{kind}_time_s") or 0)
+          + (result.get(f"eval_{kind}_time_s") or 0)) / 60
+
+
+def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
+            results_dir: str) -> str:
+  """A table of cells with state and minutes (measured wall time if done,
+  else the config's CPU estimate, marked ~), and the remaining time: the
+  estimates of unfinished cells, in CPU hours and, once cells are done,
+  scaled by measured / estimated over the done ones (CPU and wall)."""
+  lines = [f"{'cell':<48} {'state':<8} {'minutes':>8}  evals"]
+  done = {"estimate": 0.0, "cpu": 0.0, "wall": 0.0}
+  remaining = 0.0
+  for cell in cells:
+    state = cells_lib.state_of(cell, workdir, results_dir)
+    estimate = study.estimated_minutes(cell)
+    minutes = f"~{estimate:.0f}"
+    if state == "done":
+      done["estimate"] += estimate
+      for kind in ("cpu", "wall"):
+        done[kind] += _measured_minutes(results_dir, cell, kind)
+      minutes = f"{_measured_minutes(results_dir, cell, 'wall'):.0f}"
+    else:
+      remaining += estimate
+    lines.append(f"{cell.name:<48} {state:<8} {minutes:>8}  {','.join(cell.evals)}")
+  summary = (f"{len(cells)} cells; done: {done['wall'] / 60:.1f} h wall, "
+             f"{done['cpu'] / 60:.1f} CPU h; remaining ")
+  if done["estimate"] and done["cpu"]:
+    scale = {k: done[k] / done["estimate"] for k in ("cpu", "wall")}
+    summary += (f"~{scale['cpu'] * remaining / 60:.1f} CPU h, "
+                f"~{scale['wall'] * remaining / 60:.1f} h wall (config "
+                f"estimates x measured/estimated of the done cells: "
+                f"CPU {scale['cpu']:.2f}, wall {scale['wall']:.2f}).")
+  else:
+    summary += f"~{remaining / 60:.1f} CPU h (config estimates)."
+  lines.append(summary)
+  return "\n".join(lines)
+
+
+def run(study: grid.Study, cells: List[grid.Cell], workdir: str,
+        results_dir: str, keep_features: bool = False) -> List[str]:
+  """Runs the unfinished `cells` in order; returns the names that failed."""
+  failed = []
+  for cell in cells:
+    if cells_lib.state_of(cell, workdir, results_dir) == "done":
+      continue
+    try:
+      cells_lib.run_cell(study, cell, workdir, results_dir, keep_features)
+      logging.info("%s: done.", cell.name)
+    except subprocess.CalledProcessError as error:
+      logging.error("%s failed (%s); see %s. Continuing with the next cell.",
+                    cell.name, error, os.path.join(workdir, cell.name, "logs"))
+      failed.append(cell.name)
+  return failed
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  gin_config.add_gin_flags(parser)
+  parser.add_argument("--workdir", required=True,
+                      help="where the cells' workdirs go; reruns resume.")
+  parser.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR,
+                      help="committed results, one CELL.json per finished cell.")
+  parser.add_argument("--only", default="*",
+                      help="shell pattern on cell names, e.g. 'rotation-*-k1-*'.")
+  parser.add_argument("--keep_features", action="store_true",
+                      help="keep each finished cell's feature cache (GBs).")
+  parser.add_argument("--list", action="store_true",
+                      help="print the cells, their state and the remaining time.")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  gin_config.parse_gin(args.gin, args.gin_param)
+  study = grid.study()
+  cells = study.select(args.only)
+  if not cells:
+    raise SystemExit(f"No cell matches --only {args.only!r}.")
+  if args.list:
+    print(listing(study, cells, args.workdir, args.results_dir))
+    return 0
+  failed = run(study, cells, args.workdir, args.results_dir, args.keep_features)
+  if failed:
+    logging.error("Failed cells: %s", ", ".join(failed))
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,234 @@
+"""Running one cell by the command lines, and the files it leaves.
+
+Workdir of a cell (never committed):
+  CELL/train/             `tfrevisit.train` workdir (checkpoints, tb/, export/)
+  CELL/eval/features/     the feature cache shared by the evaluation jobs
+  CELL/eval/JOB/          one `tfrevisit.evaluate` workdir per job
+  CELL/logs/STAGE.log     each stage's output, appended on every attempt
+  CELL/state.json         finished stages, wall time and CPU time (user +
+                          system, all threads) per stage, summed over
+                          attempts, interrupted ones included
+The result, CELL/cell.json, is also copied to the committed results
+directory (docs/study/cells/CELL.json); the report reads only those files.
+"""
+import ast
+import functools
+import glob
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from tfrevisit.study import grid
+
+log = logging.getLogger("tfrevisit.study")
+
+RESULT_FILE = "cell.json"
+STATE_FILE = "state.json"
+TRAIN_STAGE = "train"
+# The repository root, so that subprocesses import this same tfrevisit.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Writes atomically: a temporary sibling, renamed over `path`."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  temporary = f"{path}.tmp"
+  with open(temporary, "w") as f:
+    json.dump(value, f, indent=1)
+  os.replace(temporary, path)
+
+
+def read_json(path: str, default=None):
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def result_path(results_dir: str, cell: grid.Cell) -> str:
+  return os.path.join(results_dir, f"{cell.name}.json")
+
+
+def state_of(cell: grid.Cell, workdir: str, results_dir: str) -> str:
+  """`done` (committed result exists), `partial` (workdir exists) or `todo`."""
+  if os.path.exists(result_path(results_dir, cell)):
+    return "done"
+  if os.path.exists(os.path.join(workdir, cell.name)):
+    return "partial"
+  return "todo"
+
+
+def _children_cpu_s() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _run_stage(name: str, command: List[str], cell_dir: str,
+               state: Dict[str, Any]) -> None:
+  """Runs `command` unless `name` is finished; records its wall and CPU time.
+
+  Raises:
+    subprocess.CalledProcessError: the command failed (its log says why).
+  """
+  stages = state.setdefault("stages", {})
+  stage = stages.setdefault(name, {"done": False, "wall_time_s": 0.0,
+                                  "cpu_time_s": 0.0})
+  if stage["done"]:
+    return
+  log_path = os.path.join(cell_dir, "logs", f"{name.replace('/', '_')}.log")
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+  log.info("%s: %s (log: %s)", os.path.basename(cell_dir), name, log_path)
+  start, start_cpu = time.time(), _children_cpu_s()
+  try:
+    with open(log_path, "a") as out:
+      out.write(f"\n$ {' '.join(command)}\n")
+      out.flush()
+      subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                     check=True)
+    stage["done"] = True
+  finally:
+    stage["wall_time_s"] += time.time() - start
+    stage["cpu_time_s"] += _children_cpu_s() - start_cpu
+    _write_json(os.path.join(cell_dir, STATE_FILE), state)
+
+
+def train_command(study: grid.Study, cell: grid.Cell, train_dir: str) -> List[str]:
+  command = [sys.executable, "-m", "tfrevisit.train",
+             "--gin", study.train_configs[cell.task], "--workdir", train_dir]
+  for binding in cell.train_bindings() + list(study.train_params):
+    command += ["--gin_param", binding]
+  return command
+
+
+def eval_command(study: grid.Study, job: str, export: str, eval_dir: str
+                 ) -> List[str]:
+  command = [sys.executable, "-m", "tfrevisit.evaluate", "--hub_module", export,
+             "--workdir", eval_dir]
+  for path in study.eval_configs(job):
+    command += ["--gin", path]
+  for binding in study.eval_params:
+    command += ["--gin_param", binding]
+  return command
+
+
+def _share_feature_cache(cell_dir: str, eval_dir: str) -> None:
+  """Points eval_dir/features at the cell's one feature cache."""
+  shared = os.path.join(cell_dir, "eval", "features")
+  os.makedirs(shared, exist_ok=True)
+  os.makedirs(eval_dir, exist_ok=True)
+  link = os.path.join(eval_dir, "features")
+  if not os.path.lexists(link):
+    os.symlink(os.path.relpath(shared, eval_dir), link)
+
+
+def run_cell(study: grid.Study, cell: grid.Cell, workdir: str,
+             results_dir: str, keep_features: bool = False) -> Dict[str, Any]:
+  """Trains, evaluates and collects one cell; resumes what is unfinished.
+
+  The feature cache (GBs per cell) is deleted once the cell is finished
+  unless `keep_features`.
+
+  Returns:
+    The cell's result (see `collect`), also written to CELL/cell.json and
+    results_dir/CELL.json.
+  """
+  cell_dir = os.path.join(workdir, cell.name)
+  state = read_json(os.path.join(cell_dir, STATE_FILE), {})
+  train_dir = os.path.join(cell_dir, "train")
+  _run_stage(TRAIN_STAGE, train_command(study, cell, train_dir), cell_dir, state)
+  export = os.path.join(train_dir, "export", "latest")
+  for job in cell.evals:
+    eval_dir = os.path.join(cell_dir, "eval", job)
+    _share_feature_cache(cell_dir, eval_dir)
+    _run_stage(f"eval/{job}", eval_command(study, job, export, eval_dir),
+               cell_dir, state)
+  result = collect(cell, cell_dir, state)
+  _write_json(os.path.join(cell_dir, RESULT_FILE), result)
+  os.makedirs(results_dir, exist_ok=True)
+  shutil.copyfile(os.path.join(cell_dir, RESULT_FILE),
+                  result_path(results_dir, cell))
+  if not keep_features:
+    shutil.rmtree(os.path.join(cell_dir, "eval", "features"), ignore_errors=True)
+  return result
+
+
+def gin_value(config: str, name: str, default=None):
+  """The value bound to `name` (e.g. "train.batch_size") in a gin config text."""
+  match = re.search(rf"^{re.escape(name)}\s*=\s*(.+)$", config, re.MULTILINE)
+  if not match:
+    return default
+  try:
+    return ast.literal_eval(match.group(1).strip())
+  except (ValueError, SyntaxError):
+    return match.group(1).strip()
+
+
+def last_scalar(tb_dir: str, tag: str) -> Optional[float]:
+  """The last logged value of scalar `tag` in TensorBoard event files."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  last = None
+  for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          number = (float(tf.make_ndarray(value.tensor))
+                    if value.HasField("tensor") else value.simple_value)
+          last = (event.step, number) if last is None or event.step >= last[0] else last
+  return None if last is None else last[1]
+
+
+def _stage_total(stages: Dict[str, Dict], key: str, prefix: str) -> float:
+  """Sum of `key` over the stages whose name starts with `prefix`."""
+  return sum(stage.get(key, 0.0) for name, stage in stages.items()
+             if name.startswith(prefix))
+
+
+def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
+            ) -> Dict[str, Any]:
+  """A cell's result: its settings, training facts and evaluation rows.
+
+  Returns:
+    {"cell", "task", "architecture", "filters_factor", "seed", "backbone",
+    "last_relu", "global_step", "batch_size", "epochs", "num_crops",
+    "pretext_accuracy" (training accuracy of the last logged interval, a
+    fraction), "train_wall_time_s", "eval_wall_time_s", "train_cpu_time_s",
+    "eval_cpu_time_s" (seconds, summed over attempts), "rows": the
+    evaluation rows, each with an "eval" (job name) column}.
+  """
+  train_dir = os.path.join(cell_dir, "train")
+  metadata = read_json(os.path.join(train_dir, "export", "latest", "assets",
+                                     "tfrevisit.json"), {})
+  config = metadata.get("gin_config", "")
+  arch = grid.ARCHITECTURES[cell.architecture]
+  rows = []
+  for job in cell.evals:
+    job_rows = read_json(os.path.join(cell_dir, "eval", job, "results.json"), [])
+    rows += [{"eval": job, **row} for row in job_rows]
+  stages = state.get("stages", {})
+  total = functools.partial(_stage_total, stages)
+  return {
+      "cell": cell.name, "task": cell.task, "architecture": cell.architecture,
+      "filters_factor": cell.filters_factor, "seed": cell.seed,
+      "backbone": arch.backbone, "last_relu": arch.last_relu,
+      "global_step": metadata.get("global_step"),
+      "batch_size": gin_value(config, "train.batch_size"),
+      "epochs": gin_value(config, "train.epochs"),
+      "num_crops": gin_value(config, "exemplar.num_crops"),
+      "pretext_accuracy": last_scalar(os.path.join(train_dir, "tb"), "accuracy"),
+      "train_wall_time_s": total("wall_time_s", TRAIN_STAGE),
+      "eval_wall_time_s": total("wall_time_s", "eval/"),
+      "train_cpu_time_s": total("cpu_time_s", TRAIN_STAGE),
+      "eval_cpu_time_s": total("cpu_time_s", "eval/"),
+      "rows": rows,
+  }

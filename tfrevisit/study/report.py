@@ -1,0 +1,181 @@
+r"""Writes the study's report from the committed cell results alone.
+
+`python -m tfrevisit.study.report [--results_dir docs/study/cells]
+ [--workdir DIR] [--out_dir docs]`
+
+Reads results_dir/*.json (or, with --workdir, DIR/*/cell.json of a study
+workdir) and writes OUT/study/results.csv (one row per cell x end point x
+probe x label fraction, with the cell's pretext accuracy and wall times), the
+PNG plots in OUT/study/, and OUT/study.md: the Table 1 analogue, the plots and
+the evidence and verdict for each of the paper's findings.
+"""
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+from typing import Dict, List, Sequence
+
+from tfrevisit.study import findings as findings_lib
+from tfrevisit.study import grid
+from tfrevisit.study import plots
+from tfrevisit.study.results import Results, chance, flat_rows, load_cells, mean_std
+
+DEFAULT_OUT_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "docs")
+STUDY_COMMAND = ("python -m tfrevisit.study --gin configs/study/fashion_mnist.gin "
+                 "--workdir DIR")
+
+
+def _cell(seeds: Dict[int, float]) -> str:
+  """'mean ± std, n=seeds' in percent, or the value alone for one seed."""
+  if not seeds:
+    return "-"
+  mean, std = mean_std(list(seeds.values()))
+  if std is None:
+    return f"{100 * mean:.1f}"
+  return f"{100 * mean:.1f} ± {100 * std:.1f}, n={len(seeds)}"
+
+
+def table1(results: Results, k: int = 1) -> List[List[str]]:
+  """Rows of the Table 1 analogue: per task, per architecture at width k,
+  "best layer top-1 (layer) / pre_logits top-1" (linear, all labels)."""
+  architectures = [a for a in grid.ARCHITECTURES
+                   if any(m[1:] == (a, k) for m in results.models())]
+  table = [["task"] + [grid.ARCHITECTURES[a].title for a in architectures]]
+  for task in grid.TASKS:
+    if not any(m[0] == task for m in results.models()):
+      continue
+    row = [task]
+    for architecture in architectures:
+      best = results.best_layer(task, architecture, k)
+      row.append("-" if best is None else
+                 f"{_cell(results.top1(task, architecture, k, best))} ({best}) / "
+                 f"{_cell(results.top1(task, architecture, k))}")
+    table.append(row)
+  return table
+
+
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(rows[0]) + " |",
+           "|" + "---|" * len(rows[0])]
+  return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+def _hours(cells, kind: str) -> float:
+  """Total train + evaluation `kind` ("wall" or "cpu") time, in hours."""
+  return sum((c.get(f"train_{kind}_time_s") or 0)
+             + (c.get(f"eval_{kind}_time_s") or 0) for c in cells) / 3600
+
+
+def _cells_table(cells) -> str:
+  rows = [["cell", "pretext acc. % (chance)", "steps", "train min",
+           "eval min", "CPU h"]]
+  for cell in cells:
+    pretext = cell.get("pretext_accuracy")
+    rows.append([cell["cell"],
+                 "-" if pretext is None else
+                 f"{100 * pretext:.1f} ({100 * chance(cell):.1f})",
+                 str(cell.get("global_step")),
+                 f"{(cell.get('train_wall_time_s') or 0) / 60:.1f}",
+                 f"{(cell.get('eval_wall_time_s') or 0) / 60:.1f}",
+                 f"{_hours([cell], 'cpu'):.2f}"])
+  return markdown_table(rows)
+
+
+def study_markdown(results: Results, plot_paths: Dict[str, str]) -> str:
+  """docs/study.md: Table 1 analogue, plots, findings, cells and cost."""
+  spread = results.seed_spread()
+  parts = [
+      "# The study on Fashion-MNIST",
+      "",
+      f"Produced by `{STUDY_COMMAND}` (seeds in the cell names, `-sN`), then "
+      "`python -m tfrevisit.study.report`. Accuracies: top-1 % on the "
+      "Fashion-MNIST test split; mean ± std over n seeds where a model has "
+      "several.",
+      "",
+      "## Table 1 analogue (k=1): best layer (which) / pre_logits, linear probe",
+      "",
+      markdown_table(table1(results)),
+      "",
+      f"Run-to-run spread s (largest std over seeds at pre_logits): "
+      f"{'-' if spread is None else f'{100 * spread:.2f} pp'}.",
+      "",
+      "## Plots",
+      "",
+  ]
+  parts += [f"![{name}](study/{name})\n" for name in plot_paths]
+  parts += ["## Findings", "",
+            "Rules: a difference counts only if it exceeds 2s (see above); "
+            "each finding states its rule.", ""]
+  for finding in findings_lib.all_findings(results):
+    parts += [f"### {finding.title}", "", f"Verdict: **{finding.verdict}**.",
+              "", f"Rule: {finding.rule}", "", finding.evidence, ""]
+  parts += ["## Cells", "",
+            "Pretext accuracy is the training accuracy of the last logged "
+            "interval (`accuracy` in the cell's TensorBoard log).", "",
+            _cells_table(results.cells), "",
+            f"Total: {len(results.cells)} cells, "
+            f"{_hours(results.cells, 'wall'):.1f} hours of wall time, "
+            f"{_hours(results.cells, 'cpu'):.1f} CPU hours (user + system, "
+            "all threads) in the train and evaluation stages.", ""]
+  return "\n".join(parts)
+
+
+def write_csv(rows: Sequence[Dict], path: str) -> None:
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def workdir_cells(workdir: str) -> List[Dict]:
+  cells = []
+  for path in sorted(glob.glob(os.path.join(workdir, "*", "cell.json"))):
+    with open(path) as f:
+      cells.append(json.load(f))
+  return cells
+
+
+def write_report(cells: Sequence[Dict], out_dir: str) -> Dict[str, str]:
+  """Writes results.csv, the plots and study.md; returns {name: path}."""
+  study_dir = os.path.join(out_dir, "study")
+  os.makedirs(study_dir, exist_ok=True)
+  results = Results(cells)
+  written = {"results.csv": os.path.join(study_dir, "results.csv")}
+  write_csv(flat_rows(cells), written["results.csv"])
+  plot_paths = {}
+  for name, plot in plots.PLOTS.items():
+    path = plot(results, os.path.join(study_dir, name))
+    if path:
+      plot_paths[name] = path
+  written.update(plot_paths)
+  written["study.md"] = os.path.join(out_dir, "study.md")
+  with open(written["study.md"], "w") as f:
+    f.write(study_markdown(results, plot_paths))
+  return written
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--results_dir",
+                      default=os.path.join(DEFAULT_OUT_DIR, "study", "cells"),
+                      help="committed cell results (CELL.json files).")
+  parser.add_argument("--workdir", default=None,
+                      help="read DIR/*/cell.json of a study workdir instead.")
+  parser.add_argument("--out_dir", default=DEFAULT_OUT_DIR,
+                      help="writes OUT/study.md and OUT/study/.")
+  args = parser.parse_args(argv)
+  cells = workdir_cells(args.workdir) if args.workdir else load_cells(args.results_dir)
+  if not cells:
+    raise SystemExit(f"No cell results in {args.workdir or args.results_dir}.")
+  for name, path in write_report(cells, args.out_dir).items():
+    print(f"{name}: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
