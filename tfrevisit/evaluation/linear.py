@@ -25,7 +25,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import gin
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 # (features [N, D], labels [N]) as NumPy arrays (memory-mapped arrays work).
 Split = Tuple[np.ndarray, np.ndarray]
@@ -111,6 +110,163 @@ _CHUNK_STATISTICS = {
     for jit in (False, True)}
 
 
+# L-BFGS settings: pairs kept, Armijo constant, relative change of the
+# objective that counts as no change, line search trials at most.
+_MEMORY = 10
+_ARMIJO = 1e-4
+_FLAT = 1e-7
+_MAX_STEP_TRIALS = 30
+
+
+def _lbfgs_direction(gradient, steps, changes, rho, gamma):
+  """The L-BFGS two-loop recursion for G problems at once.
+
+  Args:
+    gradient: [G, n].
+    steps, changes: [m, G, n] the last m position steps s and gradient
+      changes y, oldest first; unused or skipped pairs are zero.
+    rho: [m, G] 1 / (s^T y), zero for unused pairs.
+    gamma: [G] the initial inverse Hessian scale s^T y / y^T y.
+
+  Returns:
+    [G, n] the search direction -H g.
+  """
+  alphas = []
+  q = gradient
+  for i in reversed(range(_MEMORY)):
+    alpha = rho[i] * tf.reduce_sum(steps[i] * q, axis=1)
+    q -= alpha[:, None] * changes[i]
+    alphas.append(alpha)
+  r = gamma[:, None] * q
+  for i, alpha in zip(range(_MEMORY), reversed(alphas)):
+    beta = rho[i] * tf.reduce_sum(changes[i] * r, axis=1)
+    r += (alpha - beta)[:, None] * steps[i]
+  return -r
+
+
+def _line_search(value_and_gradients, position, value, direction, slope,
+                 active):
+  """Backtracking from the unit step until the Armijo condition holds.
+
+  Every problem starts at step 1 (accepted at once near the optimum, where
+  L-BFGS's steps are well scaled) and, while it fails, takes the minimiser of
+  the quadratic through f(0), f'(0) and f(step), kept in [0.1, 0.5] step.
+
+  Args:
+    value_and_gradients: [G, n] -> ([G], [G, n]).
+    position, direction: [G, n].
+    value, slope: [G] f(0) and its directional derivative (negative).
+    active: [G] problems that search; the others keep their position.
+
+  Returns:
+    (position [G, n], value [G], gradient [G, n], found [G], evaluations).
+  """
+  def trial(step, found, *_):
+    new_position = position + step[:, None] * direction
+    new_value, new_gradient = value_and_gradients(new_position)
+    decrease = new_value - value
+    # Armijo, or Hager and Zhang's approximate Wolfe condition for when the
+    # decrease is below the objective's float32 rounding.
+    approximate_wolfe = (
+        (decrease <= _FLAT * tf.abs(value))
+        & (tf.reduce_sum(new_gradient * direction, axis=1)
+           <= (2 * _ARMIJO - 1) * slope))
+    ok = found | (tf.math.is_finite(new_value)
+                  & ((decrease <= _ARMIJO * step * slope) | approximate_wolfe))
+    quadratic = -slope * step ** 2 / (2.0 * (decrease - slope * step))
+    next_step = tf.where(
+        tf.math.is_finite(quadratic),
+        tf.clip_by_value(quadratic, 0.1 * step, 0.5 * step), 0.1 * step)
+    return (tf.where(ok, step, next_step), ok, new_position, new_value,
+            new_gradient)
+
+  def body(step, found, best_position, best_value, best_gradient, trials):
+    new_step, ok, new_position, new_value, new_gradient = trial(step, found)
+    newly = ok & ~found
+    return (new_step, ok,
+            tf.where(newly[:, None], new_position, best_position),
+            tf.where(newly, new_value, best_value),
+            tf.where(newly[:, None], new_gradient, best_gradient),
+            trials + 1)
+
+  step = tf.ones_like(value)
+  found = ~active
+  _, found, position, value, gradient, trials = tf.while_loop(
+      lambda step, found, *args: (~tf.reduce_all(found))
+      & (args[-1] < _MAX_STEP_TRIALS),
+      body, (step, found, position, value, tf.zeros_like(position),
+             tf.constant(0)))
+  return position, value, gradient, found, trials
+
+
+def _lbfgs_minimize(value_and_gradients, initial_position, max_iterations,
+                    tolerance):
+  """Batched L-BFGS whose line search tries the unit step first.
+
+  Each of the G problems has its own history, stopping test and line search;
+  a stopped problem no longer moves, and the loop runs until all have stopped
+  or `max_iterations`. Pairs with s^T y <= 1e-10 y^T y are not stored (the
+  curvature condition is not enforced by the line search).
+
+  Args:
+    value_and_gradients: [G, n] -> (values [G], gradients [G, n]).
+    initial_position: [G, n] float64.
+    max_iterations: iteration budget of the batch.
+    tolerance: a problem converges when its gradient's largest absolute entry
+      is at most this.
+
+  Returns:
+    (position [G, n], iterations, evaluations, converged [G], values [G]).
+  """
+  value, gradient = value_and_gradients(initial_position)
+  converged = tf.reduce_max(tf.abs(gradient), axis=1) <= tolerance
+  history = tf.zeros(tf.concat([[_MEMORY], tf.shape(initial_position)], 0),
+                     initial_position.dtype)
+
+  def body(iteration, evaluations, position, value, gradient, steps, changes,
+           rho, gamma, converged, failed):
+    active = ~(converged | failed)
+    direction = _lbfgs_direction(gradient, steps, changes, rho, gamma)
+    slope = tf.reduce_sum(direction * gradient, axis=1)
+    # Not a descent direction (rounding): steepest descent instead.
+    descent = slope < 0
+    direction = tf.where(descent[:, None], direction, -gradient)
+    slope = tf.where(descent, slope, -tf.reduce_sum(gradient ** 2, axis=1))
+    new_position, new_value, new_gradient, found, trials = _line_search(
+        value_and_gradients, position, value, direction, slope, active)
+    moved = active & found
+    step = tf.where(moved[:, None], new_position - position, 0.0)
+    change = tf.where(moved[:, None], new_gradient - gradient, 0.0)
+    step_change = tf.reduce_sum(step * change, axis=1)
+    change_change = tf.reduce_sum(change * change, axis=1)
+    curved = moved & (step_change > 1e-10 * change_change)
+    return (
+        iteration + 1, evaluations + trials,
+        tf.where(moved[:, None], new_position, position),
+        tf.where(moved, new_value, value),
+        tf.where(moved[:, None], new_gradient, gradient),
+        tf.concat([steps[1:], tf.where(curved[:, None], step, 0.0)[None]], 0),
+        tf.concat([changes[1:], tf.where(curved[:, None], change, 0.0)[None]],
+                  0),
+        tf.concat([rho[1:], tf.where(curved, 1.0 / step_change, 0.0)[None]],
+                  0),
+        tf.where(curved, step_change / change_change, gamma),
+        converged | (moved & (tf.reduce_max(tf.abs(new_gradient), axis=1)
+                              <= tolerance)),
+        failed | (active & ~found))
+
+  iteration, evaluations, position, value, _, _, _, _, _, converged, _ = (
+      tf.while_loop(
+          lambda iteration, _, *state: (
+              (iteration < max_iterations)
+              & ~tf.reduce_all(state[-2] | state[-1])),
+          body,
+          (tf.constant(0), tf.constant(1), initial_position, value, gradient,
+           history, history, history[:, :, 0], tf.ones_like(value),
+           converged, tf.zeros_like(converged))))
+  return position, iteration, evaluations, converged, value
+
+
 def _minimize(summed_statistics, num_examples, initial_params, preconditioner,
               l2, max_iterations, tolerance):
   """Runs batched L-BFGS on G regularised mean cross-entropies, preconditioned.
@@ -154,14 +310,10 @@ def _minimize(summed_statistics, num_examples, initial_params, preconditioner,
     return loss, tf.reshape(q_gradient, [shape[0], -1])
 
   initial_q = tf.matmul(preconditioner, initial_params, transpose_a=True)
-  result = tfp.optimizer.lbfgs_minimize(
-      value_and_gradients,
-      initial_position=tf.reshape(initial_q, [shape[0], -1]),
-      max_iterations=max_iterations,
-      tolerance=tolerance)
-  return (to_params(result.position), result.num_iterations,
-          result.num_objective_evaluations, result.converged,
-          result.objective_value)
+  position, iterations, evaluations, converged, value = _lbfgs_minimize(
+      value_and_gradients, tf.reshape(initial_q, [shape[0], -1]),
+      max_iterations, tolerance)
+  return to_params(position), iterations, evaluations, converged, value
 
 
 def _summed_over_chunks(read_chunk, num_chunks, jit_compile):
