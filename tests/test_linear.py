@@ -1,4 +1,4 @@
-"""Tests for the L-BFGS linear probe against NumPy and scikit-learn."""
+"""Tests for the L-BFGS linear probe against NumPy, SciPy, tfp, scikit-learn."""
 import gzip
 import os
 
@@ -7,6 +7,8 @@ import pytest
 import scipy.optimize
 import scipy.special
 from sklearn import linear_model
+import tensorflow as tf
+import tensorflow_probability as tfp
 import threadpoolctl
 
 from tfrevisit.evaluation import linear
@@ -349,3 +351,28 @@ def test_protocol_batched_and_sequential_sweeps_agree():
   # take fewer iterations than the batch's from zeros.
   assert max(fit.iterations for fit in results[1].grid_fits[1:]) < (
       results[0].grid_fits[0].iterations)
+
+
+def test_own_lbfgs_reaches_tfp_lbfgs_optimum(grid_problem):
+  features, labels = grid_problem
+  l2 = 1e-2
+  features64 = tf.constant(features, tf.float64)
+  one_hot = tf.one_hot(labels, 3, dtype=tf.float64)
+
+  def value_and_gradients(flat):
+    return tfp.math.value_and_gradient(
+        lambda flat: tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+            one_hot, features64 @ tf.reshape(flat[:24], [8, 3]) + flat[24:]))
+        + 0.5 * l2 * tf.reduce_sum(tf.square(flat[:24])), flat)
+
+  theirs = tfp.optimizer.lbfgs_minimize(
+      value_and_gradients, tf.zeros([27], tf.float64), tolerance=1e-10,
+      max_iterations=2000)
+  ours = linear.fit_logistic_regression(features, labels, 3, l2,
+                                        tolerance=1e-6)
+  assert theirs.converged and ours.converged
+  np.testing.assert_allclose(ours.loss, theirs.objective_value, rtol=1e-7)
+  np.testing.assert_allclose(ours.weights,
+                             theirs.position[:24].numpy().reshape(8, 3),
+                             atol=2e-4)
+  np.testing.assert_allclose(ours.bias, theirs.position[24:], atol=2e-4)

@@ -15,6 +15,13 @@ Real network features are ill-conditioned (a few directions carry most of the
 variance, large means); in these coordinates L-BFGS needs several times fewer
 iterations (docs/benchmarks.md). The optimum is the same: only the path to it
 changes.
+
+The L2 grid is fitted as one batched L-BFGS (`fit_logistic_regression_grid`):
+G problems side by side, whose every evaluation reads the features once for
+all of them, each with its own history and stopping test. The L-BFGS is our
+own (`_lbfgs_minimize`): its line search accepts the unit step when it
+decreases the objective enough, so that it needs about one evaluation per
+iteration where tfp's Hager-Zhang search needed 2.5 to 3.
 """
 import dataclasses
 import functools
@@ -38,11 +45,11 @@ class LogisticRegressionResult:
     weights: [D, C] float32 weights.
     bias: [C] float32 bias.
     iterations: L-BFGS iterations run.
-    evaluations: loss-and-gradient evaluations over the training set (the
-      line search makes 2 to 3 per iteration).
+    evaluations: loss-and-gradient evaluations over the training set (about
+      one per iteration once the unit step is accepted).
     converged: whether L-BFGS stopped on its criterion (largest entry of the
-      preconditioned gradient below the tolerance, or no progress left)
-      rather than on the iteration budget or a failed line search.
+      preconditioned gradient at most the tolerance) rather than on the
+      iteration budget or a line search that found no lower point.
     loss: final value of the regularised objective.
   """
   weights: np.ndarray
