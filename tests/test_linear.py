@@ -1,10 +1,14 @@
-"""Tests for the L-BFGS linear probe against NumPy and scikit-learn."""
+"""Tests for the L-BFGS linear probe against NumPy, SciPy, tfp, scikit-learn."""
 import gzip
 import os
 
 import numpy as np
 import pytest
+import scipy.optimize
+import scipy.special
 from sklearn import linear_model
+import tensorflow as tf
+import tensorflow_probability as tfp
 import threadpoolctl
 
 from tfrevisit.evaluation import linear
@@ -245,3 +249,130 @@ def test_fashion_mnist_linear_probe_reaches_known_accuracy():
   fit = linear.fit_logistic_regression(train_features, train_labels, 10, 1e-4)
   top1 = linear.top_k_accuracy(fit.predict(test_features), test_labels, 1)
   assert 0.835 < top1 < 0.86
+
+
+def scipy_fit(features, labels, num_classes, l2):
+  """Independent reference: SciPy's L-BFGS-B on the float64 objective.
+
+  Returns:
+    (weights [D, C], bias [C], objective value).
+  """
+  features = features.astype(np.float64)
+  dim = features.shape[1]
+  one_hot = np.eye(num_classes)[labels]
+
+  def objective(flat):
+    weights = flat[:dim * num_classes].reshape(dim, num_classes)
+    bias = flat[dim * num_classes:]
+    logits = features @ weights + bias
+    log_normaliser = scipy.special.logsumexp(logits, axis=1)
+    value = (np.mean(log_normaliser - np.sum(logits * one_hot, 1))
+             + 0.5 * l2 * np.sum(np.square(weights)))
+    residual = np.exp(logits - log_normaliser[:, None]) - one_hot
+    gradient = np.concatenate([
+        (features.T @ residual / len(labels) + l2 * weights).ravel(),
+        residual.mean(0)])
+    return value, gradient
+
+  result = scipy.optimize.minimize(
+      objective, np.zeros((dim + 1) * num_classes), jac=True,
+      method="L-BFGS-B",
+      options=dict(maxiter=10_000, gtol=1e-10, ftol=1e-15))
+  return (result.x[:dim * num_classes].reshape(dim, num_classes),
+          result.x[dim * num_classes:], result.fun)
+
+
+GRID = (1.0, 1e-1, 1e-2, 1e-3)
+
+
+@pytest.fixture(scope="module")
+def grid_problem():
+  (features, labels), = gaussian_splits((600,), 8, 3, seed=4)
+  # Ill-conditioned: large means, decaying scales.
+  return (features + 2.0) * np.geomspace(1.0, 0.05, 8), labels
+
+
+@pytest.mark.parametrize("precondition", [False, True])
+def test_grid_fit_matches_separate_fits_and_scipy(grid_problem, precondition):
+  features, labels = grid_problem
+  grid = linear.fit_logistic_regression_grid(
+      features, labels, 3, GRID, tolerance=1e-6, precondition=precondition)
+  for l2, fit in zip(GRID, grid):
+    separate = linear.fit_logistic_regression(
+        features, labels, 3, l2, tolerance=1e-6, precondition=precondition)
+    weights, bias, value = scipy_fit(features, labels, 3, l2)
+    assert fit.converged
+    np.testing.assert_allclose(fit.loss, value, rtol=1e-7)
+    np.testing.assert_allclose(fit.weights, weights, atol=2e-4)
+    np.testing.assert_allclose(fit.bias, bias, atol=2e-4)
+    np.testing.assert_allclose(fit.weights, separate.weights, atol=2e-4)
+    np.testing.assert_allclose(fit.loss, separate.loss, rtol=1e-7)
+
+
+def test_grid_problems_stop_independently(grid_problem):
+  features, labels = grid_problem
+  solved = linear.fit_logistic_regression(features, labels, 3, 1e-2,
+                                          tolerance=1e-6)
+  # The first problem starts at its optimum, the second far from its own.
+  grid = linear.fit_logistic_regression_grid(
+      features, labels, 3, [1e-2, 1e-3], tolerance=1e-6,
+      initial=[solved, solved])
+  _, _, value = scipy_fit(features, labels, 3, 1e-3)
+  np.testing.assert_array_equal(grid[0].weights, solved.weights)
+  np.testing.assert_array_equal(grid[0].bias, solved.bias)
+  assert grid[1].converged and grid[1].iterations > 1
+  np.testing.assert_allclose(grid[1].loss, value, rtol=1e-7)
+
+
+def test_batched_preconditioner_stacks_the_single_ones(problem):
+  moment = linear.feature_second_moment(problem[0])
+  stacked = linear.preconditioner(moment, 4, np.array(GRID)).numpy()
+  for l2, factor in zip(GRID, stacked):
+    np.testing.assert_allclose(
+        factor, linear.preconditioner(moment, 4, l2).numpy(), rtol=1e-12)
+
+
+def test_protocol_batched_and_sequential_sweeps_agree():
+  train, val = gaussian_splits((400, 400), 30, 3, seed=5, mean_scale=0.3)
+  trainval = tuple(np.concatenate(pair) for pair in zip(train, val))
+  results = [
+      linear.linear_protocol(train, val, trainval, 3, (1e-3, 1.0, 1e-1, 1e-2),
+                             grid_batch_size=batch, tolerance=1e-7)
+      for batch in (None, 1, 3)]
+  for result in results:
+    assert result.l2_grid == (1.0, 1e-1, 1e-2, 1e-3)
+    assert result.best == results[0].best
+    assert result.val_top1 == results[0].val_top1
+    np.testing.assert_allclose(result.final.loss, results[0].final.loss,
+                               rtol=1e-7)
+    for fit, reference in zip(result.grid_fits, results[0].grid_fits):
+      np.testing.assert_allclose(fit.loss, reference.loss, rtol=1e-7)
+  # Each batch after the first is warm-started: the sequential sweep's fits
+  # take fewer iterations than the batch's from zeros.
+  assert max(fit.iterations for fit in results[1].grid_fits[1:]) < (
+      results[0].grid_fits[0].iterations)
+
+
+def test_own_lbfgs_reaches_tfp_lbfgs_optimum(grid_problem):
+  features, labels = grid_problem
+  l2 = 1e-2
+  features64 = tf.constant(features, tf.float64)
+  one_hot = tf.one_hot(labels, 3, dtype=tf.float64)
+
+  def value_and_gradients(flat):
+    return tfp.math.value_and_gradient(
+        lambda flat: tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+            one_hot, features64 @ tf.reshape(flat[:24], [8, 3]) + flat[24:]))
+        + 0.5 * l2 * tf.reduce_sum(tf.square(flat[:24])), flat)
+
+  theirs = tfp.optimizer.lbfgs_minimize(
+      value_and_gradients, tf.zeros([27], tf.float64), tolerance=1e-10,
+      max_iterations=2000)
+  ours = linear.fit_logistic_regression(features, labels, 3, l2,
+                                        tolerance=1e-6)
+  assert theirs.converged and ours.converged
+  np.testing.assert_allclose(ours.loss, theirs.objective_value, rtol=1e-7)
+  np.testing.assert_allclose(ours.weights,
+                             theirs.position[:24].numpy().reshape(8, 3),
+                             atol=2e-4)
+  np.testing.assert_allclose(ours.bias, theirs.position[24:], atol=2e-4)
