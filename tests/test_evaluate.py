@@ -240,9 +240,11 @@ def test_table1_protocol_reports_val_and_never_reads_test(tiny_export,
 
 
 def test_protocol_splits_hold_out_part_of_train():
-  x = features_lib.StackedRows([np.arange(40, dtype=np.float32).reshape(20, 2)])
-  splits = {"train": (x, np.arange(20)), "val": (x[:5], np.arange(5)),
-            "test": (x[:3], np.arange(3))}
+  rows = np.arange(40, dtype=np.float32).reshape(20, 2)
+  x = features_lib.StackedRows([rows])
+  splits = {"train": (x, np.arange(20)),
+            "val": (features_lib.StackedRows([rows[:5]]), np.arange(5)),
+            "test": (features_lib.StackedRows([rows[:3]]), np.arange(3))}
   table1 = evaluate.protocol_splits(splits, "table1", 0.25, seed=0)
   held_out, rest = table1["val"][1], table1["train"][1]
   assert len(held_out) == 5 and len(rest) == 15
@@ -293,3 +295,15 @@ def test_unknown_probe_fails_before_any_work(tiny_export, tmp_path):
   with pytest.raises(ValueError, match="valid choices"):
     evaluate.evaluate(path, str(tmp_path), probes=["svm"])
   assert not os.path.exists(tmp_path / "features")
+
+
+def test_standardize_keeps_the_scale_of_units_constant_on_train():
+  """A ReLU unit dead on train (all zeros) but alive on test is shifted, not
+  divided by ~0."""
+  train = np.array([[0.0, 1.0], [0.0, 3.0]], np.float32)
+  test = np.array([[5.0, 2.0]], np.float32)
+  splits = evaluate.standardized_splits({
+      "train": (features_lib.StackedRows([train]), np.zeros(2)),
+      "test": (features_lib.StackedRows([test]), np.zeros(1))})
+  np.testing.assert_allclose(splits["train"][0][:], [[0, -1], [0, 1]])
+  np.testing.assert_allclose(splits["test"][0][:], [[5, 0]])

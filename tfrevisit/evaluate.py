@@ -47,7 +47,10 @@ def standardized_splits(splits: Dict[str, Split]) -> Dict[str, Split]:
   are standardised as they are read.
   """
   mean, std = features_lib.column_mean_std(splits["train"][0])
-  return {name: (x.standardized(mean, std + 1e-6), y)
+  # A unit constant on train (a dead ReLU) keeps its scale: dividing by ~0
+  # would blow up its values on the other splits.
+  std = np.where(std > 1e-6, std, 1.0)
+  return {name: (x.standardized(mean, std), y)
           for name, (x, y) in splits.items()}
 
 
