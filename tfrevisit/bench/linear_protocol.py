@@ -187,14 +187,16 @@ def compare(name, splits, num_classes, args):
   print(f"  chosen l2: ours {ours[1]:g}, scikit-learn {theirs[1]:g}; test "
         f"top-1: ours {100 * ours[2]:.2f}%, scikit-learn {100 * theirs[2]:.2f}%"
         f" (d {100 * (ours[2] - theirs[2]):+.2f} points)")
-  for fit_name, (weights, bias) in ours[3].items():
-    split = splits64["trainval" if fit_name == "trainval" else "train"]
-    l2 = ours[1] if fit_name == "trainval" else float(fit_name.split("=")[1])
-    ours_value = linear_eval.objective(weights, bias, *split, l2)
-    their_weights, their_bias = theirs[3].get(fit_name, (None, None))
-    gap = ("" if their_weights is None else
-           f", ours - scikit-learn {ours_value - linear_eval.objective(their_weights, their_bias, *split, l2):+.1e}")
-    print(f"  objective {fit_name}: {ours_value:.7f}{gap}")
+  for fit_name, fit in ours[3].items():
+    refit = fit_name == "trainval"
+    split = splits64["trainval" if refit else "train"]
+    l2 = ours[1] if refit else float(fit_name.split("=")[1])
+    ours_value = linear_eval.objective(*fit, *split, l2)
+    line = f"  objective {fit_name}: {ours_value:.7f}"
+    if not refit or ours[1] == theirs[1]:
+      gap = ours_value - linear_eval.objective(*theirs[3][fit_name], *split, l2)
+      line += f", ours - scikit-learn {gap:+.1e}"
+    print(line)
 
 
 def main():
