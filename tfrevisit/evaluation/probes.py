@@ -60,9 +60,9 @@ class ProbeResult:
 
 def _dense(units, weight_decay, name):
   # Keras' L2(l) adds l * ||W||^2; weight decay wd means wd / 2 * ||W||^2.
-  return keras.layers.Dense(
-      units, kernel_regularizer=keras.regularizers.L2(weight_decay / 2),
-      name=name)
+  # No regulariser at all without decay (the release's linear layer).
+  regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+  return keras.layers.Dense(units, kernel_regularizer=regularizer, name=name)
 
 
 def _compile(model, learning_rate, decay_epochs, steps_per_epoch, momentum,
