@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfrevisit import data
 from tfrevisit import evaluate
 from tfrevisit import export
 from tfrevisit import models
 from tfrevisit.data import sources
 from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import linear
+from tfrevisit.evaluation import sgd_images
 
 SIZE = 32
 PREPROCESS = f"resize_small({SIZE})|central_crop({SIZE})|value_range(-1, 1)"
@@ -307,3 +309,98 @@ def test_standardize_keeps_the_scale_of_units_constant_on_train():
       "test": (features_lib.StackedRows([test]), np.zeros(1))})
   np.testing.assert_allclose(splits["train"][0][:], [[0, -1], [0, 1]])
   np.testing.assert_allclose(splits["test"][0][:], [[5, 0]])
+# A random 32 crop of the image resized to 40: the release's augmentation, small.
+CROP_PREPROCESS = "resize_small(40)|crop(32)|value_range(-1, 1)"
+
+
+def _recording_featurizer(monkeypatch, seen):
+  """Makes the on-the-fly probe record every batch of images it featurizes."""
+  original = sgd_images._featurizer  # pylint: disable=protected-access
+
+  def featurizer(context):
+    featurize = original(context)
+
+    def record(images):
+      tf.py_function(lambda x: seen.append(x.numpy()) or 0, [images], tf.int32)
+      return featurize(images)
+    return record
+  monkeypatch.setattr(sgd_images, "_featurizer", featurizer)
+
+
+def test_linear_sgd_images_sees_new_crops_every_epoch(tiny_export,
+                                                      monkeypatch):
+  _, path = tiny_export
+  module, _ = features_lib.load_module(path)
+  frozen = [v.numpy() for v in module.variables]
+  source = sources.RandomSource(image_shape=(SIZE, SIZE, 3), num_examples=16,
+                                num_classes=4)
+  seen = []
+  _recording_featurizer(monkeypatch, seen)
+  context = sgd_images.ImageProbeContext(
+      module=module, source=source, preprocess=CROP_PREPROCESS,
+      end_point="block4", train_splits=("train",), eval_split="test",
+      eval_batch_size=6)
+  result = sgd_images.train_linear_sgd_on_images(
+      context, 4, epochs=2, decay_epochs=[1], batch_size=8)
+  assert len(result.history["val_top1"]) == 2
+  # 0.1 x 8 / 256, decayed once; only the linear layer is trained.
+  assert float(result.model.optimizer.learning_rate) == pytest.approx(3.125e-4)
+  assert [v.name for v in result.model.trainable_variables] == ["kernel", "bias"]
+  for before, after in zip(frozen, module.variables):
+    np.testing.assert_array_equal(before, after.numpy())
+  # Training batches hold 8 images (2 steps an epoch), evaluation ones 6, 6, 4.
+  train = [b for b in seen if len(b) == 8]
+  evaluation = np.concatenate([b for b in seen if len(b) != 8][1:])
+  assert len(train) == 4 and len(evaluation) == 2 * 16
+  first, second = np.concatenate(train[:2]), np.concatenate(train[2:])
+  repeated = sum(any(np.array_equal(x, y) for y in first) for x in second)
+  assert repeated <= 3, "the second epoch must see other crops"
+  # Evaluation: the same central crops every epoch.
+  eval_fn = data.get_preprocess_fn(CROP_PREPROCESS, training=False)
+  central = np.stack([eval_fn(ex)["image"].numpy()
+                      for ex in source.as_dataset("test")])
+  np.testing.assert_array_equal(evaluation[:16], central)
+  np.testing.assert_array_equal(evaluation[16:], central)
+
+
+def test_split_examples_concatenate_truncate_and_subset():
+  source = _source(num_examples=10)
+  labels = lambda split: [ex["label"] for ex in
+                          source.as_dataset(split).as_numpy_iterator()]
+  examples = sgd_images.SplitExamples(source, ("train", "val"),
+                                      max_examples=4, index=np.array([1, 5]))
+  assert examples.num_examples() == 2
+  kept = [ex["label"] for ex in examples.as_dataset().as_numpy_iterator()]
+  assert kept == [labels("train")[1], labels("val")[1]]
+  every = sgd_images.SplitExamples(source, ("train", "val"))
+  assert every.num_examples() == 20
+  assert sorted(ex["label"] for ex in every.as_dataset(
+      shuffle_files=True, seed=0).as_numpy_iterator()) == sorted(
+          labels("train") + labels("val"))
+
+
+def test_evaluate_linear_sgd_images_end_to_end(tiny_export, tmp_path):
+  _, path = tiny_export
+  workdir = str(tmp_path / "eval")
+  rows = evaluate.main([
+      "--hub_module", path, "--workdir", workdir,
+      "--gin_param", 'source.name = "random"',
+      "--gin_param", "source.num_examples = 40",
+      "--gin_param", "source.num_classes = 4",
+      "--gin_param", "source.image_shape = (32, 32, 3)",
+      "--gin_param", f'evaluate.preprocess = "{CROP_PREPROCESS}"',
+      "--gin_param", 'evaluate.probes = ["linear_sgd_images"]',
+      "--gin_param", 'evaluate.end_points = ["pre_logits"]',
+      "--gin_param", "evaluate.max_examples = 12",
+      "--gin_param", "evaluate.label_fractions = [0.5]",
+      "--gin_param", "train_linear_sgd_on_images.epochs = 2",
+      "--gin_param", "train_linear_sgd_on_images.decay_epochs = [1]",
+      "--gin_param", "train_linear_sgd_on_images.batch_size = 4"])
+  (row,) = rows
+  assert (row["probe"], row["label_fraction"]) == ("linear_sgd_images", 0.5)
+  assert row["epochs"] == 2 and len(row["test_top1_per_epoch"]) == 2
+  assert 0 <= row["top1"] <= row["top5"] <= 1
+  assert row["num_features"] == 512  # pre_logits at k=1
+  assert (row["protocol"], row["reported_split"]) == ("table2", "test")
+  # Only probes on images: no feature cache.
+  assert not os.path.exists(os.path.join(workdir, "features"))

@@ -15,13 +15,17 @@ Probes are looked up by name in `tfrevisit.evaluation.probes.PROBES`, which
 also defines their one interface: `linear` (the paper's protocol: L-BFGS
 logistic regression, L2 chosen on train -> val, refit on trainval, top-1/top-5
 on test), `mlp` and `linear_sgd` (Keras `fit` on trainval, evaluated on test
-every epoch). Features are fed raw, as in the paper's release
+every epoch), and `linear_sgd_images` (the release's SGD evaluation: the
+linear layer trained on the fly on randomly cropped images through the frozen
+encoder, `sgd_images`). Features are fed raw, as in the paper's release
 (`evaluate.standardize = True` standardises them with the training
 split's statistics). `evaluate.protocol` picks the paper's Table 2 protocol
 (default) or its Table 1 protocol; rows never report the split that chose
 the hyper-parameters.
 """
 import argparse
+import dataclasses
+import functools
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
@@ -34,6 +38,7 @@ from tfrevisit import gin_config
 from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import probes as probes_lib
 from tfrevisit.evaluation import results as results_lib
+from tfrevisit.evaluation import sgd_images
 
 log = logging.getLogger("tfrevisit.evaluate")
 
@@ -70,6 +75,8 @@ def label_subset(splits: Dict[str, Split], fraction: float, seed: int,
 # The splits each protocol reads, and the one its rows report on.
 PROTOCOL_SPLITS = {"table2": ("train", "val", "test"), "table1": ("train", "val")}
 REPORTED_SPLIT = {"table2": "test", "table1": "val"}
+# The source splits an image probe trains on: the features' "trainval".
+IMAGE_TRAIN_SPLITS = {"table2": ("train", "val"), "table1": ("train",)}
 
 
 def protocol_splits(per_split: Dict[str, Split], protocol: str,
@@ -115,7 +122,9 @@ def evaluate(hub_module: str, workdir: str,
   Args:
     hub_module: an exported SavedModel directory.
     workdir: where features are cached and results written.
-    probes: names in `probes_lib.PROBES`: linear, mlp, linear_sgd.
+    probes: names in `probes_lib.PROBES`: linear, mlp, linear_sgd,
+      linear_sgd_images (no feature cache is made when only probes on
+      images run).
     end_points: the end points to evaluate (default: all).
     label_fractions: fractions of the training labels (class-balanced).
     pooling: `max`, `avg`, `adaptive_max` or `adaptive_avg`.
@@ -145,35 +154,70 @@ def evaluate(hub_module: str, workdir: str,
     raise ValueError(f"{hub_module} carries no preprocessing spec (not exported "
                      "by tfrevisit); set evaluate.preprocess.")
   source = data.get_source()
-  splits = {}
-  for split in PROTOCOL_SPLITS[protocol]:
-    features, labels = features_lib.cached_features(
-        module, source, split, preprocess,
-        os.path.join(workdir, "features", split), batch_size=batch_size,
-        max_examples=max_examples, pooling_mode=pooling, target=feature_target,
-        patch_combine=patch_combine,
-        settings={"hub_module": os.path.realpath(hub_module)})
-    splits[split] = (features, labels)
-  names = end_points or sorted(splits["train"][0])
+  splits = None
+  if not all(map(_needs_images, probes)):
+    splits = {}
+    for split in PROTOCOL_SPLITS[protocol]:
+      splits[split] = features_lib.cached_features(
+          module, source, split, preprocess,
+          os.path.join(workdir, "features", split), batch_size=batch_size,
+          max_examples=max_examples, pooling_mode=pooling,
+          target=feature_target, patch_combine=patch_combine,
+          settings={"hub_module": os.path.realpath(hub_module)})
+  names = end_points or (sorted(splits["train"][0]) if splits
+                         else sgd_images.end_point_names(module))
+  context = functools.partial(
+      sgd_images.ImageProbeContext, module=module, source=source,
+      preprocess=preprocess, train_splits=IMAGE_TRAIN_SPLITS[protocol],
+      eval_split=REPORTED_SPLIT[protocol], pooling_mode=pooling,
+      feature_target=feature_target, patch_combine=patch_combine,
+      max_examples=max_examples, eval_batch_size=batch_size, seed=seed)
   rows = []
   for name in names:
-    per_split = {s: (f[name], y) for s, (f, y) in splits.items()}
-    if standardize:
-      per_split = standardized_splits(per_split)
-    per_split = protocol_splits(per_split, protocol, held_out_fraction, seed)
+    per_split = None
+    if splits:
+      per_split = {s: (f[name], y) for s, (f, y) in splits.items()}
+      if standardize:
+        per_split = standardized_splits(per_split)
+      per_split = protocol_splits(per_split, protocol, held_out_fraction, seed)
     for fraction in label_fractions:
-      subset = label_subset(per_split, fraction, seed, source.num_classes)
+      subset = per_split and label_subset(per_split, fraction, seed,
+                                          source.num_classes)
       for probe in probes:
         log.info("Evaluating %s with the %s probe on %g of the labels.",
                  name, probe, fraction)
-        row = probes_lib.PROBES.get(probe)(subset, source.num_classes)
+        if _needs_images(probe):
+          row = probes_lib.PROBES.get(probe)(
+              _image_context(context(end_point=name), per_split, fraction),
+              source.num_classes)
+        else:
+          row = probes_lib.PROBES.get(probe)(subset, source.num_classes)
+          row = {"num_features": per_split["test"][0].shape[1], **row}
         rows.append({**({"model": model_name} if model_name else {}),
                      "end_point": name, "probe": probe,
                      "label_fraction": fraction, "protocol": protocol,
-                     "reported_split": REPORTED_SPLIT[protocol],
-                     "num_features": per_split["test"][0].shape[1], **row})
+                     "reported_split": REPORTED_SPLIT[protocol], **row})
         results_lib.write_results(rows, workdir)
   return rows
+
+
+def _needs_images(probe: str) -> bool:
+  return probes_lib.PROBES.properties(probe).get("needs_images", False)
+
+
+def _image_context(context: sgd_images.ImageProbeContext,
+                   per_split: Optional[Dict[str, Split]], fraction: float
+                   ) -> sgd_images.ImageProbeContext:
+  """`context` restricted to a label fraction: the indices `label_subset`
+  keeps of trainval, into the training examples (train then val, table2)."""
+  if fraction >= 1:
+    return context
+  if per_split:
+    labels = per_split["trainval"][1]
+  else:
+    labels = sgd_images.training_labels(context)
+  return dataclasses.replace(context, train_index=probes_lib.balanced_subset(
+      labels, fraction, context.seed, context.source.num_classes))
 
 
 def parse_args(argv=None):

@@ -8,6 +8,9 @@
 - `probes`: the probe interface and registry (`PROBES`: `linear`, `mlp`,
   `linear_sgd`), the SGD-trained MLP and linear probes with Keras `fit`, and
   class-balanced low-data subsets (`balanced_subset`).
+- `sgd_images`: the `linear_sgd_images` probe, the release's SGD linear
+  evaluation trained on the fly on augmented images through the frozen
+  encoder.
 - `features`: per-layer features of an export, cached in shards.
 - `results`: result rows -> results.json / results.csv and a printed table.
 """

@@ -142,11 +142,13 @@ def call_signature(signature, inputs: tf.Tensor):
 
 
 def make_featurizer(module: tf.Module, pooling_mode: str = "max",
-                    target: int = 9000, patch_combine: str = "avg"):
+                    target: int = 9000, patch_combine: str = "avg",
+                    end_points: Optional[Sequence[str]] = None):
   """A tf.function: preprocessed images -> {end point: [B, F] float32}.
 
   Images are [B, h, w, 3], or [B, P, h, w, 3] patches (patch models), whose P
-  per-patch features are combined with `patch_combine`.
+  per-patch features are combined with `patch_combine`. `end_points` keeps
+  only these (default: all).
   """
   representation = module.signatures["representation"]
 
@@ -158,6 +160,8 @@ def make_featurizer(module: tf.Module, pooling_mode: str = "max",
     outputs = call_signature(representation, images)
     features = {}
     for name, value in outputs.items():
+      if end_points is not None and name not in end_points:
+        continue
       value = pooling.pool_to_size(tf.cast(value, tf.float32), pooling_mode, target)
       if num_patches:
         value = pooling.combine_patches(value, patch_combine, num_patches)

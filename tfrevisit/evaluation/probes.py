@@ -10,6 +10,11 @@ A probe is a function `probe(splits, num_classes) -> row`, registered in
 Its hyper-parameters are gin-configurable under its own function's name. To
 add a probe, register one such function here.
 
+A probe registered with `needs_images=True` (`linear_sgd_images` in
+`sgd_images`, the release's on-the-fly SGD evaluation) is instead called as
+`probe(context, num_classes) -> row` with a `sgd_images.ImageProbeContext`
+(the encoder, the data, the end point) and reads images itself.
+
 Registered: `linear` (the paper's L-BFGS logistic regression,
 `linear.select_l2_and_fit`), and `mlp` and `linear_sgd`, trained with Keras
 `fit` (SGD with momentum, step decays at given epochs) on trainval, logging
@@ -55,34 +60,61 @@ class ProbeResult:
 
 def _dense(units, weight_decay, name):
   # Keras' L2(l) adds l * ||W||^2; weight decay wd means wd / 2 * ||W||^2.
-  return keras.layers.Dense(
-      units, kernel_regularizer=keras.regularizers.L2(weight_decay / 2),
-      name=name)
+  # No regulariser at all without decay (the release's linear layer).
+  regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+  return keras.layers.Dense(units, kernel_regularizer=regularizer, name=name)
 
 
-def _fit(model, train, evaluation, epochs, batch_size, learning_rate,
-         decay_epochs, momentum):
+def _compile(model, learning_rate, decay_epochs, steps_per_epoch, momentum,
+             **kwargs):
   """SGD with momentum; the learning rate drops x0.1 at each decay epoch."""
-  steps_per_epoch = -(-len(train[1]) // batch_size)
   schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
       boundaries=[epoch * steps_per_epoch for epoch in decay_epochs],
       values=[learning_rate * 0.1**i for i in range(len(decay_epochs) + 1)])
-  num_classes = model.output_shape[-1]
+  num_classes = model.layers[-1].units  # the final Dense layer
   model.compile(
       optimizer=keras.optimizers.SGD(schedule, momentum=momentum),
       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=[
           keras.metrics.SparseCategoricalAccuracy(name="top1"),
           keras.metrics.SparseTopKCategoricalAccuracy(
-              k=min(5, num_classes), name="top5")])
-  start = time.perf_counter()
-  history = model.fit(*train, validation_data=evaluation, epochs=epochs,
-                      batch_size=batch_size, shuffle=True, verbose=0)
+              k=min(5, num_classes), name="top5")], **kwargs)
+
+
+def _result(history, model, start):
   return ProbeResult(
       top1=history.history["val_top1"][-1],
       top5=history.history["val_top5"][-1],
       history=history.history, model=model,
       wall_time_s=time.perf_counter() - start)
+
+
+def _fit(model, train, evaluation, epochs, batch_size, learning_rate,
+         decay_epochs, momentum):
+  """Fits on in-memory (features, labels); see `_compile` for the schedule."""
+  _compile(model, learning_rate, decay_epochs,
+           -(-len(train[1]) // batch_size), momentum)
+  start = time.perf_counter()
+  history = model.fit(*train, validation_data=evaluation, epochs=epochs,
+                      batch_size=batch_size, shuffle=True, verbose=0)
+  return _result(history, model, start)
+
+
+def fit_sgd(model: keras.Model, train: "tf.data.Dataset",
+            evaluation: "tf.data.Dataset", epochs: int, steps_per_epoch: int,
+            learning_rate: float, decay_epochs: Sequence[int],
+            momentum: float) -> ProbeResult:
+  """Fits `model` (with a `logits` Dense layer) on a repeated dataset of
+  (inputs, labels) batches, evaluating on one pass of `evaluation` after
+  every epoch of `steps_per_epoch` steps; SGD as `_fit`. Not XLA-compiled,
+  so `model` may call SavedModel functions."""
+  _compile(model, learning_rate, decay_epochs, steps_per_epoch, momentum,
+           jit_compile=False)
+  start = time.perf_counter()
+  history = model.fit(train, validation_data=evaluation, epochs=epochs,
+                      steps_per_epoch=steps_per_epoch, shuffle=False,
+                      verbose=0)
+  return _result(history, model, start)
 
 
 def _check_inputs(train_features, train_labels, num_classes):
@@ -201,6 +233,16 @@ def linear_probe(splits: Mapping[str, Split], num_classes: int
                                   num_classes)
 
 
+def history_row(result: ProbeResult) -> Dict[str, Any]:
+  """The row of a probe trained for epochs: final accuracies, the per-epoch
+  top-1 on the evaluation split, wall time."""
+  return {"top1": result.top1, "top5": result.top5,
+          "epochs": len(result.history["top1"]),
+          "test_top1_per_epoch": [round(float(a), 5)
+                                  for a in result.history["val_top1"]],
+          "wall_time_s": result.wall_time_s}
+
+
 def _keras_probe(fit_fn) -> Probe:
   """A probe that fits `fit_fn` (`train_mlp`, `train_linear_sgd`) on trainval
   and evaluates it on test; fixed hyper-parameters, so train and val go
@@ -208,13 +250,8 @@ def _keras_probe(fit_fn) -> Probe:
   def probe(splits, num_classes):
     # Keras fit reads the features from memory.
     (train_x, train_y), (test_x, test_y) = splits["trainval"], splits["test"]
-    result = fit_fn(np.asarray(train_x), train_y, np.asarray(test_x), test_y,
-                    num_classes)
-    return {"top1": result.top1, "top5": result.top5,
-            "epochs": len(result.history["top1"]),
-            "test_top1_per_epoch": [round(float(a), 5)
-                                    for a in result.history["val_top1"]],
-            "wall_time_s": result.wall_time_s}
+    return history_row(fit_fn(np.asarray(train_x), train_y,
+                              np.asarray(test_x), test_y, num_classes))
   return probe
 
 
