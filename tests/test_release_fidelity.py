@@ -251,7 +251,7 @@ def test_batch_norm_statistics_are_averaged_over_replicas(two_cpu_strategy):
                     for c in batch_norm.moving_mean.value.values]
   assert copies() == [1.0, 5.0]
 
-  distribute.average_replica_copies(strategy, batch_norm.non_trainable_weights)
+  distribute.replica_averager(strategy, batch_norm.non_trainable_weights)()
 
   assert copies() == [3.0, 3.0]
   # Each replica's batch is constant: variance 0 in both copies, and so mean.

@@ -1,7 +1,9 @@
 """tf.distribute strategies by name, and helpers for multi-worker file output."""
 import json
 import os
+from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from tfrevisit.registry import Registry
@@ -79,28 +81,32 @@ def worker_dir(directory: str, strategy: tf.distribute.Strategy) -> str:
   return os.path.join(directory, f".worker{strategy.cluster_resolver.task_id}")
 
 
-def average_replica_copies(strategy: tf.distribute.Strategy,
-                           variables) -> None:
-  """Sets each variable's copies on all replicas to their mean.
+def replica_averager(strategy: tf.distribute.Strategy,
+                     variables) -> Callable[[], None]:
+  """A function that sets each variable's copies on all replicas to their mean.
 
   For the BatchNorm moving statistics: Keras creates them without a
   cross-replica aggregation, so each replica updates its own copy from its own
   batches and a read (a checkpoint, an export) sees only replica 0's. Averaging
   them (across all workers, too) before saving gives the statistics of every
-  replica's data. Variables that are not distributed are left as they are.
-  Call in cross-replica context (outside `strategy.run`).
+  replica's data. Float variables that are distributed are averaged, in one
+  all-reduce of their concatenation; others are left as they are. Build it
+  once (it traces one graph) and call it in cross-replica context (outside
+  `strategy.run`); under several workers every worker must call it.
   """
-  variables = [v for v in variables
-               if isinstance(getattr(v, "value", v), tf.distribute.DistributedValues)]
+  variables = [
+      v for v in variables if tf.as_dtype(v.dtype).is_floating and isinstance(
+          getattr(v, "value", v), tf.distribute.DistributedValues)]
   if not variables or strategy.num_replicas_in_sync == 1:
-    return
+    return lambda: None
+  sizes = [int(np.prod(v.shape)) for v in variables]
 
   @tf.function
   def average():
-    local_copies = strategy.run(
-        lambda: [tf.identity(v.value) for v in variables])
-    means = strategy.reduce(tf.distribute.ReduceOp.MEAN, local_copies, axis=None)
-    for variable, mean in zip(variables, means):
-      variable.assign(mean)
+    local = strategy.run(lambda: tf.concat(
+        [tf.reshape(tf.cast(v.value, tf.float32), [-1]) for v in variables], 0))
+    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, local, axis=None)
+    for variable, part in zip(variables, tf.split(mean, sizes)):
+      variable.assign(tf.cast(tf.reshape(part, variable.shape), variable.dtype))
 
-  average()
+  return average

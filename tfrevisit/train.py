@@ -150,9 +150,10 @@ def train(workdir: str,
     step_fn = make_train_step(task_, optimizer, strategy_, batch_size)
     # Each replica updates its own copy of the BatchNorm statistics; checkpoints
     # and the export get their mean (the statistics of the whole global batch).
-    moving_statistics = [v for model in task_.checkpoint_items().values()
-                         for v in model.non_trainable_variables]
-    save = lambda step: _save(manager, step, strategy_, moving_statistics)
+    average_statistics = distribute.replica_averager(
+        strategy_, [v for model in task_.checkpoint_items().values()
+                    for v in model.non_trainable_variables])
+    save = lambda step: _save(manager, step, average_statistics)
     metrics = _train_loop(
         step_fn, iter(dataset), optimizer, save, manager, total_steps,
         batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps,
@@ -202,9 +203,9 @@ def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
   return train_step
 
 
-def _save(manager, step, strategy, moving_statistics):
+def _save(manager, step, average_statistics):
   """Averages the replicas' copies of the moving statistics, then saves."""
-  distribute.average_replica_copies(strategy, moving_statistics)
+  average_statistics()
   manager.save(checkpoint_number=step)
 
 
