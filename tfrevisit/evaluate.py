@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 import gin
 import numpy as np
 
+from tfrevisit import cli
 from tfrevisit import data
 from tfrevisit import gin_config
 from tfrevisit.evaluation import features as features_lib
@@ -188,6 +189,7 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
