@@ -277,8 +277,7 @@ def test_evaluate_streams_chunks_of_the_feature_cache(tiny_export, tmp_path):
 
 def test_wrong_hub_module_path_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="not a SavedModel directory"):
-    evaluate.main(["--hub_module", str(tmp_path / "missing"), "--workdir",
-                   str(tmp_path / "eval"), "--gin_param", 'source.name = "random"'])
+    features_lib.load_module(str(tmp_path / "missing"))
 
 
 def test_export_without_representation_is_a_clear_error(tmp_path):

@@ -193,12 +193,14 @@ def test_interrupted_export_keeps_the_previous_one(workdir, monkeypatch):
   assert sorted(os.listdir(os.path.join(workdir, "export"))) == ["1", "latest"]
 
 
-def test_export_without_checkpoints_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="not a tfrevisit training workdir"):
+def test_export_without_checkpoints_is_a_clear_error(tmp_path, capsys):
+  with pytest.raises(SystemExit, match="^2$"):
     export.main(["--workdir", str(tmp_path)])
+  assert "not a tfrevisit training workdir" in capsys.readouterr().err
   (tmp_path / "checkpoints").mkdir()
   (tmp_path / "config.gin").write_text("")
   (tmp_path / artifacts.TASK_FILE).write_text('{"task": "rotation", "num_classes": 4}')
-  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+  with pytest.raises(SystemExit, match="^2$"):
     export.main(["--workdir", str(tmp_path)])
+  assert "No checkpoint" in capsys.readouterr().err
 

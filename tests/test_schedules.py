@@ -16,9 +16,10 @@ def _schedule():
 
 
 @pytest.mark.parametrize("step,expected", [
-    (0, 0.0),
-    (250, BASE_LR * 250 / 500),          # halfway through warm-up
-    (499, BASE_LR * 499 / 500),          # last warm-up step
+    (0, BASE_LR / 500),                  # first warm-up step: not 0
+    (1, BASE_LR * 2 / 500),
+    (249, BASE_LR * 250 / 500),          # halfway through warm-up
+    (499, BASE_LR),                      # last warm-up step reaches the base
     (500, BASE_LR),                      # end of warm-up
     (1499, BASE_LR),                     # just before the first decay
     (1500, BASE_LR * 0.1),               # first decay boundary

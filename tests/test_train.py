@@ -150,22 +150,25 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     ('train.task = "colorization"', "valid choices"),
     ('backbone.name = "alexnet"', "valid choices"),
 ])
-def test_bad_input_fails_fast_without_a_workdir(tmp_path, bad_binding, error):
+def test_bad_input_fails_fast_without_a_workdir(tmp_path, capsys, bad_binding,
+                                                error):
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError, match=error):
+  with pytest.raises(SystemExit, match="^2$"):
     train.main(["--gin_param", "\n".join(SMALL_ROTATION), "--gin_param", bad_binding,
                 "--workdir", str(workdir)])
+  assert error in capsys.readouterr().err
   assert not workdir.exists()
 
 
-def test_missing_dataset_directory_fails_fast(tmp_path):
+def test_missing_dataset_directory_fails_fast(tmp_path, capsys):
   workdir = tmp_path / "run"
-  with pytest.raises((FileNotFoundError, ValueError), match="nonexistent"):
+  with pytest.raises(SystemExit, match="^2$"):
     train.main(["--workdir", str(workdir),
                 "--gin_param", "\n".join(b for b in SMALL_ROTATION
                                          if not b.startswith("source.")),
                 "--gin_param", 'source.name = "image_folder"',
                 "--gin_param", 'source.data_dir = "/nonexistent/imagenet"'])
+  assert "nonexistent" in capsys.readouterr().err
   assert not workdir.exists()
 
 

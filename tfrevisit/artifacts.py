@@ -25,13 +25,19 @@ both.
 """
 import contextlib
 import dataclasses
+import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import tensorflow as tf
+
+from tfrevisit import cli
+
+log = logging.getLogger("tfrevisit.artifacts")
 
 CONFIG_FILE = "config.gin"
 TASK_FILE = "task.json"
@@ -117,17 +123,61 @@ def summary_dir(workdir: str) -> str:
 
 
 def latest_checkpoint(workdir: str) -> str:
-  """The newest checkpoint prefix in `workdir`.
+  """The newest checkpoint prefix in `workdir` whose files exist.
 
   Raises:
     FileNotFoundError: there is none.
   """
-  checkpoint = tf.train.latest_checkpoint(checkpoint_dir(workdir))
-  if not checkpoint:
+  directory = checkpoint_dir(workdir)
+  state = tf.train.get_checkpoint_state(directory)
+  checkpoints = existing_checkpoints(
+      [os.path.join(directory, os.path.basename(p))
+       for p in (state.all_model_checkpoint_paths if state else [])])
+  if not checkpoints:
     raise FileNotFoundError(
-        f"No checkpoint in {checkpoint_dir(workdir)}: train first, or pass "
-        "--checkpoint PATH.")
-  return checkpoint
+        f"No checkpoint in {directory}: train first, or pass --checkpoint PATH.")
+  return checkpoints[-1]
+
+
+def existing_checkpoints(prefixes: Sequence[str]) -> Sequence[str]:
+  """The `prefixes` (oldest first) whose files exist: a checkpoint whose files
+  were deleted (e.g. a corrupt one) is skipped."""
+  return [p for p in prefixes if tf.io.gfile.exists(p + ".index")]
+
+
+def _older_checkpoints(path: str) -> Sequence[str]:
+  """The checkpoints saved before `path` in its directory, oldest first."""
+  directory = os.path.dirname(path)
+  state = tf.train.get_checkpoint_state(directory)
+  names = [os.path.basename(p) for p in
+           (state.all_model_checkpoint_paths if state else [])]
+  name = os.path.basename(path)
+  older = names[:names.index(name)] if name in names else []
+  return [os.path.join(directory, n) for n in older]
+
+
+# Checkpoint files that are truncated or corrupt fail with one of these.
+_CORRUPT_CHECKPOINT_ERRORS = (tf.errors.OpError, IndexError, EOFError)
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
+  """`checkpoint.restore(path)`, with a clear error for unreadable files.
+
+  Raises:
+    cli.UserError: `path`'s files are truncated or corrupt; the message names
+      them and the previous checkpoint in the same directory to fall back to.
+  """
+  try:
+    return checkpoint.restore(path)
+  except _CORRUPT_CHECKPOINT_ERRORS as e:
+    older = existing_checkpoints(_older_checkpoints(path))
+    fallback = (f"fall back to the previous checkpoint {older[-1]}: delete "
+                f"{path}.* (training resumes from it) or pass --checkpoint "
+                f"{older[-1]} (export)" if older else
+                f"there is no previous checkpoint: delete {path}.* to start over")
+    raise cli.UserError(
+        f"Checkpoint {path} is truncated or corrupt ({cli.one_line(e)}); "
+        f"{fallback}.") from e
 
 
 # Exports.
@@ -147,13 +197,26 @@ def point_latest(directory: str, name: str) -> None:
   os.replace(tmp_link, link)
 
 
+TMP_PREFIX = ".tmp-"
+
+
+def remove_temporaries(directory: str) -> None:
+  """Deletes the `.tmp-*` entries of `directory` that a killed writer left
+  (each directory has one writer at a time: the chief)."""
+  for stale in glob.glob(os.path.join(directory, TMP_PREFIX + "*")):
+    log.info("Removing %s, left by an interrupted run.", stale)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str) -> Iterator[str]:
   """Yields a temporary sibling of `path` to fill; it replaces `path` when the
-  block completes and is deleted when the block raises."""
+  block completes and is deleted when the block raises. Temporaries that
+  killed runs left next to `path` are deleted first."""
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+  remove_temporaries(parent)
+  tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent)
   try:
     yield tmp
     if os.path.exists(path):

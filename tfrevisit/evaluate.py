@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import gin
 import numpy as np
 
+from tfrevisit import cli
 from tfrevisit import data
 from tfrevisit import gin_config
 from tfrevisit.evaluation import features as features_lib
@@ -232,6 +233,7 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

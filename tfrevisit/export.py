@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from tfrevisit import artifacts
+from tfrevisit import cli
 from tfrevisit import gin_config as gin_config_lib
 from tfrevisit import models
 from tfrevisit import pretext
@@ -153,8 +154,13 @@ def restore_task(workdir: str, checkpoint: Optional[str] = None):
 
 
 def restore_encoder(task: pretext.Task, checkpoint: str) -> int:
-  """Loads `task.encoder`'s weights from `checkpoint`; returns its step."""
-  tf.train.Checkpoint(encoder=task.encoder).restore(checkpoint).expect_partial()
+  """Loads `task.encoder`'s weights from `checkpoint`; returns its step.
+
+  Raises:
+    cli.UserError: `checkpoint` is truncated or corrupt.
+  """
+  artifacts.restore_checkpoint(tf.train.Checkpoint(encoder=task.encoder),
+                               checkpoint).expect_partial()
   match = re.search(r"-(\d+)$", checkpoint)
   return int(match.group(1)) if match else 0
 
@@ -175,9 +181,11 @@ def parse_args(argv=None):
                       help="checkpoint prefix (default: the latest in WORKDIR).")
   parser.add_argument("--output", default=None,
                       help="SavedModel path (default: WORKDIR/export/<step>).")
+  cli.add_verbose_flag(parser)
   return parser.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv: Optional[Sequence[str]] = None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -188,6 +196,7 @@ def main(argv: Optional[Sequence[str]] = None):
   else:
     task = build_task(record)
   step = restore_encoder(task, checkpoint)
+  cli.begin_work()
   path = export_task(task, args.workdir, step, args.output,
                      artifacts.read_config(args.workdir))
   print(path)

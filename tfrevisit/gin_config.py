@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import gin
 
+from tfrevisit import cli
 from tfrevisit import models
 
 # The repository's configs/ (installed with `pip install -e .`).
@@ -31,17 +32,25 @@ def configured_backbone(name: str = gin.REQUIRED,
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
-  """Parses gin files and bindings; a missing file or a bad binding fails here,
-  before any work, with gin's message naming the culprit."""
+  """Parses gin files and bindings.
+
+  Raises:
+    cli.UserError: a missing file or a bad binding (unknown name, bad syntax),
+      with gin's message naming the culprit.
+  """
   for path in files:
     if not os.path.exists(path):
-      raise FileNotFoundError(f"gin config {path!r} does not exist.")
-  gin.parse_config_files_and_bindings(files, bindings)
+      raise cli.UserError(f"gin config {path!r} does not exist; check --gin.")
+  try:
+    gin.parse_config_files_and_bindings(files, bindings)
+  except (ValueError, SyntaxError) as e:
+    raise cli.UserError(f"bad gin config: {cli.one_line(e)}") from e
 
 
 def add_gin_flags(parser: argparse.ArgumentParser) -> None:
-  """--gin FILE and --gin_param BINDING, both repeatable."""
+  """--gin FILE and --gin_param BINDING, both repeatable, and --verbose."""
   parser.add_argument("--gin", action="append", default=[],
                       help="gin config file; repeat to combine.")
   parser.add_argument("--gin_param", action="append", default=[],
                       help="gin binding such as 'train.batch_size = 8'; repeatable.")
+  cli.add_verbose_flag(parser)

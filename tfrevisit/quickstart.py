@@ -14,6 +14,7 @@ from typing import Dict, List
 
 import gin
 
+from tfrevisit import cli
 from tfrevisit import evaluate as evaluate_lib
 from tfrevisit import gin_config
 from tfrevisit import train as train_lib
@@ -57,6 +58,7 @@ def run(workdir: str, train_bindings=(), eval_bindings=()) -> List[Dict]:
   return rows
 
 
+@cli.entry_point
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True,
@@ -65,6 +67,7 @@ def main(argv=None):
                       help="extra gin binding for training, e.g. 'train.epochs = 0.2'.")
   parser.add_argument("--eval_param", action="append", default=[],
                       help="extra gin binding for evaluation.")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   rows = run(args.workdir, args.train_param, args.eval_param)

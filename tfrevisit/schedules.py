@@ -7,12 +7,17 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable("tfrevisit")
 class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-  """lr(step) = base_lr * step / warmup_steps during warm-up, then base_lr times
-  `decay_factor` for every boundary in `decay_steps` that `step` has reached.
+  """lr(step) = base_lr * (step + 1) / warmup_steps during warm-up (steps 0 to
+  warmup_steps - 1), then base_lr times `decay_factor` for every boundary in
+  `decay_steps` that `step` has reached.
+
+  The first step trains (rate base_lr / warmup_steps, not 0) and the last
+  warm-up step reaches base_lr. `step` is the number of updates done before
+  this one (`optimizer.iterations`).
 
   Args:
     base_lr: learning rate after warm-up (already scaled by the batch size).
-    warmup_steps: length of the linear warm-up from 0, in steps (0: none).
+    warmup_steps: length of the linear warm-up, in steps (0: none).
     decay_steps: steps at which the rate is multiplied by `decay_factor`.
     decay_factor: the multiplier, e.g. 0.1.
   """
@@ -31,7 +36,7 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     lr = self.base_lr * tf.pow(self.decay_factor, num_decays)
     if self.warmup_steps > 0:
       lr = tf.where(step < self.warmup_steps,
-                    self.base_lr * step / self.warmup_steps, lr)
+                    self.base_lr * (step + 1) / self.warmup_steps, lr)
     return lr
 
   def get_config(self):

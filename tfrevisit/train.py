@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrevisit import artifacts
+from tfrevisit import cli
 from tfrevisit import data
 from tfrevisit import distribute
 from tfrevisit import export as export_lib
@@ -78,7 +79,8 @@ def train(workdir: str,
       describe (`data.get_source`).
     batch_size: global batch size, in images (before a task's views).
     epochs: training length in epochs of `train_split`.
-    max_steps: optional hard cap on the number of steps (smoke runs).
+    max_steps: optional hard cap on the number of steps (smoke runs); 0
+      exports the initial weights (the quick start's random-init baseline).
     train_split: the source split to train on (`train` or `trainval`).
     lr: base learning rate for a batch of `lr_scale_batch_size` images.
     lr_scale_batch_size: the rate is `lr * batch_size / lr_scale_batch_size`.
@@ -95,14 +97,21 @@ def train(workdir: str,
     export: export the encoder when training ends.
     mock_data: TFDS sources yield mock data of the right shapes (pass a
       random `source` for local ones, as `main` does).
+
+  Raises:
+    cli.UserError: a bad value (see `check_knobs`).
   """
   if mixed_precision not in PRECISIONS:
-    raise ValueError(f"Unknown train.mixed_precision {mixed_precision!r}; valid "
-                     f"choices: {PRECISIONS}.")
+    raise cli.UserError(f"Unknown train.mixed_precision {mixed_precision!r}; "
+                        f"valid choices: {PRECISIONS}.")
   pretext.TASKS.get(task)  # Fail on an unknown task before any work.
   if backbone is None:
     backbone = gin_config.configured_backbone()
   strategy_ = distribute.make_strategy(strategy)
+  check_knobs(batch_size=batch_size, num_replicas=strategy_.num_replicas_in_sync,
+              epochs=epochs, max_steps=max_steps, lr=lr,
+              checkpoint_every_steps=checkpoint_every_steps,
+              keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps)
   if seed is not None:
     keras.utils.set_random_seed(seed)
   if mixed_precision:
@@ -115,6 +124,10 @@ def train(workdir: str,
     total_steps = int(epochs * steps_per_epoch)
     if max_steps is not None:
       total_steps = min(total_steps, max_steps)
+    if total_steps == 0 and max_steps != 0:
+      raise cli.UserError(
+          f"train.epochs = {epochs} is less than one step ({steps_per_epoch} "
+          "steps per epoch); raise train.epochs.")
 
     with strategy_.scope():
       task_ = pretext.get_task(task, backbone=backbone,
@@ -133,6 +146,7 @@ def train(workdir: str,
             ctx.get_per_replica_batch_size(batch_size), training=True,
             seed=seed, input_context=ctx))
     # Everything that can fail on bad input has run: now touch the workdir.
+    cli.begin_work()
     chief = distribute.is_chief(strategy_)
     if chief:
       artifacts.write_run_info(workdir, gin.operative_config_str(),
@@ -142,9 +156,11 @@ def train(workdir: str,
     manager = tf.train.CheckpointManager(
         checkpoint, distribute.worker_dir(artifacts.checkpoint_dir(workdir), strategy_),
         max_to_keep=keep_checkpoints)
-    if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-      log.info("Resumed from %s (step %d).", manager.latest_checkpoint,
+    existing = artifacts.existing_checkpoints(manager.checkpoints)
+    if existing:
+      artifacts.restore_checkpoint(checkpoint, existing[-1]
+                                   ).assert_existing_objects_matched()
+      log.info("Resumed from %s (step %d).", existing[-1],
                int(optimizer.iterations.numpy()))
 
     step_fn = make_train_step(task_, optimizer, strategy_, batch_size)
@@ -164,6 +180,31 @@ def train(workdir: str,
       export_lib.export_task(task_, workdir, int(optimizer.iterations.numpy()),
                              gin_config=gin.config_str())
   return metrics
+
+
+def check_knobs(*, batch_size, num_replicas, epochs, max_steps, lr,
+                checkpoint_every_steps, keep_checkpoints, log_every_steps):
+  """Raises a `cli.UserError` naming the first bad `train.*` value."""
+  if not isinstance(batch_size, int) or batch_size < num_replicas:
+    raise cli.UserError(
+        f"train.batch_size = {batch_size!r} must be an integer >= the number "
+        f"of replicas ({num_replicas}).")
+  if batch_size % num_replicas:
+    raise cli.UserError(
+        f"train.batch_size = {batch_size} is not divisible by the number of "
+        f"replicas ({num_replicas}); use a multiple of {num_replicas}.")
+  if not epochs > 0:
+    raise cli.UserError(f"train.epochs = {epochs!r} must be > 0 (for a run "
+                        "without training, set train.max_steps = 0).")
+  if max_steps is not None and max_steps < 0:
+    raise cli.UserError(f"train.max_steps = {max_steps} must be >= 0.")
+  if not lr > 0:
+    raise cli.UserError(f"train.lr = {lr!r} must be > 0.")
+  for name, value in (("checkpoint_every_steps", checkpoint_every_steps),
+                      ("keep_checkpoints", keep_checkpoints),
+                      ("log_every_steps", log_every_steps)):
+    if not value >= 1:
+      raise cli.UserError(f"train.{name} = {value!r} must be >= 1.")
 
 
 def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
@@ -340,6 +381,7 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -6,12 +6,19 @@ nine per-patch features are combined (`pooling.combine_patches`). Features are
 written in shards of `shard_size` examples, one directory per shard holding
 one `.npy` per end point plus `labels.npy`; a shard appears (atomic rename)
 only when complete, so an interrupted run resumes after its last shard.
+settings.json indexes the shards: from its example count, batch size and
+batches per shard follows each shard's row count. A shard whose files do not
+match it (truncated or corrupt `.npy`, wrong row count, a missing end point or
+another width than shard 0) is recomputed, with the shards after it. `.npy`
+files are read with `allow_pickle=False`.
 Cached features are read back as `StackedRows` of memory-mapped shards, so
 that a split larger than memory is only ever read in chunks.
 """
 import json
+import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 from typing import Dict, Optional, Sequence, Tuple
@@ -21,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrevisit import artifacts
+from tfrevisit import cli
 from tfrevisit import data
 from tfrevisit.evaluation import pooling
 
@@ -173,7 +181,7 @@ def make_featurizer(module: tf.Module, pooling_mode: str = "max",
 
 def _write_shard(directory: str, index: int, features: Dict[str, np.ndarray],
                  labels: np.ndarray) -> None:
-  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=directory)
+  tmp = tempfile.mkdtemp(prefix=artifacts.TMP_PREFIX, dir=directory)
   for name, value in features.items():
     np.save(os.path.join(tmp, f"{name}.npy"), value)
   np.save(os.path.join(tmp, "labels.npy"), labels)
@@ -182,6 +190,59 @@ def _write_shard(directory: str, index: int, features: Dict[str, np.ndarray],
 
 def _finished_shards(directory: str):
   return sorted(d for d in os.listdir(directory) if d.startswith("shard-"))
+
+
+def _load(path: str) -> np.ndarray:
+  return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _shard_problem(shard: str, num_rows: int, widths: Dict[str, int]
+                   ) -> Optional[str]:
+  """Why `shard` breaks the index's promise ({end point: width}, `num_rows`
+  rows each), or None if it keeps it."""
+  expected = {f"{name}.npy": (num_rows, width) for name, width in widths.items()}
+  expected["labels.npy"] = (num_rows,)
+  for filename, shape in sorted(expected.items()):
+    try:
+      array = _load(os.path.join(shard, filename))
+    except (OSError, ValueError, EOFError) as e:
+      return f"{filename}: {cli.one_line(e)}"
+    if array.shape != shape:
+      return f"{filename} has shape {array.shape}, not {shape}"
+  return None
+
+
+def _drop_bad_shards(directory: str, rows_per_shard: int,
+                     num_examples: int) -> int:
+  """Deletes the first shard that breaks the index's promise and every shard
+  after it; returns the number of good shards kept."""
+  shards = _finished_shards(directory)
+  widths = {}
+  if shards:
+    first = os.path.join(directory, shards[0])
+    widths = {f[:-4]: _width(os.path.join(first, f)) for f in os.listdir(first)
+              if f.endswith(".npy") and f != "labels.npy"}
+  for index, name in enumerate(shards):
+    num_rows = min(rows_per_shard, num_examples - index * rows_per_shard)
+    problem = (_shard_problem(os.path.join(directory, name), num_rows, widths)
+               if name == f"shard-{index:05d}" else "out of sequence")
+    if problem:
+      logging.warning("Feature shard %s is bad (%s); recomputing it and the "
+                      "%d after it.", os.path.join(directory, name), problem,
+                      len(shards) - index - 1)
+      for stale in shards[index:]:
+        shutil.rmtree(os.path.join(directory, stale))
+      return index
+  return len(shards)
+
+
+def _width(path: str) -> Optional[int]:
+  """The feature width of an end point's `.npy` (None if unreadable)."""
+  try:
+    array = _load(path)
+  except (OSError, ValueError, EOFError):
+    return None
+  return array.shape[1] if array.ndim == 2 else None
 
 
 def _read_shards(directory: str, num_examples: int
@@ -194,7 +255,7 @@ def _read_shards(directory: str, num_examples: int
     arrays, remaining = [], num_examples
     for shard in shards:
       if remaining > 0:
-        array = np.load(os.path.join(shard, f"{name}.npy"), mmap_mode="r")
+        array = _load(os.path.join(shard, f"{name}.npy"))
         arrays.append(array[:remaining])
         remaining -= len(arrays[-1])
     return arrays
@@ -242,7 +303,10 @@ def cached_features(module: tf.Module, source: data.Source, split: str,
       settings or {}, split=split, preprocess=preprocess, pooling=pooling_mode,
       target=target, patch_combine=patch_combine, num_examples=num_examples,
       batch_size=batch_size, batches_per_shard=batches_per_shard))
-  done = len(_finished_shards(cache_dir))
+  artifacts.remove_temporaries(cache_dir)
+  done = _drop_bad_shards(cache_dir, batches_per_shard * batch_size,
+                          num_examples)
+  cli.begin_work()
   if done < num_shards:
     featurize = make_featurizer(module, pooling_mode, target, patch_combine)
     dataset = data.make_dataset(source, split, preprocess, batch_size,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from typing import List
 
+from tfrevisit import cli
 from tfrevisit import gin_config
 from tfrevisit.study import cells as cells_lib
 from tfrevisit.study import grid
@@ -100,6 +101,7 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv=None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -107,10 +109,11 @@ def main(argv=None) -> int:
   study = grid.study()
   cells = study.select(args.only)
   if not cells:
-    raise SystemExit(f"No cell matches --only {args.only!r}.")
+    raise cli.UserError(f"No cell matches --only {args.only!r}; see --list.")
   if args.list:
     print(listing(study, cells, args.workdir, args.results_dir))
     return 0
+  cli.begin_work()
   failed = run(study, cells, args.workdir, args.results_dir, args.keep_features)
   if failed:
     logging.error("Failed cells: %s", ", ".join(failed))

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Dict, List, Sequence
 
+from tfrevisit import cli
 from tfrevisit.study import findings as findings_lib
 from tfrevisit.study import grid
 from tfrevisit.study import plots
@@ -159,6 +160,7 @@ def write_report(cells: Sequence[Dict], out_dir: str) -> Dict[str, str]:
   return written
 
 
+@cli.entry_point
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--results_dir",
@@ -168,10 +170,13 @@ def main(argv=None):
                       help="read DIR/*/cell.json of a study workdir instead.")
   parser.add_argument("--out_dir", default=DEFAULT_OUT_DIR,
                       help="writes OUT/study.md and OUT/study/.")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   cells = workdir_cells(args.workdir) if args.workdir else load_cells(args.results_dir)
   if not cells:
-    raise SystemExit(f"No cell results in {args.workdir or args.results_dir}.")
+    raise cli.UserError(f"No cell results in {args.workdir}; run "
+                        "`python -m tfrevisit.study --workdir ...` first.")
+  cli.begin_work()
   for name, path in write_report(cells, args.out_dir).items():
     print(f"{name}: {path}")
   return 0
