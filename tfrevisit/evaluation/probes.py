@@ -11,7 +11,8 @@ Its hyper-parameters are gin-configurable under its own function's name. To
 add a probe, register one such function here.
 
 Registered: `linear` (the paper's L-BFGS logistic regression,
-`linear.select_l2_and_fit`), and `mlp` and `linear_sgd`, trained with Keras
+`linear.select_l2_and_fit`), `knn` (weighted k-nearest neighbours,
+`knn.knn_probe`), and `mlp` and `linear_sgd`, trained with Keras
 `fit` (SGD with momentum, step decays at given epochs) on trainval, logging
 top-1 / top-5 on test per epoch so that slow convergence can be plotted.
 `balanced_subset` picks the class-balanced fraction of the training labels
@@ -25,6 +26,7 @@ import gin
 import keras
 import numpy as np
 
+from tfrevisit.evaluation import knn
 from tfrevisit.evaluation import linear
 from tfrevisit.registry import Registry
 
@@ -199,6 +201,9 @@ def linear_probe(splits: Mapping[str, Split], num_classes: int
   return linear.select_l2_and_fit(splits["train"], splits["val"],
                                   splits["trainval"], splits["test"],
                                   num_classes)
+
+
+PROBES.register("knn")(knn.knn_probe)
 
 
 def _keras_probe(fit_fn) -> Probe:
