@@ -115,7 +115,8 @@ def evaluate(hub_module: str, workdir: str,
   Args:
     hub_module: an exported SavedModel directory.
     workdir: where features are cached and results written.
-    probes: names in `probes_lib.PROBES`: linear, mlp, linear_sgd.
+    probes: names in `probes_lib.PROBES`: linear, mlp, linear_sgd, knn,
+      fewshot.
     end_points: the end points to evaluate (default: all).
     label_fractions: fractions of the training labels (class-balanced).
     pooling: `max`, `avg`, `adaptive_max` or `adaptive_avg`.

@@ -12,7 +12,8 @@ add a probe, register one such function here.
 
 Registered: `linear` (the paper's L-BFGS logistic regression,
 `linear.select_l2_and_fit`), `knn` (weighted k-nearest neighbours,
-`knn.knn_probe`), and `mlp` and `linear_sgd`, trained with Keras
+`knn.knn_probe`), `fewshot` (n-shot ridge regression, `fewshot.fewshot_probe`),
+and `mlp` and `linear_sgd`, trained with Keras
 `fit` (SGD with momentum, step decays at given epochs) on trainval, logging
 top-1 / top-5 on test per epoch so that slow convergence can be plotted.
 `balanced_subset` picks the class-balanced fraction of the training labels
@@ -26,6 +27,7 @@ import gin
 import keras
 import numpy as np
 
+from tfrevisit.evaluation import fewshot
 from tfrevisit.evaluation import knn
 from tfrevisit.evaluation import linear
 from tfrevisit.registry import Registry
@@ -204,6 +206,7 @@ def linear_probe(splits: Mapping[str, Split], num_classes: int
 
 
 PROBES.register("knn")(knn.knn_probe)
+PROBES.register("fewshot")(fewshot.fewshot_probe)
 
 
 def _keras_probe(fit_fn) -> Probe:
