@@ -11,5 +11,7 @@
 - `knn`: the weighted k-nearest-neighbour probe, chunked similarities.
 - `fewshot`: the n-shot closed-form ridge-regression probe (big_vision's).
 - `features`: per-layer features of an export, cached in shards.
-- `results`: result rows -> results.json / results.csv and a printed table.
+- `results`: result rows -> results.json / results.csv, a printed table and
+  TensorBoard scalars.
+- `plots`: per-layer accuracy curves and a t-SNE of one end point (PNG).
 """
