@@ -18,7 +18,7 @@ import tensorflow as tf
 Row = Dict[str, Any]
 JSON_NAME = "results.json"
 CSV_NAME = "results.csv"
-_PERCENT_COLUMNS = ("top1", "top5", "val_top1")
+_PERCENT_COLUMNS = ("top1", "top5", "val_top1", "top1_std")
 
 
 def columns_of(rows: Sequence[Row]) -> List[str]:
@@ -112,6 +112,8 @@ def read_results(workdir: str) -> List[Row]:
 def _format_cell(column: str, value) -> str:
   if value is None or value == "":
     return "-"
+  if isinstance(value, list):  # e.g. top1_per_k: [0.75, 0.70] -> [0.75, 0.7]
+    return f"[{', '.join(_format_cell('', v) for v in value)}]"
   if column in _PERCENT_COLUMNS:
     return f"{100 * value:.2f}"
   if isinstance(value, float):
