@@ -20,12 +20,12 @@ setuptools.setup(
         "gin-config>=0.5,<0.6",
         "numpy>=1.26,<2.5",
         "matplotlib>=3.8,<3.12",  # the study's plots (Agg backend)
+        "scikit-learn>=1.5,<1.10",  # evaluate --plots: t-SNE
     ],
     extras_require={
         "test": [
             "pytest>=8,<10",
             "tensorflow-hub>=0.16,<0.17",
-            "scikit-learn>=1.5,<1.10",
         ],
     },
     entry_points={

@@ -78,3 +78,10 @@ def test_table_shows_percentages():
 def test_table_column_selection():
   table = results.format_table(ROWS, columns=["end_point", "top1"])
   assert table.splitlines()[-1].split() == ["pre_logits", "50.00"]
+
+
+def test_table_shortens_lists_and_shows_std_in_percent():
+  row = {"probe": "fewshot", "top1": 0.4337, "top1_std": 0.03906,
+         "top1_per_shot": [0.43373333, 0.5700666666666667], "shots": [1, 5]}
+  assert results.format_table([row]).splitlines()[-1].split() == [
+      "fewshot", "43.37", "3.91", "[0.4337,", "0.5701]", "[1,", "5]"]

@@ -9,7 +9,9 @@ and label fraction. The linear probe reads the cached (memory-mapped) features
 in chunks when `select_l2_and_fit.chunk_size` is set, so splits larger than
 memory work; the Keras probes load one end point's features into memory.
 Results go to DIR/results.json and DIR/results.csv after every finished row; a
-table is printed at the end.
+table is printed at the end, and the accuracies go to TensorBoard (DIR/tb, at
+the export's global step). `--plots` also draws DIR/plots/*.png
+(`evaluation.plots`).
 
 Probes are looked up by name in `tfrevisit.evaluation.probes.PROBES`, which
 also defines their one interface: `linear` (the paper's protocol: L-BFGS
@@ -33,10 +35,12 @@ from typing import Dict, List, Optional, Sequence
 import gin
 import numpy as np
 
+from tfrevisit import artifacts
 from tfrevisit import cli
 from tfrevisit import data
 from tfrevisit import gin_config
 from tfrevisit.evaluation import features as features_lib
+from tfrevisit.evaluation import plots as plots_lib
 from tfrevisit.evaluation import probes as probes_lib
 from tfrevisit.evaluation import results as results_lib
 from tfrevisit.evaluation import sgd_images
@@ -123,9 +127,9 @@ def evaluate(hub_module: str, workdir: str,
   Args:
     hub_module: an exported SavedModel directory.
     workdir: where features are cached and results written.
-    probes: names in `probes_lib.PROBES`: linear, mlp, linear_sgd,
-      linear_sgd_images (no feature cache is made when only probes on
-      images run).
+    probes: names in `probes_lib.PROBES`: linear, mlp, linear_sgd, knn,
+      fewshot, linear_sgd_images (no feature cache is made when only probes
+      on images run).
     end_points: the end points to evaluate (default: all).
     label_fractions: fractions of the training labels (class-balanced).
     pooling: `max`, `avg`, `adaptive_max` or `adaptive_avg`.
@@ -230,6 +234,9 @@ def parse_args(argv=None):
   gin_config.add_gin_flags(parser)
   parser.add_argument("--workdir", required=True,
                       help="feature cache and results directory; reruns resume.")
+  parser.add_argument("--plots", action="store_true",
+                      help="also draw WORKDIR/plots/*.png: top-1 per layer "
+                           "per probe, a t-SNE of one end point's features.")
   return parser.parse_args(argv)
 
 
@@ -239,6 +246,11 @@ def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   gin_config.parse_gin(args.gin, args.gin_param)
   rows = evaluate(args.hub_module, args.workdir)
+  results_lib.write_tensorboard(
+      rows, artifacts.summary_dir(args.workdir),
+      step=artifacts.read_metadata(args.hub_module).get("global_step", 0))
+  if args.plots:
+    plots_lib.write_plots(rows, args.workdir)
   print(results_lib.format_table(rows))
   return rows
 

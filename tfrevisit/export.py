@@ -14,11 +14,18 @@ The SavedModel, loaded with `tf.saved_model.load(path)` as `obj`:
   obj.variables, obj.trainable_variables, obj.regularization_losses
                                  the Reusable SavedModel API that
                                  `hub.KerasLayer(trainable=True)` fine-tunes.
+  obj.image_feature_vector(image)
+                                 TF Hub's common image input: float32
+                                 [B, H, W, 3] in [0, 1], any size ->
+                                 {"default": feature vector [B, D]
+                                 (`pre_logits`, averaged over patches), every
+                                 end point}, preprocessing inside.
   signatures: "serving_default" ({"default": default output}) and
   "representation" (the end points), both on float32 `image` [B, H, W, 3]
   already preprocessed (the key of the release's TF-Hub modules; exports
   before it used `images`, which `evaluation.features` still reads); batch
-  (and, for ResNet/RevNet, spatial) size dynamic.
+  (and, for ResNet/RevNet, spatial) size dynamic. "image_feature_vector"
+  (as `obj.image_feature_vector`) on raw `image` in [0, 1].
   assets/tfrevisit.json: the task, its backbone and options, preprocessing
   and training facts (format: `tfrevisit.artifacts`).
 
@@ -76,13 +83,51 @@ def build_module(encoder: keras.Model, *, default_output: str,
     fn = lambda image: example_fn({"image": image})["image"]
     return tf.map_fn(fn, images, fn_output_signature=tf.float32)
 
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, None, None, 3], tf.float32, name="image")])
+  def image_feature_vector(image):
+    return _image_feature_vector(encoder, preprocess, image)
+
   for training in (False, True):
     call.get_concrete_function(input_spec, training=training)
   root.__call__ = call
   root.representation = representation
   root.preprocess = preprocess
   root.serving_default = serving_default
+  root.image_feature_vector = image_feature_vector
   return root
+
+
+def _image_feature_vector(encoder: keras.Model, preprocess, image: tf.Tensor
+                          ) -> Dict[str, tf.Tensor]:
+  """TF Hub's common image input: float32 [B, H, W, 3] in [0, 1], any size.
+
+  The images are quantised to uint8 (image * 255, rounded: exact for images
+  decoded from uint8, as the training data were) and go through the export's
+  own `preprocess`. Returns {"default": the feature vector [B, D]
+  (`pre_logits`, averaged over the 9 patches of patch models), every end
+  point (patch models: [B, 9, ...])}.
+  """
+  pixels = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0),
+                   tf.uint8)
+  inputs = preprocess(pixels)
+  num_patches = inputs.shape[1] if inputs.shape.rank == 5 else None
+  if num_patches:
+    inputs = tf.reshape(inputs, [-1, *_dims(inputs)[2:]])
+  outputs = dict(encoder(inputs, training=False))
+  if num_patches:
+    outputs = {name: tf.reshape(value, [-1, num_patches, *_dims(value)[1:]])
+               for name, value in outputs.items()}
+  default = outputs["pre_logits"]
+  return {"default": tf.reduce_mean(default, 1) if num_patches else default,
+          **outputs}
+
+
+def _dims(value: tf.Tensor) -> list:
+  """`value`'s dimensions: static where known, else dynamic scalars."""
+  dynamic = tf.shape(value)
+  return [dim if dim is not None else dynamic[i]
+          for i, dim in enumerate(value.shape.as_list())]
 
 
 def _regularization_loss_fn(variable):
@@ -96,7 +141,8 @@ def save_module(root: tf.Module, path: str, metadata: Dict[str, Any]) -> None:
   with artifacts.atomic_directory(path) as tmp:
     tf.saved_model.save(root, tmp, signatures={
         "serving_default": root.serving_default,
-        "representation": root.representation})
+        "representation": root.representation,
+        "image_feature_vector": root.image_feature_vector})
     artifacts.write_metadata(tmp, metadata)
 
 

@@ -6,11 +6,15 @@
 - `pooling`: end points -> flat features of about 9000 values
   (`pool_to_size`), per-patch features -> one vector (`combine_patches`).
 - `probes`: the probe interface and registry (`PROBES`: `linear`, `mlp`,
-  `linear_sgd`), the SGD-trained MLP and linear probes with Keras `fit`, and
-  class-balanced low-data subsets (`balanced_subset`).
+  `linear_sgd`, `knn`, `fewshot`), the SGD-trained MLP and linear probes with
+  Keras `fit`, and class-balanced low-data subsets (`balanced_subset`).
+- `knn`: the weighted k-nearest-neighbour probe, chunked similarities.
+- `fewshot`: the n-shot closed-form ridge-regression probe (big_vision's).
 - `sgd_images`: the `linear_sgd_images` probe, the release's SGD linear
   evaluation trained on the fly on augmented images through the frozen
   encoder.
 - `features`: per-layer features of an export, cached in shards.
-- `results`: result rows -> results.json / results.csv and a printed table.
+- `results`: result rows -> results.json / results.csv, a printed table and
+  TensorBoard scalars.
+- `plots`: per-layer accuracy curves and a t-SNE of one end point (PNG).
 """

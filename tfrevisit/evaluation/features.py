@@ -264,6 +264,13 @@ def _read_shards(directory: str, num_examples: int
           np.concatenate(blocks("labels")))
 
 
+def read_cached_features(cache_dir: str) -> Tuple[Features, np.ndarray]:
+  """The features and labels that `cached_features` wrote to `cache_dir`."""
+  with open(os.path.join(cache_dir, "settings.json")) as f:
+    num_examples = json.load(f)["num_examples"]
+  return _read_shards(cache_dir, num_examples)
+
+
 def _check_cache_settings(directory: str, settings: dict) -> None:
   """Refuses to mix shards made with other settings (model, pooling, ...)."""
   path = os.path.join(directory, "settings.json")

@@ -16,7 +16,9 @@ A probe registered with `needs_images=True` (`linear_sgd_images` in
 (the encoder, the data, the end point) and reads images itself.
 
 Registered: `linear` (the paper's L-BFGS logistic regression,
-`linear.select_l2_and_fit`), and `mlp` and `linear_sgd`, trained with Keras
+`linear.select_l2_and_fit`), `knn` (weighted k-nearest neighbours,
+`knn.knn_probe`), `fewshot` (n-shot ridge regression, `fewshot.fewshot_probe`),
+and `mlp` and `linear_sgd`, trained with Keras
 `fit` (SGD with momentum, step decays at given epochs) on trainval, logging
 top-1 / top-5 on test per epoch so that slow convergence can be plotted.
 `balanced_subset` picks the class-balanced fraction of the training labels
@@ -30,6 +32,8 @@ import gin
 import keras
 import numpy as np
 
+from tfrevisit.evaluation import fewshot
+from tfrevisit.evaluation import knn
 from tfrevisit.evaluation import linear
 from tfrevisit.registry import Registry
 
@@ -241,6 +245,10 @@ def history_row(result: ProbeResult) -> Dict[str, Any]:
           "test_top1_per_epoch": [round(float(a), 5)
                                   for a in result.history["val_top1"]],
           "wall_time_s": result.wall_time_s}
+
+
+PROBES.register("knn")(knn.knn_probe)
+PROBES.register("fewshot")(fewshot.fewshot_probe)
 
 
 def _keras_probe(fit_fn) -> Probe:

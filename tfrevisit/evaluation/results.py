@@ -18,7 +18,7 @@ import tensorflow as tf
 Row = Dict[str, Any]
 JSON_NAME = "results.json"
 CSV_NAME = "results.csv"
-_PERCENT_COLUMNS = ("top1", "top5", "val_top1")
+_PERCENT_COLUMNS = ("top1", "top5", "val_top1", "top1_std")
 
 
 def columns_of(rows: Sequence[Row]) -> List[str]:
@@ -68,6 +68,33 @@ def write_results(rows: Sequence[Row], workdir: str):
   return json_path, csv_path
 
 
+def _scalars(row: Row) -> Dict[str, float]:
+  """A row's accuracies: top1, top5, and top1 per k (kNN) or per shot."""
+  scalars = {key: row[key] for key in ("top1", "top5") if key in row}
+  for values, accuracies, name in (("ks", "top1_per_k", "k"),
+                                   ("shots", "top1_per_shot", "shot")):
+    for value, accuracy in zip(row.get(values, []), row.get(accuracies, [])):
+      scalars[f"top1_{name}{value}"] = accuracy
+  return scalars
+
+
+def write_tensorboard(rows: Sequence[Row], logdir: str, step: int = 0):
+  """Writes the rows' accuracies as TensorBoard scalars at `step`.
+
+  Tags are `[model/]probe[@label fraction]/end_point/accuracy`, e.g.
+  `linear/block4/top1` or `knn@0.1/pre_logits/top1_k200`; the fraction is
+  left out when all labels are used.
+  """
+  with tf.summary.create_file_writer(logdir).as_default():
+    for row in rows:
+      prefix = "/".join(filter(None, [row.get("model"), row["probe"]]))
+      if row.get("label_fraction", 1.0) < 1:
+        prefix += f"@{row['label_fraction']:g}"
+      for name, value in _scalars(row).items():
+        tf.summary.scalar(f"{prefix}/{row['end_point']}/{name}", value,
+                          step=step)
+
+
 def read_results(workdir: str) -> List[Row]:
   """The rows of workdir/results.json."""
   path = os.path.join(workdir, JSON_NAME)
@@ -85,6 +112,8 @@ def read_results(workdir: str) -> List[Row]:
 def _format_cell(column: str, value) -> str:
   if value is None or value == "":
     return "-"
+  if isinstance(value, list):  # e.g. top1_per_k: [0.75, 0.70] -> [0.75, 0.7]
+    return f"[{', '.join(_format_cell('', v) for v in value)}]"
   if column in _PERCENT_COLUMNS:
     return f"{100 * value:.2f}"
   if isinstance(value, float):
