@@ -88,6 +88,9 @@ TASK_SETUPS = {
 }
 
 
+OVERFIT_STEPS = {"relative_patch_location": 40}
+
+
 def _train_steps(task, batch, num_steps, learning_rate=0.05):
   """Per-image losses of `num_steps` SGD steps on one batch of 8 images."""
   optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
@@ -107,7 +110,9 @@ def test_every_task_overfits_a_fixed_batch(name):
   task = pretext.get_task(name, backbone=models.Backbone("resnet50_v1", 1),
                           num_classes=2, **options)
   assert task.name == name and options.items() <= task.options.items()
-  losses = _train_steps(task, make_batch(), 25)
+  # The release's patch head (Glorot, fc1 bias 0.1) starts slower: 25 steps
+  # took relative patch location from 2.63 to 1.91 (x0.73).
+  losses = _train_steps(task, make_batch(), OVERFIT_STEPS.get(name, 25))
   assert losses[-1] < 0.7 * losses[0], losses
 
 

@@ -50,6 +50,10 @@ from tfrevisit.data import preprocess as preprocess_lib
 
 log = logging.getLogger("tfrevisit.export")
 
+# TF Hub's common image signature returns this end point as its `default`.
+FEATURE_VECTOR = "pre_logits"
+FEATURE_VECTOR_SIGNATURE = "image_feature_vector"
+
 
 def build_module(encoder: keras.Model, *, default_output: str,
                  preprocess_spec: str) -> tf.Module:
@@ -94,7 +98,8 @@ def build_module(encoder: keras.Model, *, default_output: str,
   root.representation = representation
   root.preprocess = preprocess
   root.serving_default = serving_default
-  root.image_feature_vector = image_feature_vector
+  if FEATURE_VECTOR in encoder.output:  # every backbone's; not test models'
+    setattr(root, FEATURE_VECTOR_SIGNATURE, image_feature_vector)
   return root
 
 
@@ -118,7 +123,7 @@ def _image_feature_vector(encoder: keras.Model, preprocess, image: tf.Tensor
   if num_patches:
     outputs = {name: tf.reshape(value, [-1, num_patches, *_dims(value)[1:]])
                for name, value in outputs.items()}
-  default = outputs["pre_logits"]
+  default = outputs[FEATURE_VECTOR]
   return {"default": tf.reduce_mean(default, 1) if num_patches else default,
           **outputs}
 
@@ -139,10 +144,11 @@ def save_module(root: tf.Module, path: str, metadata: Dict[str, Any]) -> None:
   """Saves `root` with `metadata` in assets/tfrevisit.json, atomically: to a
   temporary sibling directory, renamed when complete."""
   with artifacts.atomic_directory(path) as tmp:
-    tf.saved_model.save(root, tmp, signatures={
-        "serving_default": root.serving_default,
-        "representation": root.representation,
-        "image_feature_vector": root.image_feature_vector})
+    signatures = {"serving_default": root.serving_default,
+                  "representation": root.representation}
+    if hasattr(root, FEATURE_VECTOR_SIGNATURE):
+      signatures[FEATURE_VECTOR_SIGNATURE] = root.image_feature_vector
+    tf.saved_model.save(root, tmp, signatures=signatures)
     artifacts.write_metadata(tmp, metadata)
 
 
