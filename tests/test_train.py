@@ -181,7 +181,10 @@ PAPER_CONFIGS = {  # config -> its smaller-input override for CI
 }
 
 
-@pytest.mark.parametrize("config", sorted(PAPER_CONFIGS))
+# 30-40 s each: the default suite runs rotation's; `-m slow` runs the others.
+@pytest.mark.parametrize("config", [
+    config if config == "rotation" else pytest.param(config, marks=pytest.mark.slow)
+    for config in sorted(PAPER_CONFIGS)])
 def test_paper_config_runs_one_step_on_mock_data(tmp_path, config):
   train.main(["--gin", os.path.join(REPO, "configs", f"{config}.gin"),
               "--gin_param", "backbone.filters_factor = 1",
