@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfrevisit import cli
 from tfrevisit import gin_config
 from tfrevisit.study import __main__ as runner
 from tfrevisit.study import cells as cells_lib
@@ -262,3 +263,18 @@ def test_report_writes_csv_plots_and_markdown(tmp_path):
   text = open(written["study.md"]).read()
   assert "![layers.png](study/layers.png)" in text
   assert text.count("Verdict: **") == 6 and "5 cells, 1.2 hours of wall time" in text
+
+
+def test_report_replaces_only_the_readme_summary_block(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# Title\n\n{report.README_BEGIN}\nold table\n"
+                    f"{report.README_END}\n\n## Next\n")
+  report.update_readme(str(readme), Results(_hand_made_cells()))
+  text = readme.read_text()
+  assert text.startswith(f"# Title\n\n{report.README_BEGIN}\n| task |")
+  assert text.endswith(f"{report.README_END}\n\n## Next\n")
+  assert "old table" not in text and text.count("**") == 2 * 6
+  assert "| rotation | 83.0 ± 1.4, n=2 (pre_logits) / 83.0 ± 1.4, n=2 |" in text
+  readme.write_text("# No block\n")
+  with pytest.raises(cli.UserError, match="no study summary block"):
+    report.update_readme(str(readme), Results(_hand_made_cells()))

@@ -1,13 +1,15 @@
 r"""Writes the study's report from the committed cell results alone.
 
 `python -m tfrevisit.study.report [--results_dir docs/study/cells]
- [--workdir DIR] [--out_dir docs]`
+ [--workdir DIR] [--out_dir docs] [--readme README.md]`
 
 Reads results_dir/*.json (or, with --workdir, DIR/*/cell.json of a study
 workdir) and writes OUT/study/results.csv (one row per cell x end point x
 probe x label fraction, with the cell's pretext accuracy and wall times), the
 PNG plots in OUT/study/, and OUT/study.md: the Table 1 analogue, the plots and
-the evidence and verdict for each of the paper's findings.
+the evidence and verdict for each of the paper's findings. With --readme, it
+also replaces the README's summary block (between `README_BEGIN` and
+`README_END`) with the Table 1 analogue and the verdicts.
 """
 import argparse
 import csv
@@ -26,6 +28,8 @@ from tfrevisit.study.results import Results, chance, flat_rows, load_cells, mean
 DEFAULT_OUT_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "docs")
+README_BEGIN = "<!-- study summary: written by tfrevisit.study.report -->"
+README_END = "<!-- end of study summary -->"
 STUDY_COMMAND = ("python -m tfrevisit.study --gin configs/study/fashion_mnist.gin "
                  "--workdir DIR")
 
@@ -125,6 +129,33 @@ def study_markdown(results: Results, plot_paths: Dict[str, str]) -> str:
   return "\n".join(parts)
 
 
+def readme_summary(results: Results) -> str:
+  """The README's study block: the Table 1 analogue and one verdict a line."""
+  lines = [markdown_table(table1(results)), "",
+           f"{len(results.cells)} cells so far; linear probe top-1 % on the "
+           "Fashion-MNIST test split, best layer (which) / pre_logits. "
+           "Verdicts on the paper's findings (evidence and rules in "
+           "[docs/study.md](docs/study.md)):", ""]
+  lines += [f"- {f.title}: **{f.verdict}**"
+            for f in findings_lib.all_findings(results)]
+  return "\n".join(lines)
+
+
+def update_readme(path: str, results: Results) -> None:
+  """Replaces the text between README_BEGIN and README_END in `path`."""
+  with open(path) as f:
+    text = f.read()
+  begin, end = text.find(README_BEGIN), text.find(README_END)
+  if begin < 0 or end < begin:
+    raise cli.UserError(
+        f"{path} has no study summary block; add the lines {README_BEGIN!r} "
+        f"and {README_END!r} where the summary goes.")
+  text = (text[:begin + len(README_BEGIN)] + "\n" + readme_summary(results)
+          + "\n" + text[end:])
+  with open(path, "w") as f:
+    f.write(text)
+
+
 def write_csv(rows: Sequence[Dict], path: str) -> None:
   columns = list(dict.fromkeys(k for row in rows for k in row))
   with open(path, "w", newline="") as f:
@@ -170,15 +201,22 @@ def main(argv=None):
                       help="read DIR/*/cell.json of a study workdir instead.")
   parser.add_argument("--out_dir", default=DEFAULT_OUT_DIR,
                       help="writes OUT/study.md and OUT/study/.")
+  parser.add_argument("--readme", default=None,
+                      help="also update this README's study summary block.")
   cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   cells = workdir_cells(args.workdir) if args.workdir else load_cells(args.results_dir)
   if not cells:
     raise cli.UserError(f"No cell results in {args.workdir}; run "
                         "`python -m tfrevisit.study --workdir ...` first.")
+  if args.readme and not os.path.isfile(args.readme):
+    raise cli.UserError(f"--readme {args.readme}: no such file.")
   cli.begin_work()
   for name, path in write_report(cells, args.out_dir).items():
     print(f"{name}: {path}")
+  if args.readme:
+    update_readme(args.readme, Results(cells))
+    print(f"README summary: {args.readme}")
   return 0
 
 
