@@ -23,22 +23,26 @@ NUM_CLASSES = 4
 
 
 def _tiny_encoder():
-  """images -> block1 [B, H/2, W/2, 4], pre_logits [B, 4]: a decayed conv
-  and BatchNorm, what fine-tuning must train and keep."""
+  """images -> block1 [B, H/2, W/2, 4], pre_logits [B, 4], logits [B, 3]: a
+  decayed conv and BatchNorm, what fine-tuning must train and keep, and a
+  pretext head, which it must leave alone."""
   keras.utils.set_random_seed(0)
   images = keras.Input([None, None, 3])
   x = keras.layers.Conv2D(4, 3, strides=2, use_bias=False, name="block1_conv",
                           kernel_regularizer=keras.regularizers.L2(1e-3))(images)
   block1 = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(x))
-  return keras.Model(images, {
-      "block1": block1,
-      "pre_logits": keras.layers.GlobalAveragePooling2D()(block1)})
+  pre_logits = keras.layers.GlobalAveragePooling2D()(block1)
+  logits = keras.layers.Dense(
+      3, name="logits", kernel_regularizer=keras.regularizers.L2(1e-3))(
+          pre_logits)
+  return keras.Model(images, {"block1": block1, "pre_logits": pre_logits,
+                              "logits": logits})
 
 
 @pytest.fixture(name="export_dir", scope="module")
 def _export_dir(tmp_path_factory):
   encoder = _tiny_encoder()
-  root = export.build_module(encoder, default_output="pre_logits",
+  root = export.build_module(encoder, default_output="logits",
                              preprocess_spec=PREPROCESS)
   path = str(tmp_path_factory.mktemp("finetune") / "export")
   export.save_module(root, path, {"preprocess": PREPROCESS}, encoder)
@@ -67,10 +71,15 @@ def test_fine_tuning_trains_the_encoder_its_batch_norm_and_keeps_decay(
     (before,) = [v for v in original.weights if v.path == name]
     (after,) = [v for v in tuned.weights if v.path == name]
     assert not np.allclose(before, after), name
+  # The pretext head past the end point is left out: untouched, undecayed.
+  initial = {v.path: np.array(v) for v in original.trainable_weights}
+  assert sorted(initial) == sorted(
+      [v.path for v in tuned.trainable_weights] + ["logits/bias",
+                                                   "logits/kernel"])
   expected_change = np.sqrt(
-      sum(np.sum((np.array(a) - np.array(b))**2) for a, b in
-          zip(tuned.trainable_weights, original.trainable_weights)) /
-      sum(np.sum(np.array(b)**2) for b in original.trainable_weights))
+      sum(np.sum((np.array(v) - initial[v.path])**2)
+          for v in tuned.trainable_weights) /
+      sum(np.sum(initial[v.path]**2) for v in tuned.trainable_weights))
   np.testing.assert_allclose(result.encoder_relative_change, expected_change,
                              rtol=1e-5)
   # The encoder's decay is in the fitted model's losses: one L2 term.

@@ -41,16 +41,19 @@ class FineTuneClassifier(keras.Model):
   """Images [B, h, w, 3] (or patches [B, P, h, w, 3]) -> logits [B, C].
 
   The encoder's `end_point` ([B, D], or [B, H, W, D] averaged over H, W;
-  patches: averaged over P), then a Dense layer. Encoder and head are both
-  trainable; `training` reaches the encoder's BatchNorm, and the encoder's
-  weight decay is in `losses`.
+  patches: averaged over P), then a Dense layer. `self.encoder` is the part
+  of the encoder that computes the end point (its layers and variables are
+  the encoder's; layers past the end point, such as a pretext head, are
+  left out, so their weights get neither gradients nor decay). Encoder and
+  head are both trainable; `training` reaches the encoder's BatchNorm, and the
+  encoder's weight decay is in `losses`.
   """
 
   def __init__(self, encoder: keras.Model, end_point: str, num_classes: int,
                head_weight_decay: float = 0.0):
     super().__init__(name="finetune")
-    self.encoder = encoder
-    self.end_point = end_point
+    self.encoder = keras.Model(encoder.input, encoder.output[end_point],
+                               name=f"{encoder.name}_to_{end_point}")
     self.logits = keras.layers.Dense(
         num_classes, name="logits", kernel_regularizer=(
             keras.regularizers.L2(head_weight_decay / 2)
@@ -60,7 +63,7 @@ class FineTuneClassifier(keras.Model):
     num_patches = images.shape[1] if len(images.shape) == 5 else None
     if num_patches:
       images = keras.ops.reshape(images, (-1, *images.shape[2:]))
-    features = self.encoder(images, training=training)[self.end_point]
+    features = self.encoder(images, training=training)
     if len(features.shape) == 4:
       features = keras.ops.mean(features, axis=(1, 2))
     if num_patches:
@@ -133,15 +136,14 @@ def train_finetune(
   if not steps_per_epoch:
     raise ValueError(f"{num_train} training examples make no batch of "
                      f"{batch_size}; lower train_finetune.batch_size.")
-  encoder = load_encoder(context.hub_module, workdir)
-  initial = [np.array(v) for v in encoder.trainable_weights]
-  model = FineTuneClassifier(encoder, context.end_point, num_classes,
-                             head_weight_decay)
+  model = FineTuneClassifier(load_encoder(context.hub_module, workdir),
+                             context.end_point, num_classes, head_weight_decay)
+  initial = [np.array(v) for v in model.encoder.trainable_weights]
   result = probes_lib.fit_sgd(
       model, train_ds, eval_ds, epochs, steps_per_epoch,
       base_learning_rate * batch_size / 256, decay_epochs, momentum)
   return FineTuneResult(**vars(result), encoder_relative_change=(
-      relative_change(initial, encoder.trainable_weights)))
+      relative_change(initial, model.encoder.trainable_weights)))
 
 
 def relative_change(before: Sequence[np.ndarray], after: Sequence[Any]
