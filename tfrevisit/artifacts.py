@@ -13,6 +13,9 @@ A training workdir (written by `tfrevisit.train`):
   export/<step>/  exported SavedModels; export/latest links to the newest.
 
 An export (a SavedModel directory, written by `tfrevisit.export`):
+  encoder.keras   the encoder as a native Keras 3 file (`keras.saving.
+                  load_model`, after `import tfrevisit.models` registers the
+                  RevNet layers); absent in exports older than it.
   assets/tfrevisit.json  metadata: the `TaskRecord` fields (keys "task",
                   "num_classes", "backbone", "task_options"), the backbone's
                   old flat keys ("architecture", "filters_factor",
@@ -46,6 +49,7 @@ SUMMARY_DIR = "tb"
 EXPORT_DIR = "export"
 LATEST = "latest"
 METADATA_FILE = "tfrevisit.json"  # in the SavedModel's assets/
+KERAS_ENCODER_FILE = "encoder.keras"  # in the SavedModel's directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +229,11 @@ def atomic_directory(path: str) -> Iterator[str]:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def keras_encoder_path(saved_model_dir: str) -> str:
+  """The export's native Keras 3 encoder file (see the module docstring)."""
+  return os.path.join(saved_model_dir, KERAS_ENCODER_FILE)
 
 
 def write_metadata(saved_model_dir: str, metadata: Dict[str, Any]) -> None:

@@ -17,10 +17,11 @@ Probes are looked up by name in `tfrevisit.evaluation.probes.PROBES`, which
 also defines their one interface: `linear` (the paper's protocol: L-BFGS
 logistic regression, L2 chosen on train -> val, refit on trainval, top-1/top-5
 on test), `mlp` and `linear_sgd` (Keras `fit` on trainval, evaluated on test
-every epoch), and `linear_sgd_images` (the release's SGD evaluation: the
+every epoch), `linear_sgd_images` (the release's SGD evaluation: the
 linear layer trained on the fly on randomly cropped images through the frozen
-encoder, `sgd_images`). Features are fed raw, as in the paper's release
-(`evaluate.standardize = True` standardises them with the training
+encoder, `sgd_images`), `knn`, `fewshot`, and `finetune` (the encoder and a
+linear head trained end to end, `evaluation.finetune`). Features are fed raw,
+as in the paper's release (`evaluate.standardize = True` standardises them with the training
 split's statistics). `evaluate.protocol` picks the paper's Table 2 protocol
 (default) or its Table 1 protocol; rows never report the split that chose
 the hyper-parameters.
@@ -40,6 +41,7 @@ from tfrevisit import cli
 from tfrevisit import data
 from tfrevisit import gin_config
 from tfrevisit.evaluation import features as features_lib
+from tfrevisit.evaluation import finetune  # pylint: disable=unused-import
 from tfrevisit.evaluation import plots as plots_lib
 from tfrevisit.evaluation import probes as probes_lib
 from tfrevisit.evaluation import results as results_lib
@@ -128,8 +130,8 @@ def evaluate(hub_module: str, workdir: str,
     hub_module: an exported SavedModel directory.
     workdir: where features are cached and results written.
     probes: names in `probes_lib.PROBES`: linear, mlp, linear_sgd, knn,
-      fewshot, linear_sgd_images (no feature cache is made when only probes
-      on images run).
+      fewshot, linear_sgd_images, finetune (no feature cache is made when
+      only probes on images run).
     end_points: the end points to evaluate (default: all).
     label_fractions: fractions of the training labels (class-balanced).
     pooling: `max`, `avg`, `adaptive_max` or `adaptive_avg`.
@@ -176,7 +178,8 @@ def evaluate(hub_module: str, workdir: str,
       preprocess=preprocess, train_splits=IMAGE_TRAIN_SPLITS[protocol],
       eval_split=REPORTED_SPLIT[protocol], pooling_mode=pooling,
       feature_target=feature_target, patch_combine=patch_combine,
-      max_examples=max_examples, eval_batch_size=batch_size, seed=seed)
+      max_examples=max_examples, eval_batch_size=batch_size, seed=seed,
+      hub_module=hub_module)
   rows = []
   for name in names:
     per_split = None

@@ -13,7 +13,17 @@ The SavedModel, loaded with `tf.saved_model.load(path)` as `obj`:
                                  the B*9 patches and combine the 9 outputs).
   obj.variables, obj.trainable_variables, obj.regularization_losses
                                  the Reusable SavedModel API that
-                                 `hub.KerasLayer(trainable=True)` fine-tunes.
+                                 `hub.KerasLayer(trainable=True)` fine-tunes
+                                 (in tf_keras models only).
+  obj.representation_training(image), obj.serving_default_training(image)
+                                 `representation` and `serving_default` in
+                                 training mode (BatchNorm on batch statistics,
+                                 updating its moving averages): the
+                                 `call_training_endpoint` of Keras 3's
+                                 `TFSMLayer`.
+  obj.regularization_loss()      the total weight decay, a scalar: the sum of
+                                 `regularization_losses`, which `TFSMLayer`
+                                 does not add to `losses` (README).
   obj.image_feature_vector(image)
                                  TF Hub's common image input: float32
                                  [B, H, W, 3] in [0, 1], any size ->
@@ -28,6 +38,11 @@ The SavedModel, loaded with `tf.saved_model.load(path)` as `obj`:
   (as `obj.image_feature_vector`) on raw `image` in [0, 1].
   assets/tfrevisit.json: the task, its backbone and options, preprocessing
   and training facts (format: `tfrevisit.artifacts`).
+  encoder.keras: the encoder (images -> dict of end points) as a native
+  Keras 3 file: `keras.saving.load_model(path)` after `import tfrevisit.models`
+  (which registers RevNet's layers) gives a trainable `keras.Model` with its
+  BatchNorm training mode and weight decay (`model.losses`), the first-class
+  way to fine-tune in Keras 3.
 
 The metadata comes from the task itself (`task.backbone`, `task.options`);
 `restore_task` rebuilds a workdir's task from its task.json, not from gin.
@@ -92,12 +107,29 @@ def build_module(encoder: keras.Model, *, default_output: str,
   def image_feature_vector(image):
     return _image_feature_vector(encoder, preprocess, image)
 
+  @tf.function(input_signature=[input_spec])
+  def representation_training(image):
+    return dict(encoder(image, training=True))
+
+  @tf.function(input_signature=[input_spec])
+  def serving_default_training(image):
+    return {"default": encoder(image, training=True)[default_output]}
+
+  @tf.function(input_signature=[])
+  def regularization_loss():
+    return tf.add_n([tf.constant(0.0)] + [
+        tf.cast(v.regularizer(v), tf.float32)
+        for v in encoder.trainable_variables if v.regularizer is not None])
+
   for training in (False, True):
     call.get_concrete_function(input_spec, training=training)
   root.__call__ = call
   root.representation = representation
+  root.representation_training = representation_training
   root.preprocess = preprocess
   root.serving_default = serving_default
+  root.serving_default_training = serving_default_training
+  root.regularization_loss = regularization_loss
   if FEATURE_VECTOR in encoder.output:  # every backbone's; not test models'
     setattr(root, FEATURE_VECTOR_SIGNATURE, image_feature_vector)
   return root
@@ -140,9 +172,11 @@ def _regularization_loss_fn(variable):
   return tf.function(lambda: variable.regularizer(variable), input_signature=[])
 
 
-def save_module(root: tf.Module, path: str, metadata: Dict[str, Any]) -> None:
-  """Saves `root` with `metadata` in assets/tfrevisit.json, atomically: to a
-  temporary sibling directory, renamed when complete."""
+def save_module(root: tf.Module, path: str, metadata: Dict[str, Any],
+                encoder: Optional[keras.Model] = None) -> None:
+  """Saves `root` with `metadata` in assets/tfrevisit.json, and `encoder` (if
+  given) as encoder.keras, atomically: to a temporary sibling directory,
+  renamed when complete."""
   with artifacts.atomic_directory(path) as tmp:
     signatures = {"serving_default": root.serving_default,
                   "representation": root.representation}
@@ -150,6 +184,8 @@ def save_module(root: tf.Module, path: str, metadata: Dict[str, Any]) -> None:
       signatures[FEATURE_VECTOR_SIGNATURE] = root.image_feature_vector
     tf.saved_model.save(root, tmp, signatures=signatures)
     artifacts.write_metadata(tmp, metadata)
+    if encoder is not None:
+      encoder.save(artifacts.keras_encoder_path(tmp))
 
 
 def export_task(task: pretext.Task, workdir: str, step: int,
@@ -167,10 +203,10 @@ def export_task(task: pretext.Task, workdir: str, step: int,
   if output is None:
     export_dir = artifacts.export_dir(workdir)
     output = os.path.join(export_dir, str(step))
-    save_module(root, output, metadata)
+    save_module(root, output, metadata, task.encoder)
     artifacts.point_latest(export_dir, str(step))
   else:
-    save_module(root, output, metadata)
+    save_module(root, output, metadata, task.encoder)
   log.info("Exported the encoder at step %d to %s.", step, output)
   return output
 

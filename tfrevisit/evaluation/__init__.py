@@ -13,6 +13,8 @@
 - `sgd_images`: the `linear_sgd_images` probe, the release's SGD linear
   evaluation trained on the fly on augmented images through the frozen
   encoder.
+- `finetune`: the `finetune` probe, the encoder (the export's encoder.keras)
+  and a linear head trained end to end with Keras `fit`.
 - `features`: per-layer features of an export, cached in shards.
 - `results`: result rows -> results.json / results.csv, a printed table and
   TensorBoard scalars.

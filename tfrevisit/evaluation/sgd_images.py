@@ -46,6 +46,7 @@ class ImageProbeContext:
       fraction, `probes.balanced_subset`); None keeps all.
     eval_batch_size: batch size of the evaluation passes.
     seed: seeds initialisation, order and augmentation.
+    hub_module: the export's directory (`finetune` reads its encoder.keras).
   """
   module: Any
   source: data.Source
@@ -60,6 +61,7 @@ class ImageProbeContext:
   train_index: Optional[np.ndarray] = None
   eval_batch_size: int = 64
   seed: int = 0
+  hub_module: Optional[str] = None
 
 
 def end_point_names(module) -> list:
@@ -149,7 +151,7 @@ def _featurizer(context: ImageProbeContext):
   return lambda images: featurize(images)[context.end_point]
 
 
-def _datasets(context: ImageProbeContext, batch_size: int):
+def datasets(context: ImageProbeContext, batch_size: int):
   """(training examples, repeated and augmented; eval examples, one pass)."""
   train = SplitExamples(context.source, context.train_splits,
                         context.max_examples, context.train_index)
@@ -193,7 +195,7 @@ def train_linear_sgd_on_images(
     after each epoch.
   """
   keras.utils.set_random_seed(context.seed)
-  num_train, train_ds, eval_ds = _datasets(context, batch_size)
+  num_train, train_ds, eval_ds = datasets(context, batch_size)
   steps_per_epoch = num_train // batch_size
   if not steps_per_epoch:
     raise ValueError(f"{num_train} training examples make no batch of "
