@@ -135,3 +135,23 @@ def test_configs_parse(config):
                        [])
   assert gin.query_parameter("evaluate.probes") == ["finetune"]
   assert gin.query_parameter("train_finetune.epochs") >= 1
+
+
+def test_precise_batch_norm_averages_the_batch_statistics():
+  keras.utils.set_random_seed(0)
+  images = keras.Input([6, 6, 2])
+  conv = keras.layers.Conv2D(3, 3, name="conv")(images)
+  bn = keras.layers.BatchNormalization(name="bn", momentum=0.99)
+  model = keras.Model(images, bn(conv))
+  rng = np.random.default_rng(0)
+  batches = [rng.normal(loc, 1.0, [5, 6, 6, 2]).astype(np.float32)
+             for loc in (0.0, 2.0, -1.0)]
+  conv_out = [np.array(keras.Model(images, conv)(b)) for b in batches]
+  finetune.precise_batch_norm(model, batches)
+  np.testing.assert_allclose(
+      bn.moving_mean, np.mean([c.mean(axis=(0, 1, 2)) for c in conv_out], 0),
+      rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      bn.moving_variance,
+      np.mean([c.var(axis=(0, 1, 2)) for c in conv_out], 0), rtol=1e-4)
+  assert bn.momentum == 0.99

@@ -12,6 +12,14 @@ reported split in eval mode, evaluated after every epoch. Label fractions
 (`evaluate.label_fractions`) train on a class-balanced subset, as for the
 other probes.
 
+BatchNorm's moving averages (momentum 0.99 at the release's default) lag
+far behind the weights on a short fine-tuning: after 20 steps they are still
+mostly the pretrained (or, from random init, the initial) statistics, and
+inference-mode accuracy can sit at chance while training accuracy climbs.
+Before each evaluation the moving statistics are therefore re-estimated as
+the plain mean of `batch_norm_batches` training batches' statistics
+("precise BatchNorm"); 0 keeps the moving averages.
+
 Spatial end points are globally average-pooled to [B, C] before the head;
 patch models' nine patches run through the encoder as B*9 images and their
 features are averaged.
@@ -73,6 +81,40 @@ class FineTuneClassifier(keras.Model):
     return self.logits(features)
 
 
+def precise_batch_norm(model: keras.Model, batches: Sequence[Any]) -> None:
+  """Sets every BatchNorm layer's moving mean and variance of `model` to the
+  mean, over `batches` (model inputs), of the training-mode batch statistics.
+
+  Runs eagerly: step t (from 0) uses momentum t / (t + 1), so that after T
+  batches each moving statistic is the average of the T batch statistics.
+  The layers' momenta are restored afterwards.
+  """
+  layers = [layer for layer in model._flatten_layers()  # pylint: disable=protected-access
+            if isinstance(layer, keras.layers.BatchNormalization)]
+  momenta = [layer.momentum for layer in layers]
+  try:
+    for step, inputs in enumerate(batches):
+      for layer in layers:
+        layer.momentum = step / (step + 1)
+      model(inputs, training=True)
+  finally:
+    for layer, momentum in zip(layers, momenta):
+      layer.momentum = momentum
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+  """Re-estimates the BatchNorm statistics of `model.encoder` from
+  `num_batches` batches of `train` (inputs, labels) before each evaluation."""
+
+  def __init__(self, train: Any, num_batches: int):
+    super().__init__()
+    self.train, self.num_batches = train, num_batches
+
+  def on_test_begin(self, logs=None):
+    precise_batch_norm(self.model.encoder,
+                       (images for images, _ in self.train.take(self.num_batches)))
+
+
 def load_encoder(hub_module: Optional[str], workdir: Optional[str] = None
                  ) -> keras.Model:
   """The encoder to fine-tune: `workdir`'s latest checkpoint if given, else
@@ -106,6 +148,7 @@ def train_finetune(
     base_learning_rate: float = 0.1,
     momentum: float = 0.9,
     head_weight_decay: float = 0.0,
+    batch_norm_batches: int = 10,
 ) -> probes_lib.ProbeResult:
   """Fine-tunes the encoder with a linear head on `context.end_point`.
 
@@ -121,6 +164,9 @@ def train_finetune(
     momentum: SGD momentum.
     head_weight_decay: wd in wd / 2 * ||W||^2 on the head's kernel (the
       encoder keeps its own, exported, decay).
+    batch_norm_batches: training batches whose statistics replace BatchNorm's
+      moving averages before each evaluation (see the module docstring); 0:
+      evaluate on the moving averages.
 
   Returns:
     The FineTuneResult; `model` is the `FineTuneClassifier` (`model.encoder`
@@ -139,9 +185,12 @@ def train_finetune(
   model = FineTuneClassifier(load_encoder(context.hub_module, workdir),
                              context.end_point, num_classes, head_weight_decay)
   initial = [np.array(v) for v in model.encoder.trainable_weights]
+  callbacks = ([PreciseBatchNorm(train_ds, batch_norm_batches)]
+               if batch_norm_batches else [])
   result = probes_lib.fit_sgd(
       model, train_ds, eval_ds, epochs, steps_per_epoch,
-      base_learning_rate * batch_size / 256, decay_epochs, momentum)
+      base_learning_rate * batch_size / 256, decay_epochs, momentum,
+      callbacks=callbacks)
   return FineTuneResult(**vars(result), encoder_relative_change=(
       relative_change(initial, model.encoder.trainable_weights)))
 

@@ -107,17 +107,18 @@ def _fit(model, train, evaluation, epochs, batch_size, learning_rate,
 def fit_sgd(model: keras.Model, train: "tf.data.Dataset",
             evaluation: "tf.data.Dataset", epochs: int, steps_per_epoch: int,
             learning_rate: float, decay_epochs: Sequence[int],
-            momentum: float) -> ProbeResult:
+            momentum: float, callbacks: Sequence[keras.callbacks.Callback] = ()
+            ) -> ProbeResult:
   """Fits `model` (with a `logits` Dense layer) on a repeated dataset of
   (inputs, labels) batches, evaluating on one pass of `evaluation` after
   every epoch of `steps_per_epoch` steps; SGD as `_fit`. Not XLA-compiled,
-  so `model` may call SavedModel functions."""
+  so `model` may call SavedModel functions. `callbacks` go to `fit`."""
   _compile(model, learning_rate, decay_epochs, steps_per_epoch, momentum,
            jit_compile=False)
   start = time.perf_counter()
   history = model.fit(train, validation_data=evaluation, epochs=epochs,
                       steps_per_epoch=steps_per_epoch, shuffle=False,
-                      verbose=0)
+                      verbose=0, callbacks=list(callbacks))
   return _result(history, model, start)
 
 
