@@ -133,7 +133,8 @@ def test_train_under_mixed_float16_scales_the_loss(tmp_path, monkeypatch):
   # A step whose scaled gradients overflow float16 is skipped and halves the
   # scale (Keras's initial 2**15 overflows at this init); `iterations` counts
   # the applied steps only.
-  skipped = np.log2(optimizer.initial_scale / float(optimizer.dynamic_scale))
+  skipped = np.log2(optimizer.initial_scale
+                    / float(optimizer.dynamic_scale.numpy()))
   assert skipped == int(skipped) >= 0
   assert int(optimizer.iterations.numpy()) + skipped == MAX_STEPS
   assert task.encoder.compute_dtype == "float16"
