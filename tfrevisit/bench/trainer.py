@@ -94,7 +94,13 @@ class FitModel(keras.Model):
     self.task = task
     self.encoder = task.encoder
     self.head = task.head
+    # fit's logs come from the model's metrics, not from train_step's return.
+    self.loss_tracker = keras.metrics.Mean(name="loss")
     self.built = True
+
+  @property
+  def metrics(self):
+    return [self.loss_tracker]
 
   def train_step(self, batch):
     variables = self.task.trainable_variables
@@ -104,7 +110,8 @@ class FitModel(keras.Model):
       scaled_loss = self.optimizer.scale_loss(loss)
     grads = tape.gradient(scaled_loss, variables)
     self.optimizer.apply_gradients(zip(grads, variables))
-    return {"loss": loss}
+    self.loss_tracker.update_state(loss)
+    return {"loss": self.loss_tracker.result()}
 
 
 class _Ours:
