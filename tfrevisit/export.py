@@ -48,6 +48,7 @@ The metadata comes from the task itself (`task.backbone`, `task.options`);
 `restore_task` rebuilds a workdir's task from its task.json, not from gin.
 """
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -198,7 +199,7 @@ def export_task(task: pretext.Task, workdir: str, step: int,
   metadata = artifacts.export_metadata(
       task, default_output=pretext.DEFAULT_OUTPUT, step=step,
       gin_config=gin_config)
-  root = build_module(task.encoder, default_output=pretext.DEFAULT_OUTPUT,
+  root = build_module(float32_encoder(task), default_output=pretext.DEFAULT_OUTPUT,
                       preprocess_spec=task.eval_preprocess)
   if output is None:
     export_dir = artifacts.export_dir(workdir)
@@ -209,6 +210,38 @@ def export_task(task: pretext.Task, workdir: str, step: int,
     save_module(root, output, metadata, task.encoder)
   log.info("Exported the encoder at step %d to %s.", step, output)
   return output
+
+
+def float32_encoder(task: pretext.Task) -> keras.Model:
+  """`task.encoder` if it computes in float32, else (trained under a
+  mixed-precision policy) a float32 copy with the same weights.
+
+  Mixed-precision variables are float32 already, so the copy is exact; the
+  export then computes and returns float32 everywhere, on any device.
+  """
+  encoder = task.encoder
+  if all(_dtype_name(t) == "float32" for t in tf.nest.flatten(encoder.output)):
+    return encoder
+  num_outputs = encoder.output[pretext.DEFAULT_OUTPUT].shape[-1]
+  with float32_policy():
+    copy = task.build_encoder(num_outputs)
+  copy.set_weights(encoder.get_weights())
+  return copy
+
+
+def _dtype_name(tensor) -> str:
+  return tf.as_dtype(tensor.dtype).name
+
+
+@contextlib.contextmanager
+def float32_policy():
+  """Keras's global dtype policy is float32 inside, restored on exit."""
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy("float32")
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def build_task(record: artifacts.TaskRecord) -> pretext.Task:
