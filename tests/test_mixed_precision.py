@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfrevisit import artifacts
 from tfrevisit import data
 from tfrevisit import export
 from tfrevisit import gin_config
@@ -88,6 +89,9 @@ def _check_float32_export(workdir, task, compute_dtype):
   representation = loaded.signatures["representation"](image=images)
   assert {v.dtype for v in representation.values()} == {tf.float32}
   assert loaded(images).dtype == tf.float32
+  keras_encoder = keras.saving.load_model(
+      artifacts.keras_encoder_path(os.path.join(workdir, "export", "latest")))
+  assert keras_encoder(images)["pre_logits"].dtype == "float32"
   expected = task.encoder(images, training=False)
   assert expected["pre_logits"].dtype == compute_dtype  # It was mixed.
   # Same weights: equal up to the mixed encoder's rounding.

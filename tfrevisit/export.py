@@ -199,15 +199,16 @@ def export_task(task: pretext.Task, workdir: str, step: int,
   metadata = artifacts.export_metadata(
       task, default_output=pretext.DEFAULT_OUTPUT, step=step,
       gin_config=gin_config)
-  root = build_module(float32_encoder(task), default_output=pretext.DEFAULT_OUTPUT,
+  encoder = float32_encoder(task)
+  root = build_module(encoder, default_output=pretext.DEFAULT_OUTPUT,
                       preprocess_spec=task.eval_preprocess)
   if output is None:
     export_dir = artifacts.export_dir(workdir)
     output = os.path.join(export_dir, str(step))
-    save_module(root, output, metadata, task.encoder)
+    save_module(root, output, metadata, encoder)
     artifacts.point_latest(export_dir, str(step))
   else:
-    save_module(root, output, metadata, task.encoder)
+    save_module(root, output, metadata, encoder)
   log.info("Exported the encoder at step %d to %s.", step, output)
   return output
 
