@@ -121,6 +121,11 @@ def epoch_stream(examples: tf.data.Dataset, *, seed: int, start: int = 0,
     raise ValueError(f"{name} has no examples for this input pipeline.")
 
   def epoch(e):
+    # tf.data compares (graph seed, op seed) with (0, 0) in Python, which
+    # fails for a tensor op seed when the graph seed is 0 (as after
+    # `keras.utils.set_random_seed(0)`). The epoch's seed alone decides the
+    # order, so this function's graph seed is cleared.
+    tf.random.set_seed(None)
     return examples.shuffle(shuffle_buffer,
                             seed=_scalar_seed(seed, _SHUFFLE_SALT, e))
 
