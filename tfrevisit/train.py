@@ -165,7 +165,9 @@ def train(workdir: str,
       optimizer = _make_optimizer(schedule, momentum, mixed_precision)
       optimizer.build(task_.trainable_variables)
 
-    # Builds the input pipeline (and fails on bad input) before any output.
+    # Restores the newest checkpoint, then builds the input from its step;
+    # both fail on bad input (a corrupt checkpoint, missing data) before any
+    # output is written.
     checkpoint = tf.train.Checkpoint(optimizer=optimizer,
                                      **task_.checkpoint_items(),
                                      **_seed_states(task_))
