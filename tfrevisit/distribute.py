@@ -1,7 +1,7 @@
 """tf.distribute strategies by name, and helpers for multi-worker file output."""
 import json
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -34,8 +34,22 @@ def mirrored(devices=None):
 
 
 @STRATEGIES.register("multi_worker")
-def _multi_worker():
-  return tf.distribute.MultiWorkerMirroredStrategy()
+def _multi_worker(collective_timeout_s: Optional[float] = None):
+  """MultiWorkerMirroredStrategy from TF_CONFIG.
+
+  Args:
+    collective_timeout_s: `CommunicationOptions.timeout_seconds`: a collective
+      (all-reduce, broadcast) that has not completed after this many seconds
+      fails with DeadlineExceeded, and the error reaches every worker through
+      the coordination service, so the survivors of a dead worker exit instead
+      of blocking in the collective. It bounds every collective, the first
+      step's too (which waits for the slowest worker's tracing). None: no
+      timeout.
+  """
+  options = tf.distribute.experimental.CommunicationOptions(
+      timeout_seconds=collective_timeout_s)
+  return tf.distribute.MultiWorkerMirroredStrategy(
+      communication_options=options)
 
 
 @STRATEGIES.register("tpu")
@@ -52,7 +66,12 @@ def _default():
   return tf.distribute.get_strategy()
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
+def make_strategy(name: str, collective_timeout_s: Optional[float] = None
+                 ) -> tf.distribute.Strategy:
+  """The strategy `name`; `collective_timeout_s` applies to multi-worker ones
+  (see `_multi_worker`)."""
+  if name == "multi_worker" or (name == "auto" and _cluster_spec()):
+    return _multi_worker(collective_timeout_s)
   return STRATEGIES.get(name)()
 
 

@@ -14,12 +14,21 @@ backbone, options) is recorded in the workdir, whose layout and formats
   checkpoints/      the last `keep_checkpoints` checkpoints; a rerun resumes.
   tb/               TensorBoard summaries.
   export/           the exported encoder (see tfrevisit.export).
+
+Resume is exact: the batches of step s are a pure function of (seed, s) (see
+`data.make_dataset`), so a run interrupted anywhere and resumed from a
+checkpoint ends with the weights of an uninterrupted run. SIGTERM and SIGINT
+(Ctrl-C) save a checkpoint at the current step through
+`tf.distribute.experimental.PreemptionCheckpointHandler` (all workers agree on
+the step) and exit with status 128 + the signal number.
 """
 import argparse
 import contextlib
 import logging
 import shutil
+import signal
 import sys
+import threading
 import time
 from typing import Dict, Optional, Sequence
 
@@ -67,6 +76,9 @@ def train(workdir: str,
           log_every_steps: int = 50,
           seed: Optional[int] = 0,
           export: bool = True,
+          steps_per_loop: int = 1,
+          jit_compile: bool = False,
+          collective_timeout_s: Optional[float] = None,
           mock_data: bool = False) -> Dict[str, float]:
   """Trains `task` and returns the metrics of the last logged interval.
 
@@ -95,11 +107,22 @@ def train(workdir: str,
     log_every_steps: logging and summary period in steps.
     seed: seed of weights, input order and augmentation (None: random).
     export: export the encoder when training ends.
+    steps_per_loop: steps per call of the compiled training function (one
+      host round trip per call; logs, checkpoints and NaN checks happen
+      between calls, and a call never crosses a checkpoint or the end).
+    jit_compile: compile each replica's step with XLA.
+    collective_timeout_s: multi-worker only: a collective (all-reduce) that
+      waits longer than this fails (`CommunicationOptions.timeout_seconds`),
+      so that the workers of a cluster with a dead worker exit with an error
+      instead of waiting for ever. None: no timeout. Include the first step's
+      tracing and compilation time.
     mock_data: TFDS sources yield mock data of the right shapes (pass a
       random `source` for local ones, as `main` does).
 
   Raises:
     cli.UserError: a bad value (see `check_knobs`).
+    Preempted: SIGTERM or SIGINT arrived; a checkpoint at the current step
+      was saved (rerun to resume).
   """
   if mixed_precision not in PRECISIONS:
     raise cli.UserError(f"Unknown train.mixed_precision {mixed_precision!r}; "
@@ -107,11 +130,13 @@ def train(workdir: str,
   pretext.TASKS.get(task)  # Fail on an unknown task before any work.
   if backbone is None:
     backbone = gin_config.configured_backbone()
-  strategy_ = distribute.make_strategy(strategy)
+  strategy_ = distribute.make_strategy(
+      strategy, collective_timeout_s=collective_timeout_s)
   check_knobs(batch_size=batch_size, num_replicas=strategy_.num_replicas_in_sync,
               epochs=epochs, max_steps=max_steps, lr=lr,
               checkpoint_every_steps=checkpoint_every_steps,
-              keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps)
+              keep_checkpoints=keep_checkpoints, log_every_steps=log_every_steps,
+              steps_per_loop=steps_per_loop)
   if seed is not None:
     keras.utils.set_random_seed(seed)
   if mixed_precision:
@@ -140,11 +165,27 @@ def train(workdir: str,
       optimizer = _make_optimizer(schedule, momentum, mixed_precision)
       optimizer.build(task_.trainable_variables)
 
-    dataset = strategy_.distribute_datasets_from_function(
-        lambda ctx: data.make_dataset(
-            source, train_split, task_.train_preprocess,
-            ctx.get_per_replica_batch_size(batch_size), training=True,
-            seed=seed, input_context=ctx))
+    # Restores the newest checkpoint, then builds the input from its step;
+    # both fail on bad input (a corrupt checkpoint, missing data) before any
+    # output is written.
+    checkpoint = tf.train.Checkpoint(optimizer=optimizer,
+                                     **task_.checkpoint_items(),
+                                     **_seed_states(task_))
+    manager = tf.train.CheckpointManager(
+        checkpoint, distribute.worker_dir(artifacts.checkpoint_dir(workdir), strategy_),
+        max_to_keep=keep_checkpoints)
+    # Every worker resumes from the chief's newest checkpoint.
+    existing = artifacts.existing_checkpoints(
+        _checkpoint_paths(artifacts.checkpoint_dir(workdir)))
+    if existing:
+      artifacts.restore_checkpoint(checkpoint, existing[-1]
+                                   ).assert_existing_objects_matched()
+      log.info("Resumed from %s (step %d).", existing[-1],
+               int(optimizer.iterations.numpy()))
+    # The input continues where the checkpoint's step left it.
+    dataset = _distributed_dataset(
+        strategy_, source, train_split, task_.train_preprocess, batch_size,
+        seed, int(optimizer.iterations.numpy()))
     # Everything that can fail on bad input has run: now touch the workdir.
     cli.begin_work()
     chief = distribute.is_chief(strategy_)
@@ -152,29 +193,21 @@ def train(workdir: str,
       artifacts.write_run_info(workdir, gin.operative_config_str(),
                                artifacts.task_record(task_))
 
-    checkpoint = tf.train.Checkpoint(optimizer=optimizer, **task_.checkpoint_items())
-    manager = tf.train.CheckpointManager(
-        checkpoint, distribute.worker_dir(artifacts.checkpoint_dir(workdir), strategy_),
-        max_to_keep=keep_checkpoints)
-    existing = artifacts.existing_checkpoints(manager.checkpoints)
-    if existing:
-      artifacts.restore_checkpoint(checkpoint, existing[-1]
-                                   ).assert_existing_objects_matched()
-      log.info("Resumed from %s (step %d).", existing[-1],
-               int(optimizer.iterations.numpy()))
-
-    step_fn = make_train_step(task_, optimizer, strategy_, batch_size)
+    step_fn = make_train_step(task_, optimizer, strategy_, batch_size,
+                              jit_compile=jit_compile)
     # Each replica updates its own copy of the BatchNorm statistics; checkpoints
     # and the export get their mean (the statistics of the whole global batch).
     average_statistics = distribute.replica_averager(
         strategy_, [v for model in task_.checkpoint_items().values()
                     for v in model.non_trainable_variables])
     save = lambda step: _save(manager, step, average_statistics)
-    metrics = _train_loop(
-        step_fn, iter(dataset), optimizer, save, manager, total_steps,
-        batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps,
-        log_every_steps=log_every_steps,
-        writer=_summary_writer(workdir, chief))
+    with _preemption_handler(strategy_, manager, optimizer, save) as handler, \
+        _peer_failures(strategy_, optimizer, workdir):
+      metrics = _train_loop(
+          step_fn, iter(dataset), optimizer, save, manager, total_steps,
+          batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps,
+          log_every_steps=log_every_steps, steps_per_loop=steps_per_loop,
+          writer=_summary_writer(workdir, chief), run=handler.run)
     _cleanup_worker_dir(manager, strategy_)
     if export and chief:
       export_lib.export_task(task_, workdir, int(optimizer.iterations.numpy()),
@@ -183,7 +216,8 @@ def train(workdir: str,
 
 
 def check_knobs(*, batch_size, num_replicas, epochs, max_steps, lr,
-                checkpoint_every_steps, keep_checkpoints, log_every_steps):
+                checkpoint_every_steps, keep_checkpoints, log_every_steps,
+                steps_per_loop=1):
   """Raises a `cli.UserError` naming the first bad `train.*` value."""
   if not isinstance(batch_size, int) or batch_size < num_replicas:
     raise cli.UserError(
@@ -202,18 +236,31 @@ def check_knobs(*, batch_size, num_replicas, epochs, max_steps, lr,
     raise cli.UserError(f"train.lr = {lr!r} must be > 0.")
   for name, value in (("checkpoint_every_steps", checkpoint_every_steps),
                       ("keep_checkpoints", keep_checkpoints),
-                      ("log_every_steps", log_every_steps)):
+                      ("log_every_steps", log_every_steps),
+                      ("steps_per_loop", steps_per_loop)):
     if not value >= 1:
       raise cli.UserError(f"train.{name} = {value!r} must be >= 1.")
 
 
 def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
-                    strategy: tf.distribute.Strategy, global_batch_size: int):
-  """A `tf.function` running one synchronous step on every replica.
+                    strategy: tf.distribute.Strategy, global_batch_size: int,
+                    *, jit_compile: bool = False):
+  """A function running synchronous steps on every replica.
 
-  Returns a function iterator -> {"loss", metric names..., "regularization",
-  "count"}: sums over the global batch (per-image values), except
-  "regularization" (the weight-decay term, once) and "count" (images).
+  `train_step(iterator, num_steps=1)` runs `num_steps` steps in one
+  `tf.function` call (a `tf.range` loop: one host round trip for all of them;
+  a new `num_steps` does not retrace) and returns the sums over those steps of
+  {"loss", metric names..., "regularization", "count"}: sums over the global
+  batches (per-image values), except "regularization" (the weight-decay term,
+  once per step) and "count" (images). Each step's values are reduced across
+  replicas in one all-reduce of a vector.
+
+  Args:
+    task: the task; its variables are built.
+    optimizer: built on `task.trainable_variables`.
+    strategy: the strategy whose scope built both.
+    global_batch_size: images per step, all replicas together.
+    jit_compile: compile each replica's step with XLA.
   """
   variables = task.trainable_variables
 
@@ -233,13 +280,36 @@ def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
     sums["loss"] = tf.reduce_sum(per_image_loss)
     sums["count"] = tf.cast(tf.size(per_image_loss), tf.float32)
     sums["regularization"] = regularization / num_replicas
-    return sums
+    return {name: tf.cast(value, tf.float32) for name, value in sums.items()}
+
+  if jit_compile:
+    replica_step = tf.function(replica_step, jit_compile=True)
+  names = []  # Metric names, in the order of the reduced vector.
+
+  def replica_vector(batch):
+    sums = replica_step(batch)
+    if not names:
+      names.extend(sorted(sums))
+    return tf.stack([sums[name] for name in names])
+
+  # A function of its own, as Keras' `steps_per_execution` loop does: with the
+  # step inlined in the `tf.range` loop, the 4th and later steps of a call
+  # gave other losses than single-step calls (TF 2.21, CPU); called as a
+  # function (one stateful op per step) they give the same.
+  @tf.function
+  def one_step(iterator):
+    per_replica = strategy.run(replica_vector, args=(next(iterator),))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
   @tf.function
-  def train_step(iterator):
-    per_replica = strategy.run(replica_step, args=(next(iterator),))
-    return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-            for name, value in per_replica.items()}
+  def run_steps(iterator, num_steps):
+    totals = one_step(iterator)
+    for _ in tf.range(num_steps - 1):
+      totals += one_step(iterator)
+    return dict(zip(names, tf.unstack(totals)))
+
+  def train_step(iterator, num_steps=1):
+    return run_steps(iterator, tf.constant(num_steps, tf.int32))
 
   return train_step
 
@@ -250,37 +320,186 @@ def _save(manager, step, average_statistics):
   manager.save(checkpoint_number=step)
 
 
+def _next_loop_length(step, total_steps, steps_per_loop, checkpoint_every_steps):
+  """Steps of the next call: at most `steps_per_loop`, ending at the latest at
+  the next checkpoint or at `total_steps`."""
+  next_checkpoint = (step // checkpoint_every_steps + 1) * checkpoint_every_steps
+  return min(steps_per_loop, total_steps - step, next_checkpoint - step)
+
+
 def _train_loop(step_fn, iterator, optimizer, save, manager, total_steps, *,
-                batch_size, checkpoint_every_steps, log_every_steps, writer):
+                batch_size, checkpoint_every_steps, log_every_steps, writer,
+                steps_per_loop=1, run=None):
   """Runs steps until `total_steps`, checkpointing (`save(step)`), logging and
-  checking NaNs."""
+  checking NaNs between calls of `steps_per_loop` steps.
+
+  Args:
+    run: `run(step_fn, iterator, num_steps)` calls `step_fn` (the preemption
+      handler's `run`, which saves and exits when a worker is preempted);
+      None: a direct call.
+  """
+  run = run or (lambda fn, *args: fn(*args))
   step = int(optimizer.iterations.numpy())
   progress = _Progress(step, total_steps)
   interval = _Interval()
   metrics = {}
   try:
     while step < total_steps:
-      sums = {k: float(v) for k, v in step_fn(iterator).items()}
-      step += 1
+      num_steps = _next_loop_length(step, total_steps, steps_per_loop,
+                                    checkpoint_every_steps)
+      sums = {k: float(v) for k, v in run(step_fn, iterator, num_steps).items()}
+      first, step = step + 1, step + num_steps
       if not np.isfinite(sums["loss"] + sums["regularization"]):
+        where = f"step {step}" if num_steps == 1 else f"steps {first}-{step}"
         raise FloatingPointError(
-            f"Loss is {sums['loss']} at step {step}; stopping. The last good "
+            f"Loss is {sums['loss']} at {where}; stopping. The last good "
             f"checkpoint is kept: {manager.latest_checkpoint}. Try a lower "
             "train.lr or a longer train.warmup_epochs.")
-      interval.add(sums)
+      interval.add(sums, num_steps)
       progress.update(step, sums)
-      if step % log_every_steps == 0 or step == total_steps:
+      if step // log_every_steps > (step - num_steps) // log_every_steps or (
+          step == total_steps):
         metrics = interval.flush(batch_size)
         metrics["learning_rate"] = float(optimizer.learning_rate.numpy())
         _write_summaries(writer, metrics, step)
         progress.log(step, metrics)
       if step % checkpoint_every_steps == 0 or step == total_steps:
         save(step)
-  except KeyboardInterrupt:
+  except KeyboardInterrupt:  # A second Ctrl-C: save without waiting.
     log.warning("Interrupted at step %d: saving a checkpoint.", step)
     save(step)
     raise
   return metrics
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM or SIGINT after saving a checkpoint."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"{signal.Signals(signum).name} at step {step}: saved a "
+                     "checkpoint; rerun the same command to resume.")
+    self.signum, self.step = signum, step
+
+  @property
+  def exit_status(self) -> int:
+    """128 + the signal number, as for a process killed by the signal."""
+    return 128 + self.signum
+
+
+def _seed_states(task) -> Dict[str, list]:
+  """{"seed_generator_states": [...]}: the states of Keras' random layers
+  (Dropout), which models do not checkpoint, so that a resumed run draws the
+  masks an uninterrupted one would; {} for tasks without such layers."""
+  states = [v for model in task.checkpoint_items().values()
+            for v in model.non_trainable_variables
+            if "seed_generator_state" in v.path]
+  return {"seed_generator_states": states} if states else {}
+
+
+def _checkpoint_paths(directory: str):
+  """The checkpoint prefixes the chief keeps in `directory`, oldest first."""
+  state = tf.train.get_checkpoint_state(directory)
+  return list(state.all_model_checkpoint_paths) if state else []
+
+
+def _distributed_dataset(strategy, source, split, preprocess, batch_size, seed,
+                         step):
+  """Each input pipeline's batches from training step `step` on.
+
+  A pipeline feeds `num_replicas_in_sync / num_input_pipelines` replicas, so it
+  has consumed that many of its batches per step.
+  """
+  def dataset_fn(ctx):
+    batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    return data.make_dataset(
+        source, split, preprocess, ctx.get_per_replica_batch_size(batch_size),
+        training=True, seed=seed, input_context=ctx,
+        start_batch=step * batches_per_step)
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+@contextlib.contextmanager
+def _preemption_handler(strategy, manager, optimizer, save):
+  """A `tf.distribute.experimental.PreemptionCheckpointHandler` whose
+  termination signal is SIGTERM or SIGINT on any worker.
+
+  Its `run(step_fn, *args)` runs a training call; after a signal, all workers
+  agree on a step, `save` a checkpoint there (statistics averaged first) and
+  raise `Preempted`. A second SIGINT raises `KeyboardInterrupt` at once. The
+  previous signal handlers are restored on exit. Outside the main thread
+  (no signal handlers can be installed) it yields a plain runner.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield _PlainRunner()
+    return
+  received = []  # Signal numbers, in order.
+
+  def on_signal(signum, frame):
+    del frame
+    received.append(signum)
+    if signum == signal.SIGINT and received.count(signal.SIGINT) > 1:
+      raise KeyboardInterrupt
+    log.warning("Received %s: saving a checkpoint after the current step.",
+                signal.Signals(signum).name)
+
+  def exit_fn():
+    raise Preempted(received[0], int(optimizer.iterations.numpy()))
+
+  previous = {signum: signal.signal(signum, on_signal)
+              for signum in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    config = tf.distribute.experimental.TerminationConfig(
+        termination_watcher_fn=lambda: bool(received), exit_fn=exit_fn,
+        grace_period=0,
+        save_fn=lambda: save(int(optimizer.iterations.numpy())))
+    yield tf.distribute.experimental.PreemptionCheckpointHandler(
+        getattr(strategy, "cluster_resolver", None), manager,
+        termination_config=config)
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
+class WorkerLost(RuntimeError):
+  """A collective with the other workers failed: one of them died or hung."""
+
+
+# What a collective raises when a peer is gone: its timeout
+# (`collective_timeout_s`), the coordination service's missed heartbeats, or
+# the error another worker reported to the cluster.
+_PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
+                tf.errors.AbortedError, tf.errors.CancelledError,
+                tf.errors.InternalError)
+
+
+@contextlib.contextmanager
+def _peer_failures(strategy, optimizer, workdir):
+  """Under several workers, turns a failed collective into `WorkerLost`."""
+  try:
+    yield
+  except _PEER_ERRORS as e:
+    if not _cluster_workers(strategy) > 1:
+      raise
+    raise WorkerLost(
+        f"Training stopped at step {int(optimizer.iterations.numpy())}: a "
+        f"collective with the other workers failed ({type(e).__name__}: "
+        f"{cli.one_line(e)[:300]}). A worker probably died; restart all "
+        "workers to resume from the last checkpoint in "
+        f"{artifacts.checkpoint_dir(workdir)}.") from e
+
+
+def _cluster_workers(strategy) -> int:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None:
+    return 1
+  return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values())
+
+
+class _PlainRunner:
+  """`PreemptionCheckpointHandler.run` without preemption handling."""
+
+  def run(self, fn, *args, **kwargs):
+    return fn(*args, **kwargs)
 
 
 class _Interval:
@@ -289,10 +508,11 @@ class _Interval:
   def __init__(self):
     self.sums, self.steps, self.start = {}, 0, time.perf_counter()
 
-  def add(self, sums):
+  def add(self, sums, steps=1):
+    """Adds the sums of `steps` steps."""
     for name, value in sums.items():
       self.sums[name] = self.sums.get(name, 0.0) + value
-    self.steps += 1
+    self.steps += steps
 
   def flush(self, batch_size) -> Dict[str, float]:
     elapsed = time.perf_counter() - self.start
@@ -387,7 +607,14 @@ def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   gin_config.parse_gin(args.gin, args.gin_param)
   source = _mock_source() if args.mock_data else None
-  train(args.workdir, source=source, mock_data=args.mock_data)
+  try:
+    train(args.workdir, source=source, mock_data=args.mock_data)
+  except Preempted as e:
+    log.warning("%s", e)
+    sys.exit(e.exit_status)
+  except WorkerLost as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

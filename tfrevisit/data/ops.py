@@ -387,6 +387,23 @@ def rotate(*, training) -> Op:
   return rotate_example
 
 
+@OPS.register("keep_seed")
+def keep_seed(key: str = "seed", *, training) -> Op:
+  """Stores a fresh seed, int64 [2], under `key` for the task's own draws.
+
+  A task that draws random numbers per batch in its loss (jigsaw's subset of
+  permutations) seeds them from this, so that they too are a function of the
+  run's seed and the step (exact resume). Eval: zeros.
+  """
+
+  def keep(example):
+    if not training:
+      return {**example, key: tf.zeros([2], tf.int64)}
+    seed, example = take_seed(example)
+    return {**example, key: seed}
+  return keep
+
+
 @OPS.register("inception_patches")
 def inception_patches(n: int, size: Size, colour: bool = True, *,
                       training) -> Op:

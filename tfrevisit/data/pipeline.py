@@ -1,5 +1,6 @@
 """`make_dataset`: source -> preprocessed, batched `tf.data.Dataset`."""
 import logging
+import random
 from typing import Callable, Optional, Union
 
 import tensorflow as tf
@@ -49,18 +50,59 @@ def _skip_and_count_failures(ds: tf.data.Dataset,
       lambda ex, _: ex)
 
 
+def _count_stream_failures(ds: tf.data.Dataset, description: str,
+                           start: int) -> tf.data.Dataset:
+  """Drops (position, example) pairs whose reading or preprocessing failed.
+
+  Each gap in the positions of the kept examples is logged when the example
+  after it arrives (a `scan` in the graph; Python runs once per gap).
+  """
+
+  def log_gap(first, stop, total):
+    log.warning("%s: skipped %d unreadable or failing images (stream "
+                "positions %d to %d); %d since this pipeline started.",
+                description, stop - first, first, stop - 1, total)
+    return total
+
+  def count(state, element):
+    expected, total = state
+    position, _ = element
+    gap = position - expected
+    total = tf.cond(
+        gap > 0, lambda: tf.numpy_function(
+            log_gap, [expected, position, total + gap], tf.int64,
+            stateful=True),
+        lambda: total)
+    return (position + 1, tf.reshape(total, [])), element
+
+  initial = (tf.constant(start, tf.int64), tf.constant(0, tf.int64))
+  return ds.ignore_errors().scan(initial, count)
+
+
+_AUGMENTATION_SALT = 3
+
+
 def make_dataset(source: sources.Source, split: str,
                  preprocess: Union[preprocess_lib.Spec, Callable[[dict], dict]],
                  batch_size: int, training: bool, seed: Optional[int] = None,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+                 shuffle_buffer: int = 10_000,
+                 start_batch: int = 0) -> tf.data.Dataset:
   """Batched, preprocessed examples of `split`.
 
-  Training: this worker's shard, shuffled, preprocessed in parallel, repeated
-  forever, batched with the remainder dropped. Eval: one pass in order, last
-  batch kept. Examples of sources with loose files
-  (`source.may_contain_corrupt_images`) that fail to read, decode or preprocess
-  are skipped, and the count is logged at the end of each pass.
+  Training: this pipeline's shard as an endless stream (`training_stream`),
+  shuffled anew each epoch, preprocessed in parallel, batched with epochs
+  running into each other. Its n-th batch is a pure function of (seed, n, the
+  shard): the example order of epoch e comes from (seed, e) and the
+  augmentation of the example at stream position k from (seed, pipeline, k),
+  so a resumed run that passes `start_batch` gets the batches an
+  uninterrupted run would have got. Eval: one pass in order, last batch kept.
+
+  Examples of sources with loose files (`source.may_contain_corrupt_images`)
+  that fail to read, decode or preprocess are skipped, and the count is logged
+  (eval: per pass; training: per gap). A skipped image shifts the later
+  batches of that pipeline by one example, so a run resumed after one is
+  offset by the number skipped before its checkpoint.
 
   Args:
     source: the data source; it shards by `input_context`.
@@ -71,37 +113,56 @@ def make_dataset(source: sources.Source, split: str,
       the per-replica size: `input_context.get_per_replica_batch_size(global)`.
     training: augmentation, shuffling and repetition on or off.
     seed: makes order and augmentation reproducible: two datasets built with the
-      same seed yield the same batches. None: nondeterministic.
+      same seed yield the same batches. None: a random seed (training) and
+      nondeterministic parallelism.
     input_context: from `strategy.distribute_datasets_from_function`.
-    shuffle_buffer: examples in the shuffle buffer (training only).
+    shuffle_buffer: examples in the shuffle buffer (training, sources without
+      random access).
+    start_batch: training: batches of this pipeline to skip, i.e. that a run
+      being resumed had consumed. Sources with random access
+      (`IndexedSource`) skip for free; others read the skipped part of the
+      current epoch (without decoding).
 
   Returns:
     Dataset of dicts of batched tensors (at least "image" and "label").
   """
   if not callable(preprocess):
     preprocess = preprocess_lib.get_preprocess_fn(preprocess, training=training)
-  # Independent seeds for file order, shuffling and augmentation.
-  file_seed, shuffle_seed, augmentation_seed = (
-      (None,) * 3 if seed is None else (seed, seed + 1, seed + 2))
-  ds = source.as_dataset(split, shuffle_files=training, seed=file_seed,
-                         input_context=input_context)
-  if training:
-    ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed,
-                    reshuffle_each_iteration=True)
-  seeds = tf.data.Dataset.random(seed=augmentation_seed,
-                                 rerandomize_each_iteration=True).batch(2)
+  corrupt = getattr(source, "may_contain_corrupt_images", False)
+  description = f"{source.name}/{split}"
+  augmentation_seed = lambda seed, pipeline_id: sources.stream_seed(
+      seed, _AUGMENTATION_SALT, pipeline_id)
 
-  def seeded_preprocess(example, example_seed):
+  def seeded_preprocess(base_seed, position, example):
+    example_seed = tf.random.experimental.stateless_fold_in(base_seed, position)
     example = preprocess({**example, preprocess_lib.SEED_KEY: example_seed})
     return {k: v for k, v in example.items() if k != preprocess_lib.SEED_KEY}
 
-  ds = tf.data.Dataset.zip(ds, seeds).map(
-      seeded_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=not training or seed is not None)
-  if getattr(source, "may_contain_corrupt_images", False):
-    ds = _skip_and_count_failures(ds, f"{source.name}/{split}")
-  if training:
-    ds = ds.repeat()
-  ds = ds.batch(batch_size, drop_remainder=training,
+  if not training:
+    base_seed = augmentation_seed(seed or 0, 0)
+    ds = source.as_dataset(split, input_context=input_context).enumerate()
+    ds = ds.map(lambda i, example: seeded_preprocess(base_seed, i, example),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    if corrupt:
+      ds = _skip_and_count_failures(ds, description)
+    ds = ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+  deterministic = seed is not None
+  if seed is None:
+    seed = random.SystemRandom().randrange(2**31)
+  start = start_batch * batch_size
+  ds = sources.training_stream(source, split, seed=seed, start=start,
+                               input_context=input_context,
+                               shuffle_buffer=shuffle_buffer)
+  base_seed = augmentation_seed(
+      seed, input_context.input_pipeline_id if input_context else 0)
+  ds = ds.map(lambda position, example: (
+      position, seeded_preprocess(base_seed, position, example)),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if corrupt:
+    ds = _count_stream_failures(ds, description, start)
+  ds = ds.map(lambda _, example: example)
+  ds = ds.batch(batch_size, drop_remainder=True,
                 num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)

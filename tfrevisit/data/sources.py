@@ -7,9 +7,16 @@ official training set, `test` = the official validation (or test) set.
 
 Sources shard per worker themselves (`input_context`), so `make_dataset` never
 shards again.
+
+Training reads a source as an endless *stream* (`Source.training_stream`):
+example `position` k of an input pipeline is a pure function of (seed, k, the
+pipeline's shard), so that a resumed run starts the stream at the position it
+stopped at and sees what an uninterrupted run would have seen.
 """
 import abc
 from typing import Callable, Optional, Tuple
+
+import numpy as np
 
 import gin
 import tensorflow as tf
@@ -58,6 +65,102 @@ def locate_split(split: str, part_size: Callable[[str], int],
   return part, 0, size
 
 
+# Salts of the independent streams derived from a run's seed.
+_ORDER_SALT, _SHUFFLE_SALT = 1, 2
+
+
+def stream_seed(seed: int, salt: int, value) -> tf.Tensor:
+  """A stateless seed, int64 [2], that is a pure function of (seed, salt, value).
+
+  Args:
+    seed: the run's seed.
+    salt: tells apart the streams drawn from one seed (order, augmentation...).
+    value: an int64 scalar tensor (an epoch, a position).
+  """
+  return tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, salt], tf.int64), tf.cast(value, tf.int64))
+
+
+def _scalar_seed(seed: int, salt: int, value) -> tf.Tensor:
+  """An int64 scalar seed (for `tf.data` shuffles) from (seed, salt, value)."""
+  return tf.random.stateless_uniform(
+      [], stream_seed(seed, salt, value), minval=None, dtype=tf.int64)
+
+
+def _pipeline(input_context) -> Tuple[int, int]:
+  """(number of input pipelines, this one's index)."""
+  if input_context is None:
+    return 1, 0
+  return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def epoch_stream(examples: tf.data.Dataset, *, seed: int, start: int = 0,
+                 shuffle_buffer: int = 10_000, pipeline_size: int,
+                 name: str = "") -> tf.data.Dataset:
+  """`Source.training_stream` for sources without random access.
+
+  Epoch e is `examples` (one pass, in the same order every time it is
+  iterated) shuffled by a `shuffle_buffer` seeded by (seed, e). Starting at
+  `start` begins at epoch `start // pipeline_size` and skips `start %
+  pipeline_size` examples: those are read (not decoded: sources yield encoded
+  images), so the cost is reading up to one epoch of this pipeline's records.
+
+  Args:
+    examples: one pass of this pipeline's shard, `pipeline_size` examples, in
+      an order that does not change between iterations.
+    seed: the run's seed.
+    start: the position of the first example.
+    shuffle_buffer: examples in the shuffle buffer.
+    pipeline_size: examples per pass.
+    name: names the data in errors.
+
+  Returns:
+    Dataset of (position int64 [], example), endless.
+  """
+  if pipeline_size <= 0:
+    raise ValueError(f"{name} has no examples for this input pipeline.")
+
+  def epoch(e):
+    # tf.data compares (graph seed, op seed) with (0, 0) in Python, which
+    # fails for a tensor op seed when the graph seed is 0 (as after
+    # `keras.utils.set_random_seed(0)`). The epoch's seed alone decides the
+    # order, so this function's graph seed is cleared.
+    tf.random.set_seed(None)
+    return examples.shuffle(shuffle_buffer,
+                            seed=_scalar_seed(seed, _SHUFFLE_SALT, e))
+
+  endless = np.iinfo(np.int64).max
+  examples = tf.data.Dataset.range(start // pipeline_size, endless).flat_map(
+      epoch).skip(start % pipeline_size)
+  return tf.data.Dataset.zip(tf.data.Dataset.range(start, endless), examples)
+
+
+def _counted_size(source, split: str, input_context) -> int:
+  """Examples per pass of this input pipeline's shard, counted by tf.data."""
+  if _pipeline(input_context)[0] == 1:
+    return source.num_examples(split)
+  size = int(source.as_dataset(split, input_context=input_context).cardinality())
+  if size < 0:
+    raise ValueError(f"The size of {source.name}/{split}'s shard is unknown.")
+  return size
+
+
+def training_stream(source, split: str, *, seed: int, start: int = 0,
+                    input_context: Optional[tf.distribute.InputContext] = None,
+                    shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+  """`source.training_stream(...)`, or `epoch_stream` for source-like objects
+  that only have `as_dataset` and `num_examples`."""
+  kwargs = dict(seed=seed, start=start, input_context=input_context,
+                shuffle_buffer=shuffle_buffer)
+  if hasattr(source, "training_stream"):
+    return source.training_stream(split, **kwargs)
+  return epoch_stream(
+      source.as_dataset(split, input_context=input_context), seed=seed,
+      start=start, shuffle_buffer=shuffle_buffer,
+      pipeline_size=_counted_size(source, split, input_context),
+      name=f"{source.name}/{split}")
+
+
 class Source(abc.ABC):
   """A dataset with the four paper splits.
 
@@ -99,6 +202,39 @@ class Source(abc.ABC):
       "label": int32 []}`.
     """
 
+  def pipeline_size(self, split: str,
+                    input_context: Optional[tf.distribute.InputContext]) -> int:
+    """Examples per pass of this input pipeline's shard of `split`."""
+    return _counted_size(self, split, input_context)
+
+  def training_stream(self, split: str, *, seed: int, start: int = 0,
+                      input_context: Optional[tf.distribute.InputContext] = None,
+                      shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+    """This pipeline's shard of `split`, shuffled anew each epoch, endless.
+
+    The example at `position` k (0, 1, ... counted in this pipeline) is a pure
+    function of (seed, k, the shard): epoch k // size, shuffled with seeds
+    derived from (seed, epoch). This default reads `as_dataset`'s fixed order
+    through a shuffle buffer (`epoch_stream`). A resumed run passes `start` = the number of
+    examples this pipeline had consumed.
+
+    Args:
+      split: one of `SPLITS`.
+      seed: the run's seed.
+      start: the position of the first example.
+      input_context: shard for `input_context.input_pipeline_id`.
+      shuffle_buffer: examples in the shuffle buffer (sources without random
+        access; `IndexedSource` permutes each epoch fully).
+
+    Returns:
+      Dataset of (position int64 [], example), as in `as_dataset`.
+    """
+    return epoch_stream(
+        self.as_dataset(split, input_context=input_context), seed=seed,
+        start=start, shuffle_buffer=shuffle_buffer,
+        pipeline_size=self.pipeline_size(split, input_context),
+        name=f"{self.name}/{split}")
+
 
 class IndexedSource(Source):
   """A source whose examples are loaded by index from an official part."""
@@ -120,6 +256,40 @@ class IndexedSource(Source):
                                 reshuffle_each_iteration=True)
     return indices.map(self._load_fn(part),
                        num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _shard(self, split, input_context) -> Tuple[str, int, int, int]:
+    """(part, first index, stride, size) of this pipeline's shard."""
+    part, start, stop = self._locate(split)
+    num_pipelines, pipeline_id = _pipeline(input_context)
+    first = start + pipeline_id
+    return part, first, num_pipelines, len(range(first, stop, num_pipelines))
+
+  def pipeline_size(self, split, input_context):
+    return self._shard(split, input_context)[3]
+
+  def training_stream(self, split, *, seed, start=0, input_context=None,
+                      shuffle_buffer=10_000):
+    """See `Source.training_stream`; here random access makes `start` free.
+
+    Position k is index `index_shuffle(k % size)` of the permutation of the
+    shard seeded by (seed, epoch k // size): a stateless bijection, so no
+    example is read, let alone decoded, before `start`.
+    """
+    del shuffle_buffer  # Each epoch is a full permutation.
+    part, first, stride, size = self._shard(split, input_context)
+    if size <= 0:
+      raise ValueError(f"Split {split!r} of {self.name} has no examples for "
+                       "this input pipeline.")
+    load = self._load_fn(part)
+
+    def example(position):
+      epoch, offset = position // size, position % size
+      permuted = tf.random.experimental.index_shuffle(
+          offset, stream_seed(seed, _ORDER_SALT, epoch), size - 1)
+      return position, load(first + stride * permuted)
+
+    return tf.data.Dataset.range(start, np.iinfo(np.int64).max).map(
+        example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @SOURCES.register("random")
@@ -215,9 +385,14 @@ class TfdsSource(Source):
 
   def as_dataset(self, split, *, shuffle_files=False, seed=None,
                  input_context=None):
+    return self._read(split, shuffle_files=shuffle_files,
+                      input_context=input_context,
+                      read_config_kwargs=dict(shuffle_seed=seed))
+
+  def _read(self, split, *, shuffle_files, input_context, read_config_kwargs):
     part, start, stop = self._locate(split)
     read_config = tfds.ReadConfig(input_context=input_context,
-                                  shuffle_seed=seed)
+                                  **read_config_kwargs)
     try:
       ds = self._builder.as_dataset(
           split=f"{part}[{start}:{stop}]", shuffle_files=shuffle_files,
@@ -232,6 +407,37 @@ class TfdsSource(Source):
     return ds.map(lambda ex: {"image": ex[self._image_key],
                               "label": tf.cast(ex[self._label_key], tf.int32)},
                   num_parallel_calls=tf.data.AUTOTUNE)
+
+  def training_stream(self, split, *, seed, start=0, input_context=None,
+                      shuffle_buffer=10_000):
+    """See `Source.training_stream`.
+
+    The file order is shuffled once by `seed` (the same in every epoch: TFDS
+    cannot reseed it per epoch inside `tf.data`), then examples by a buffer
+    seeded by (seed, epoch). A resumed run reads, without decoding, the part
+    of the current epoch before `start`.
+    """
+    examples = self._read(split, shuffle_files=True, input_context=input_context,
+                          read_config_kwargs=dict(
+                              shuffle_seed=seed,
+                              shuffle_reshuffle_each_iteration=False))
+    return epoch_stream(examples, seed=seed, start=start,
+                        shuffle_buffer=shuffle_buffer,
+                        pipeline_size=self.pipeline_size(split, input_context),
+                        name=f"{self.name}/{split}")
+
+  def pipeline_size(self, split, input_context):
+    """From TFDS's file instructions: `as_dataset` shards by file."""
+    part, start, stop = self._locate(split)
+    num_pipelines, pipeline_id = _pipeline(input_context)
+    if num_pipelines == 1:
+      return stop - start
+    try:
+      instructions = self._builder.info.splits[
+          f"{part}[{start}:{stop}]"].file_instructions
+    except (KeyError, ValueError, AssertionError):  # Not prepared (mock data).
+      return super().pipeline_size(split, input_context)
+    return sum(i.take for i in instructions[pipeline_id::num_pipelines])
 
 
 @gin.configurable("source")

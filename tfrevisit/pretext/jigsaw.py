@@ -10,6 +10,18 @@ from tfrevisit.pretext import patches
 from tfrevisit.pretext.permutations import gather_permuted, max_hamming_permutations  # pylint: disable=unused-import
 
 
+# The batch key of the per-image seeds that pick the permutations.
+SUBSET_SEED = "subset_seed"
+
+
+def _shuffle(values: tf.Tensor, seeds: tf.Tensor = None) -> tf.Tensor:
+  """`values` shuffled by `seeds[0]` (int64 [B, 2]), or unseeded if None."""
+  if seeds is None:
+    return tf.random.shuffle(values)
+  keys = tf.random.stateless_uniform(tf.shape(values), seeds[0])
+  return tf.gather(values, tf.argsort(keys))
+
+
 def permuted_concat(embeddings: tf.Tensor, permutations: tf.Tensor) -> tf.Tensor:
   """Every image under every permutation.
 
@@ -54,7 +66,9 @@ class JigsawTask(base.Task):
     self.perm_subset_size = perm_subset_size
     self.permutations = tf.constant(
         max_hamming_permutations(num_permutations, patches.NUM_PATCHES))
-    self.train_preprocess = recipes.patches(patch_size, patch_jitter)
+    # A per-image seed: the first image's picks the batch's permutations.
+    self.train_preprocess = (recipes.patches(patch_size, patch_jitter)
+                             + f"|keep_seed({SUBSET_SEED!r})")
     self.eval_preprocess = recipes.eval_patches(patch_size)
     self.encoder = self.build_encoder(embed_dim)
     self.head = patches.build_head(patches.NUM_PATCHES * embed_dim,
@@ -64,7 +78,7 @@ class JigsawTask(base.Task):
     num_permutations = self.permutations.shape[0]
     perm_ids = tf.range(num_permutations)
     if training:
-      perm_ids = tf.random.shuffle(perm_ids)[:self.perm_subset_size]
+      perm_ids = _shuffle(perm_ids, batch.get(SUBSET_SEED))[:self.perm_subset_size]
     embeddings = patches.patch_embeddings(self.encoder, batch["image"], training)
     concat = permuted_concat(embeddings, tf.gather(self.permutations, perm_ids))
     logits = self.head(tf.reshape(concat, [-1, concat.shape[-1]]), training=training)
