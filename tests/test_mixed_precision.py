@@ -141,6 +141,11 @@ def test_train_under_mixed_float16_scales_the_loss(tmp_path, monkeypatch):
                     / float(optimizer.dynamic_scale.numpy()))
   assert skipped == int(skipped) >= 0
   assert int(optimizer.iterations.numpy()) + skipped == MAX_STEPS
+  # Checkpoints and the export count the steps run, skipped ones included.
+  assert tf.train.latest_checkpoint(
+      os.path.join(workdir, "checkpoints")).endswith(f"ckpt-{MAX_STEPS}")
+  assert artifacts.read_metadata(
+      os.path.join(workdir, "export", "latest"))["global_step"] == MAX_STEPS
   assert task.encoder.compute_dtype == "float16"
   _check_float32_export(workdir, task, tf.float16)
 

@@ -100,10 +100,11 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
   snapshots = []
   original_loop = train._train_loop  # pylint: disable=protected-access
 
-  def spy(step_fn, iterator, optimizer, save, manager, total_steps, **kwargs):
+  def spy(step_fn, iterator, optimizer, global_step, save, manager, total_steps,
+          **kwargs):
     snapshots.append(("start", int(optimizer.iterations.numpy()), _snapshot(manager.checkpoint)))
-    metrics = original_loop(step_fn, iterator, optimizer, save, manager,
-                            total_steps, **kwargs)
+    metrics = original_loop(step_fn, iterator, optimizer, global_step, save,
+                            manager, total_steps, **kwargs)
     snapshots.append(("end", int(optimizer.iterations.numpy()), _snapshot(manager.checkpoint)))
     return metrics
 

@@ -164,11 +164,15 @@ def train(workdir: str,
           decay_factor=lr_decay_factor)
       optimizer = _make_optimizer(schedule, momentum, mixed_precision)
       optimizer.build(task_.trainable_variables)
+      # Steps run; `optimizer.iterations` counts applied updates only, and
+      # mixed_float16's loss scaling skips the steps whose gradients overflow.
+      global_step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                name="global_step")
 
     # Restores the newest checkpoint, then builds the input from its step;
     # both fail on bad input (a corrupt checkpoint, missing data) before any
     # output is written.
-    checkpoint = tf.train.Checkpoint(optimizer=optimizer,
+    checkpoint = tf.train.Checkpoint(optimizer=optimizer, step=global_step,
                                      **task_.checkpoint_items(),
                                      **_seed_states(task_))
     manager = tf.train.CheckpointManager(
@@ -180,12 +184,14 @@ def train(workdir: str,
     if existing:
       artifacts.restore_checkpoint(checkpoint, existing[-1]
                                    ).assert_existing_objects_matched()
+      if not global_step.numpy():  # A checkpoint from before `step`.
+        global_step.assign(optimizer.iterations)
       log.info("Resumed from %s (step %d).", existing[-1],
-               int(optimizer.iterations.numpy()))
+               int(global_step.numpy()))
     # The input continues where the checkpoint's step left it.
     dataset = _distributed_dataset(
         strategy_, source, train_split, task_.train_preprocess, batch_size,
-        seed, int(optimizer.iterations.numpy()))
+        seed, int(global_step.numpy()))
     # Everything that can fail on bad input has run: now touch the workdir.
     cli.begin_work()
     chief = distribute.is_chief(strategy_)
@@ -201,16 +207,17 @@ def train(workdir: str,
         strategy_, [v for model in task_.checkpoint_items().values()
                     for v in model.non_trainable_variables])
     save = lambda step: _save(manager, step, average_statistics)
-    with _preemption_handler(strategy_, manager, optimizer, save) as handler, \
-        _peer_failures(strategy_, optimizer, workdir):
+    with _preemption_handler(strategy_, manager, global_step, save) as handler, \
+        _peer_failures(strategy_, global_step, workdir):
       metrics = _train_loop(
-          step_fn, iter(dataset), optimizer, save, manager, total_steps,
+          step_fn, iter(dataset), optimizer, global_step, save, manager,
+          total_steps,
           batch_size=batch_size, checkpoint_every_steps=checkpoint_every_steps,
           log_every_steps=log_every_steps, steps_per_loop=steps_per_loop,
           writer=_summary_writer(workdir, chief), run=handler.run)
     _cleanup_worker_dir(manager, strategy_)
     if export and chief:
-      export_lib.export_task(task_, workdir, int(optimizer.iterations.numpy()),
+      export_lib.export_task(task_, workdir, int(global_step.numpy()),
                              gin_config=gin.config_str())
   return metrics
 
@@ -327,19 +334,20 @@ def _next_loop_length(step, total_steps, steps_per_loop, checkpoint_every_steps)
   return min(steps_per_loop, total_steps - step, next_checkpoint - step)
 
 
-def _train_loop(step_fn, iterator, optimizer, save, manager, total_steps, *,
-                batch_size, checkpoint_every_steps, log_every_steps, writer,
-                steps_per_loop=1, run=None):
+def _train_loop(step_fn, iterator, optimizer, global_step, save, manager,
+                total_steps, *, batch_size, checkpoint_every_steps,
+                log_every_steps, writer, steps_per_loop=1, run=None):
   """Runs steps until `total_steps`, checkpointing (`save(step)`), logging and
   checking NaNs between calls of `steps_per_loop` steps.
 
   Args:
+    global_step: the checkpointed count of steps run, advanced after each call.
     run: `run(step_fn, iterator, num_steps)` calls `step_fn` (the preemption
       handler's `run`, which saves and exits when a worker is preempted);
       None: a direct call.
   """
   run = run or (lambda fn, *args: fn(*args))
-  step = int(optimizer.iterations.numpy())
+  step = int(global_step.numpy())
   progress = _Progress(step, total_steps)
   interval = _Interval()
   metrics = {}
@@ -349,6 +357,7 @@ def _train_loop(step_fn, iterator, optimizer, save, manager, total_steps, *,
                                     checkpoint_every_steps)
       sums = {k: float(v) for k, v in run(step_fn, iterator, num_steps).items()}
       first, step = step + 1, step + num_steps
+      global_step.assign(step)
       if not np.isfinite(sums["loss"] + sums["regularization"]):
         where = f"step {step}" if num_steps == 1 else f"steps {first}-{step}"
         raise FloatingPointError(
@@ -419,7 +428,7 @@ def _distributed_dataset(strategy, source, split, preprocess, batch_size, seed,
 
 
 @contextlib.contextmanager
-def _preemption_handler(strategy, manager, optimizer, save):
+def _preemption_handler(strategy, manager, global_step, save):
   """A `tf.distribute.experimental.PreemptionCheckpointHandler` whose
   termination signal is SIGTERM or SIGINT on any worker.
 
@@ -443,7 +452,7 @@ def _preemption_handler(strategy, manager, optimizer, save):
                 signal.Signals(signum).name)
 
   def exit_fn():
-    raise Preempted(received[0], int(optimizer.iterations.numpy()))
+    raise Preempted(received[0], int(global_step.numpy()))
 
   previous = {signum: signal.signal(signum, on_signal)
               for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -451,7 +460,7 @@ def _preemption_handler(strategy, manager, optimizer, save):
     config = tf.distribute.experimental.TerminationConfig(
         termination_watcher_fn=lambda: bool(received), exit_fn=exit_fn,
         grace_period=0,
-        save_fn=lambda: save(int(optimizer.iterations.numpy())))
+        save_fn=lambda: save(int(global_step.numpy())))
     yield tf.distribute.experimental.PreemptionCheckpointHandler(
         getattr(strategy, "cluster_resolver", None), manager,
         termination_config=config)
@@ -473,7 +482,7 @@ _PEER_ERRORS = (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
 
 
 @contextlib.contextmanager
-def _peer_failures(strategy, optimizer, workdir):
+def _peer_failures(strategy, global_step, workdir):
   """Under several workers, turns a failed collective into `WorkerLost`."""
   try:
     yield
@@ -481,7 +490,7 @@ def _peer_failures(strategy, optimizer, workdir):
     if not _cluster_workers(strategy) > 1:
       raise
     raise WorkerLost(
-        f"Training stopped at step {int(optimizer.iterations.numpy())}: a "
+        f"Training stopped at step {int(global_step.numpy())}: a "
         f"collective with the other workers failed ({type(e).__name__}: "
         f"{cli.one_line(e)[:300]}). A worker probably died; restart all "
         "workers to resume from the last checkpoint in "

@@ -7,9 +7,10 @@ Usage:
 
 For each task, configuration (mixed precision on/off, XLA on/off) and repeat,
 the same task (same encoder, head and weights) is trained `--steps` steps by
-  ours  `train.make_train_step(task, optimizer, strategy, batch_size)`, called
-        as `train()`'s loop calls it (its metrics fetched to the host each
-        call), and
+  ours  `train.make_train_step(task, optimizer, strategy, batch_size,
+        jit_compile=...)`, called as `train()`'s loop calls it
+        (`steps_per_execution` steps per call, as `train.steps_per_loop`; its
+        metrics fetched to the host after each call), and
   fit   `keras.Model.fit` on a Keras model whose `train_step` computes the same
         loss (`task.loss` averaged over the batch plus
         `task.regularization_loss()`) and applies the same optimizer (SGD with
@@ -21,12 +22,8 @@ with `steps_per_execution` and `jit_compile` set equally, on the same batch
 each block is timed after a warm-up (tracing) block. images/s = batch size x
 steps / median block time; ratio = median over repeats of (fit block time /
 our block time): > 1 means ours is faster.
-
-Settings our step does not support (XLA, several steps per call, until
-`make_train_step` takes `jit_compile` / `steps_per_loop`) are reported as n/a.
 """
 import argparse
-import inspect
 import statistics
 import time
 from typing import Dict, List, Optional
@@ -52,11 +49,6 @@ _TASK_OPTIONS = {
     "jigsaw": lambda size: {"patch_size": size // 4,
                             "patch_jitter": size // 12},
 }
-
-
-def _supports(name: str) -> bool:
-  """Whether `train.make_train_step` takes the keyword `name`."""
-  return name in inspect.signature(train.make_train_step).parameters
 
 
 def _build_task(task_name, backbone, image_size, seed=0):
@@ -121,14 +113,9 @@ class _Ours:
                steps_per_execution):
     self.optimizer = _optimizer(policy)
     self.optimizer.build(task.trainable_variables)
-    kwargs = {}
-    if jit_compile:
-      kwargs["jit_compile"] = True
-    if steps_per_execution > 1:
-      kwargs["steps_per_loop"] = steps_per_execution
     self.step = train.make_train_step(task, self.optimizer,
                                       tf.distribute.get_strategy(),
-                                      batch_size, **kwargs)
+                                      batch_size, jit_compile=jit_compile)
     self.steps_per_call = steps_per_execution
     self.iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
 
@@ -136,7 +123,8 @@ class _Ours:
     """Runs `steps` steps; returns seconds."""
     start = time.perf_counter()
     for _ in range(max(steps // self.steps_per_call, 1)):
-      sums = {k: float(v) for k, v in self.step(self.iterator).items()}
+      sums = {k: float(v) for k, v in
+              self.step(self.iterator, self.steps_per_call).items()}
     assert np.isfinite(sums["loss"]), sums
     return time.perf_counter() - start
 
@@ -181,19 +169,16 @@ def measure(task_name: str, *, backbone: models.Backbone, image_size: int,
 
   Returns:
     {"ours": images/s, "fit": images/s, "ratio": median of fit time / our
-    time over the repeats}; "ours" and "ratio" are None where our step lacks
-    the setting.
+    time over the repeats}.
   """
   keras.mixed_precision.set_global_policy(policy or "float32")
   try:
     task = _build_task(task_name, backbone, image_size)
     batch = _batch(task, batch_size, image_size)
     runners = {"fit": _Fit(task, batch, policy, jit_compile,
-                           steps_per_execution)}
-    if ((not jit_compile or _supports("jit_compile")) and
-        (steps_per_execution == 1 or _supports("steps_per_loop"))):
-      runners["ours"] = _Ours(task, batch, batch_size, policy, jit_compile,
-                              steps_per_execution)
+                           steps_per_execution),
+               "ours": _Ours(task, batch, batch_size, policy, jit_compile,
+                             steps_per_execution)}
     for runner in runners.values():  # Trace and warm up.
       runner.run(steps_per_execution)
     seconds: Dict[str, List[float]] = {name: [] for name in runners}
@@ -202,12 +187,9 @@ def measure(task_name: str, *, backbone: models.Backbone, image_size: int,
         seconds[name].append(runner.run(steps))
   finally:
     keras.mixed_precision.set_global_policy("float32")
-  rate = lambda name: (batch_size * steps / statistics.median(seconds[name])
-                       if name in seconds else None)
-  ratio = None
-  if "ours" in seconds:
-    ratio = statistics.median(f / o for o, f in zip(seconds["ours"],
-                                                      seconds["fit"]))
+  rate = lambda name: batch_size * steps / statistics.median(seconds[name])
+  ratio = statistics.median(f / o for o, f in zip(seconds["ours"],
+                                                  seconds["fit"]))
   return {"ours": rate("ours"), "fit": rate("fit"), "ratio": ratio}
 
 
@@ -238,8 +220,8 @@ def _choices(flag, on_value):
 
 
 def _cell(value, width, decimals):
-  """`value` right-aligned in `width` characters; None as n/a."""
-  return f"{'n/a':>{width}s}" if value is None else f"{value:{width}.{decimals}f}"
+  """`value` right-aligned in `width` characters."""
+  return f"{value:{width}.{decimals}f}"
 
 
 def main(argv=None):
