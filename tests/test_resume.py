@@ -198,15 +198,21 @@ def test_old_call_runs_one_step():
 
 
 @pytest.mark.slow
-def test_jit_compile_gives_the_same_losses():
-  losses = {}
+def test_jit_compile_gives_the_same_loss_and_update():
+  # One step only: this tiny run (batch 4 x 4 rotations, 16x16 images) is
+  # chaotic; a 3e-5 relative perturbation of the weights changes the second
+  # step's loss by 25% (measured), so XLA's rounding cannot be told apart
+  # from a bug after more steps. After one, weights agree to 6e-5.
+  losses, weights = {}, {}
   for jit_compile in (False, True):
     task, optimizer, dataset = _tiny_task_and_batches(0)
     step_fn = train.make_train_step(task, optimizer, tf.distribute.get_strategy(),
                                     4, jit_compile=jit_compile)
-    iterator = iter(dataset)
-    losses[jit_compile] = [float(step_fn(iterator, 2)["loss"]) for _ in range(3)]
-  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)
+    losses[jit_compile] = float(step_fn(iter(dataset))["loss"])
+    weights[jit_compile] = [v.numpy() for v in task.trainable_variables]
+  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+  assert _max_relative_difference(dict(enumerate(weights[True])),
+                                  dict(enumerate(weights[False]))) < 1e-3
 
 
 def _command(workdir, *bindings):

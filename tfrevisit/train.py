@@ -299,10 +299,11 @@ def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
       names.extend(sorted(sums))
     return tf.stack([sums[name] for name in names])
 
-  # A function of its own, as Keras' `steps_per_execution` loop does: with the
-  # step inlined in the `tf.range` loop, the 4th and later steps of a call
-  # gave other losses than single-step calls (TF 2.21, CPU); called as a
-  # function (one stateful op per step) they give the same.
+  # A function of its own, as Keras' `steps_per_execution` loop does, so that
+  # every step runs the same graph as a single-step call. Inlined in the
+  # `tf.range` loop, the step's graph gets optimised differently, and the
+  # rounding differences were enough to change the 4th step's loss in a tiny
+  # (chaotic) test run (TF 2.21, CPU).
   @tf.function
   def one_step(iterator):
     per_replica = strategy.run(replica_vector, args=(next(iterator),))
