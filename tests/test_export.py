@@ -1,6 +1,7 @@
 """TF-Hub-style SavedModel export: round trips, loaders, atomicity, errors."""
 import json
 import os
+import shutil
 
 import gin
 import keras
@@ -127,12 +128,20 @@ SMALL_RUN = [
 ]
 
 
-@pytest.fixture(name="workdir")
-def _workdir(tmp_path):
-  workdir = str(tmp_path / "run")
+@pytest.fixture(name="trained_workdir", scope="module")
+def _trained_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
   gin_config.parse_gin([], SMALL_RUN)
   train.train(workdir)
   gin.clear_config()
+  return workdir
+
+
+@pytest.fixture(name="workdir")
+def _workdir(trained_workdir, tmp_path):
+  """A fresh copy of one small trained workdir (training it takes ~20 s)."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_workdir, workdir, symlinks=True)
   return workdir
 
 
