@@ -1,5 +1,6 @@
 """Shared pytest setup: Keras on TensorFlow, quiet logs, two logical CPU devices."""
 import os
+import socket
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -12,6 +13,21 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture(name="free_ports")
+def _free_ports():
+  """`free_ports(n)`: n TCP ports on 127.0.0.1 free right now (loopback
+  clusters in multi-worker tests)."""
+  def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+      s.close()
+    return ports
+  return free_ports
 
 
 @pytest.fixture(name="two_cpu_strategy")

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -274,19 +273,10 @@ def test_sigterm_saves_at_the_current_step_and_the_rerun_resumes(tmp_path):
       f"ckpt-{step + 2}")
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 @pytest.mark.slow
-def test_a_dead_worker_makes_the_other_fail_within_the_timeout(tmp_path):
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+def test_a_dead_worker_makes_the_other_fail_within_the_timeout(tmp_path,
+                                                             free_ports):
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
   procs = []
   for index in range(2):
     env = dict(_env(), TF_CONFIG=json.dumps(

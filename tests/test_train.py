@@ -2,7 +2,6 @@
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -207,19 +206,9 @@ def test_paper_config_full_width_builds(config):
   assert task.encoder.output["pre_logits"].shape[-1] == 512 * backbone.filters_factor
 
 
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 @pytest.mark.slow
-def test_multi_worker_trains_in_sync_on_loopback(tmp_path):
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+def test_multi_worker_trains_in_sync_on_loopback(tmp_path, free_ports):
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
   procs = []
   for index in range(2):
     env = dict(os.environ, TF_CONFIG=json.dumps(
