@@ -14,24 +14,15 @@ from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit import train
+from tfrevisit.bench import device_check
 from tfrevisit.data import sources
 
-# Tiny options per task: a few seconds of compute each (tracing and the
-# export's SavedModel dominate).
+# Tiny options per task, a few seconds of compute each (tracing and the
+# export's SavedModel dominate): the device check's smoke settings, keyed by
+# task instead of config stem.
 TASK_BINDINGS = {
-    "rotation": ["rotation.image_size = 32"],
-    "supervised": ["supervised.image_size = 32"],
-    "exemplar": ["exemplar.image_size = 32", "exemplar.num_crops = 2",
-                 "exemplar.embed_dim = 16"],
-    "relative_patch_location": [
-        "relative_patch_location.patch_size = 16",
-        "relative_patch_location.patch_jitter = 2",
-        "relative_patch_location.embed_dim = 16",
-        "relative_patch_location.head_hidden = 32"],
-    "jigsaw": ["jigsaw.patch_size = 16", "jigsaw.patch_jitter = 2",
-               "jigsaw.embed_dim = 16", "jigsaw.head_hidden = 32",
-               "jigsaw.num_permutations = 10", "jigsaw.perm_subset_size = 4"],
-}
+    {"relpatch": "relative_patch_location"}.get(stem, stem): bindings
+    for stem, bindings in device_check.SMOKE_BINDINGS.items()}
 MAX_STEPS = 2
 
 
