@@ -38,9 +38,12 @@ def _two_cpu_strategy():
 
 
 @pytest.fixture(autouse=True)
-def _clean_gin():
-  """Every test starts and ends with an empty gin config."""
+def _clean_global_state():
+  """Every test starts and ends with an empty gin config, and ends with
+  Keras's float32 policy (`train()` sets the global policy)."""
   import gin  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   yield
   gin.clear_config()
+  keras.mixed_precision.set_global_policy("float32")

@@ -26,13 +26,6 @@ TASK_BINDINGS = {
 MAX_STEPS = 2
 
 
-@pytest.fixture(autouse=True)
-def _reset_policy():
-  """`train()` sets Keras's global policy; every test ends in float32."""
-  yield
-  keras.mixed_precision.set_global_policy("float32")
-
-
 def test_every_task_has_tiny_settings():
   assert sorted(TASK_BINDINGS) == sorted(pretext.TASKS.names())
 

@@ -41,12 +41,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-  yield
-  keras.mixed_precision.set_global_policy("float32")
-
-
 class _Killed(Exception):
   """Stands for SIGKILL: nothing is saved."""
 

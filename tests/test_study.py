@@ -34,13 +34,6 @@ select_l2_and_fit.max_iterations = 5
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _tiny_study(tmp_path, architectures=("resnet50_v2", "revnet50")):
   """A 2-cell rotation study on random 32x32 images; returns its gin path."""
   eval_dir = tmp_path / "eval_configs"

@@ -26,12 +26,6 @@ SMALL_ROTATION = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-  yield
-  keras.mixed_precision.set_global_policy("float32")
-
-
 def _images(batch_size, size=32, seed=0):
   """Smooth random images in [-1, 1] whose rotations are distinguishable."""
   rng = np.random.default_rng(seed)
