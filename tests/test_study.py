@@ -82,8 +82,11 @@ class _FakeCommands:
 
   def __init__(self, fail_at=None, interrupt=KeyboardInterrupt):
     self.calls, self.fail_at, self.interrupt = [], fail_at, interrupt
+    self.real_run = subprocess.run
 
-  def __call__(self, command, **unused_kwargs):
+  def __call__(self, command, **kwargs):
+    if "--workdir" not in command:  # git, for the code version
+      return self.real_run(command, **kwargs)
     workdir = command[command.index("--workdir") + 1]
     self.calls.append((command[2], workdir))
     if self.fail_at and self.fail_at in workdir:
@@ -139,6 +142,45 @@ def test_interrupted_cell_resumes_without_retraining(tmp_path, monkeypatch, caps
   gin.clear_config()
   runner.main(_args(config, tmp_path))
   assert not fake.calls  # Both cells are done: nothing reruns.
+
+
+def test_redo_reruns_one_job_of_finished_cells_only(tmp_path, monkeypatch):
+  config = _tiny_study(tmp_path)
+  (tmp_path / "eval_configs" / "mlp.gin").write_text('evaluate.probes = ["mlp"]\n')
+  with open(config, "a") as f:
+    f.write('block.evals = ["linear", "mlp"]\nstudy.eval_minutes = {}\n')
+  fake = _FakeCommands()
+  monkeypatch.setattr(cells_lib.subprocess, "run", fake)
+  assert runner.main(_args(config, tmp_path)) == 0
+  stale = tmp_path / "work" / "rotation-revnet50-k1-s0" / "eval" / "mlp" / "stale"
+  stale.write_text("from the old recipe")
+
+  fake.calls.clear()
+  gin.clear_config()
+  assert runner.main(_args(config, tmp_path, "--redo", "mlp")) == 0
+  assert [(module, os.path.relpath(workdir, tmp_path / "work"))
+          for module, workdir in fake.calls] == [
+      ("tfrevisit.evaluate", "rotation-resnet50_v2-k1-s0/eval/mlp"),
+      ("tfrevisit.evaluate", "rotation-revnet50-k1-s0/eval/mlp")]
+  assert not stale.exists()
+  result = json.load(open(tmp_path / "results" / "rotation-revnet50-k1-s0.json"))
+  assert [row["eval"] for row in result["rows"]] == ["linear", "mlp"]
+  if cells_lib.code_version():  # a git checkout
+    assert set(result["code_versions"]) == {"train", "eval/linear", "eval/mlp"}
+
+
+def test_redo_needs_the_cell_workdir_and_a_known_job(tmp_path, monkeypatch,
+                                                     capsys):
+  config = _tiny_study(tmp_path)
+  monkeypatch.setattr(cells_lib.subprocess, "run", _FakeCommands())
+  assert runner.main(_args(config, tmp_path)) == 0
+  for extra, error in ((["--redo", "mlp"], "no selected cell has"),
+                       (["--redo", "linear", "--workdir", str(tmp_path / "new")],
+                        "has no workdir under")):
+    gin.clear_config()
+    with pytest.raises(SystemExit, match="^2$"):
+      runner.main(_args(config, tmp_path, *extra))
+    assert error in capsys.readouterr().err
 
 
 def test_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 r"""Runs the study's grid, one cell at a time.
 
 `python -m tfrevisit.study --gin configs/study/fashion_mnist.gin --workdir DIR
- [--only PATTERN] [--list] [--results_dir docs/study/cells]`
+ [--only PATTERN] [--list] [--redo JOB] [--results_dir docs/study/cells]`
 
 Each cell trains (`python -m tfrevisit.train`, DIR/CELL/train), then runs its
 evaluation jobs (`python -m tfrevisit.evaluate` on the export, DIR/CELL/eval),
@@ -9,13 +9,16 @@ then writes its result to DIR/CELL/cell.json and to the committed results
 directory. A cell whose committed result exists is skipped; an interrupted one
 resumes (training from its checkpoint, evaluation from the feature cache).
 `--list` prints each cell's state and the estimated remaining CPU time.
+`--redo JOB` runs evaluation job JOB again on the selected cells that have it,
+finished ones included (after its recipe in configs/study/eval changed); it
+needs their workdirs.
 """
 import argparse
 import logging
 import os
 import subprocess
 import sys
-from typing import List
+from typing import List, Sequence
 
 from tfrevisit import cli
 from tfrevisit import gin_config
@@ -69,11 +72,19 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
 
 
 def run(study: grid.Study, cells: List[grid.Cell], workdir: str,
-        results_dir: str, keep_features: bool = False) -> List[str]:
-  """Runs the unfinished `cells` in order; returns the names that failed."""
+        results_dir: str, keep_features: bool = False,
+        redo: Sequence[str] = ()) -> List[str]:
+  """Runs the unfinished `cells` in order, after forgetting their evaluation
+  jobs named in `redo` (finished cells with such a job run again); returns
+  the names that failed."""
+  for cell in cells:
+    if cells_lib.state_of(cell, workdir, results_dir) != "todo":
+      for job in set(redo) & set(cell.evals):
+        cells_lib.forget_job(cell, workdir, job)
   failed = []
   for cell in cells:
-    if cells_lib.state_of(cell, workdir, results_dir) == "done":
+    if (cells_lib.state_of(cell, workdir, results_dir) == "done"
+        and not set(redo) & set(cell.evals)):
       continue
     try:
       cells_lib.run_cell(study, cell, workdir, results_dir, keep_features)
@@ -96,6 +107,9 @@ def parse_args(argv=None):
                       help="shell pattern on cell names, e.g. 'rotation-*-k1-*'.")
   parser.add_argument("--keep_features", action="store_true",
                       help="keep each finished cell's feature cache (GBs).")
+  parser.add_argument("--redo", action="append", default=[], metavar="JOB",
+                      help="run evaluation job JOB (e.g. mlp) again on the "
+                      "selected cells, finished ones included; repeatable.")
   parser.add_argument("--list", action="store_true",
                       help="print the cells, their state and the remaining time.")
   return parser.parse_args(argv)
@@ -113,8 +127,16 @@ def main(argv=None) -> int:
   if args.list:
     print(listing(study, cells, args.workdir, args.results_dir))
     return 0
+  unknown = set(args.redo) - {job for cell in cells for job in cell.evals}
+  if unknown:
+    raise cli.UserError(f"--redo {', '.join(sorted(unknown))}: no selected "
+                        "cell has that evaluation job; see --list.")
   cli.begin_work()
-  failed = run(study, cells, args.workdir, args.results_dir, args.keep_features)
+  try:
+    failed = run(study, cells, args.workdir, args.results_dir,
+                 args.keep_features, args.redo)
+  except ValueError as error:
+    raise cli.UserError(str(error)) from error
   if failed:
     logging.error("Failed cells: %s", ", ".join(failed))
   return 1 if failed else 0

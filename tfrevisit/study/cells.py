@@ -7,7 +7,8 @@ Workdir of a cell (never committed):
   CELL/logs/STAGE.log     each stage's output, appended on every attempt
   CELL/state.json         finished stages, wall time and CPU time (user +
                           system, all threads) per stage, summed over
-                          attempts, interrupted ones included
+                          attempts (an attempt whose runner was killed is
+                          not counted), and the code version of each stage
 The result, CELL/cell.json, is also copied to the committed results
 directory (docs/study/cells/CELL.json); the report reads only those files.
 """
@@ -66,6 +67,21 @@ def state_of(cell: grid.Cell, workdir: str, results_dir: str) -> str:
   return "todo"
 
 
+@functools.lru_cache(maxsize=None)
+def code_version() -> Optional[str]:
+  """The commit of the tfrevisit checkout that runs the stages, with
+  "-dirty" if its package or configs differ from it; None outside git."""
+  def git(*args):
+    return subprocess.run(["git", "-C", _PACKAGE_ROOT, *args], check=True,
+                          capture_output=True, text=True).stdout.strip()
+  try:
+    commit = git("rev-parse", "--short=7", "HEAD")
+    dirty = git("status", "--porcelain", "--", "tfrevisit", "configs")
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return commit + ("-dirty" if dirty else "")
+
+
 def _children_cpu_s() -> float:
   usage = resource.getrusage(resource.RUSAGE_CHILDREN)
   return usage.ru_utime + usage.ru_stime
@@ -89,6 +105,7 @@ def _run_stage(name: str, command: List[str], cell_dir: str,
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
   log.info("%s: %s (log: %s)", os.path.basename(cell_dir), name, log_path)
+  stage["code"] = code_version()
   start, start_cpu = time.time(), _children_cpu_s()
   try:
     with open(log_path, "a") as out:
@@ -130,6 +147,28 @@ def _share_feature_cache(cell_dir: str, eval_dir: str) -> None:
   link = os.path.join(eval_dir, "features")
   if not os.path.lexists(link):
     os.symlink(os.path.relpath(shared, eval_dir), link)
+
+
+def forget_job(cell: grid.Cell, workdir: str, job: str) -> None:
+  """Marks evaluation job `job` of a started cell unfinished and deletes its
+  outputs, so that `run_cell` runs it again (after its recipe changed);
+  training and the other jobs stay done.
+
+  Raises:
+    ValueError: the cell has no workdir under `workdir` (redoing an
+      evaluation needs the cell's export).
+  """
+  cell_dir = os.path.join(workdir, cell.name)
+  if not os.path.isdir(cell_dir):
+    raise ValueError(
+        f"{cell.name} has no workdir under {workdir}; redoing eval/{job} "
+        "needs its export. Run on the machine that holds it, or leave the "
+        "cell out with --only.")
+  state_path = os.path.join(cell_dir, STATE_FILE)
+  state = read_json(state_path, {})
+  if state.get("stages", {}).pop(f"eval/{job}", None) is not None:
+    _write_json(state_path, state)
+  shutil.rmtree(os.path.join(cell_dir, "eval", job), ignore_errors=True)
 
 
 def run_cell(study: grid.Study, cell: grid.Cell, workdir: str,
@@ -203,8 +242,9 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
     "last_relu", "global_step", "batch_size", "epochs", "num_crops",
     "pretext_accuracy" (training accuracy of the last logged interval, a
     fraction), "train_wall_time_s", "eval_wall_time_s", "train_cpu_time_s",
-    "eval_cpu_time_s" (seconds, summed over attempts), "rows": the
-    evaluation rows, each with an "eval" (job name) column}.
+    "eval_cpu_time_s" (seconds, summed over attempts), "code_versions"
+    ({stage: commit} where recorded), "rows": the evaluation rows, each with
+    an "eval" (job name) column}.
   """
   train_dir = os.path.join(cell_dir, "train")
   metadata = read_json(os.path.join(train_dir, "export", "latest", "assets",
@@ -230,5 +270,7 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
       "eval_wall_time_s": total("wall_time_s", "eval/"),
       "train_cpu_time_s": total("cpu_time_s", TRAIN_STAGE),
       "eval_cpu_time_s": total("cpu_time_s", "eval/"),
+      "code_versions": {name: stage["code"] for name, stage in stages.items()
+                        if stage.get("code")},
       "rows": rows,
   }
