@@ -37,6 +37,21 @@ def _two_cpu_strategy():
   return distribute.mirrored(["/cpu:0", "/cpu:1"])
 
 
+@pytest.fixture(name="shallow_backbones", scope="module")
+def _shallow_backbones():
+  """ResNet50 and RevNet50 with one unit per stage instead of (3, 4, 6, 3),
+  for the rest of the module: the same layer kinds, end points and code
+  paths with a quarter of the graph to trace. For modules that test training,
+  export and evaluation, not the architectures (test_models.py and
+  test_revnet_memory.py build them at full depth). Models rebuilt in a
+  subprocess are full depth."""
+  from tfrevisit.models import resnet, revnet  # pylint: disable=g-import-not-at-top
+  with pytest.MonkeyPatch.context() as patch:
+    for module in (resnet, revnet):
+      patch.setattr(module, "UNITS_PER_STAGE", (1, 1, 1, 1))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _clean_global_state():
   """Every test starts and ends with an empty gin config, and ends with

@@ -17,6 +17,9 @@ from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import linear
 from tfrevisit.evaluation import sgd_images
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 SIZE = 32
 PREPROCESS = f"resize_small({SIZE})|central_crop({SIZE})|value_range(-1, 1)"
 PATCH_PREPROCESS = "crop_patches(3, 0)|standardization"
@@ -33,7 +36,7 @@ def _tiny_export(path, patch_mode=False, preprocess=PREPROCESS):
 
 
 @pytest.fixture(name="tiny_export", scope="module")
-def _tiny_export_fixture(tmp_path_factory):
+def _tiny_export_fixture(tmp_path_factory, shallow_backbones):
   return _tiny_export(tmp_path_factory.mktemp("export") / "model")
 
 

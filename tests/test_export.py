@@ -16,6 +16,9 @@ from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit import train
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 ATOL = 1e-5
 
 
@@ -129,7 +132,7 @@ SMALL_RUN = [
 
 
 @pytest.fixture(name="trained_workdir", scope="module")
-def _trained_workdir(tmp_path_factory):
+def _trained_workdir(tmp_path_factory, shallow_backbones):
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
   gin_config.parse_gin([], SMALL_RUN)
   train.train(workdir)

@@ -14,11 +14,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "exp
 import extract_features  # pylint: disable=g-import-not-at-top,wrong-import-position
 import keras_probe  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 SIZE = 32
 
 
 @pytest.fixture(name="tiny_export", scope="module")
-def _tiny_export(tmp_path_factory):
+def _tiny_export(tmp_path_factory, shallow_backbones):
   keras.utils.set_random_seed(0)
   encoder = models.backbone("resnet50_v2", filters_factor=1, num_classes=4)
   path = str(tmp_path_factory.mktemp("export") / "model")

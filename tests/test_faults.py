@@ -14,6 +14,9 @@ from tfrevisit import train
 from tfrevisit.data import sources
 from tfrevisit.evaluation import features as features_lib
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 SIZE = 32
 PREPROCESS = f"resize_small({SIZE})|central_crop({SIZE})|value_range(-1, 1)"
 SMALL = "\n".join([
@@ -34,7 +37,7 @@ def test_atomic_directory_removes_temporaries_of_killed_runs(tmp_path):
 
 
 @pytest.fixture(name="module", scope="module")
-def _module(tmp_path_factory):
+def _module(tmp_path_factory, shallow_backbones):
   keras.utils.set_random_seed(0)
   encoder = models.backbone("resnet50_v2", filters_factor=1, num_classes=4)
   root = export.build_module(encoder, default_output="logits",

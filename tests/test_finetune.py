@@ -16,6 +16,9 @@ from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import finetune
 from tfrevisit.evaluation import sgd_images
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 SIZE = 32
 # Random crops in training mode: the export's own preprocessing.
 PREPROCESS = f"resize_small({SIZE + 4})|crop({SIZE})|value_range(-1, 1)"
@@ -40,7 +43,7 @@ def _tiny_encoder():
 
 
 @pytest.fixture(name="export_dir", scope="module")
-def _export_dir(tmp_path_factory):
+def _export_dir(tmp_path_factory, shallow_backbones):
   encoder = _tiny_encoder()
   root = export.build_module(encoder, default_output="logits",
                              preprocess_spec=PREPROCESS)

@@ -1,11 +1,15 @@
 """The export's TF-Hub common image signature: [0, 1] images of any size."""
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
 from tfrevisit import export
+
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
 
 
 def _module(spec):

@@ -17,6 +17,9 @@ from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit import train
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 SIZE = 32
 NUM_CLASSES = 3
@@ -30,7 +33,7 @@ SMALL_RUN = [
 
 
 @pytest.fixture(name="export_dir", scope="module")
-def _export_dir(tmp_path_factory):
+def _export_dir(tmp_path_factory, shallow_backbones):
   """A rotation ResNet50 v2 (k=1) trained one step and exported by `train`."""
   workdir = str(tmp_path_factory.mktemp("keras_export") / "run")
   gin.clear_config()
@@ -41,7 +44,7 @@ def _export_dir(tmp_path_factory):
 
 
 @pytest.fixture(name="tiny_export_dir", scope="module")
-def _tiny_export_dir(tmp_path_factory):
+def _tiny_export_dir(tmp_path_factory, shallow_backbones):
   """The export of a tiny encoder with what fine-tuning must carry: decayed
   conv kernels and BatchNorm (images -> block1, block2, pre_logits, logits)."""
   keras.utils.set_random_seed(0)

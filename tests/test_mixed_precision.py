@@ -17,6 +17,9 @@ from tfrevisit import train
 from tfrevisit.bench import device_check
 from tfrevisit.data import sources
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 # Tiny options per task, a few seconds of compute each (tracing and the
 # export's SavedModel dominate): the device check's smoke settings, keyed by
 # task instead of config stem.

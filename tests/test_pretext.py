@@ -16,6 +16,9 @@ from tfrevisit.pretext import exemplar
 from tfrevisit.pretext import jigsaw
 from tfrevisit.pretext import relative_patch_location as relpatch
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 
 def _nine_colour_image(cell=8):
   """A 3x3 grid of constant cells; cell i (row-major) has value 10 * (i + 1)."""

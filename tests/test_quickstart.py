@@ -2,7 +2,12 @@
 import json
 import os
 
+import pytest
+
 from tfrevisit import quickstart
+
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
 
 TINY_TRAIN = ["train.max_steps = 3", "train.batch_size = 16", 'source.name = "random"',
               "source.num_examples = 48", "source.image_shape = (32, 32, 3)"]

@@ -26,6 +26,9 @@ from tfrevisit import pretext
 from tfrevisit import train
 from tfrevisit.data import sources
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny rotation run: 64 random images, batch 8 (8 steps per epoch), so that
 # 12 steps cross an epoch boundary.

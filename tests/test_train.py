@@ -16,6 +16,9 @@ from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit import train
 
+# One unit per stage: these tests exercise the loop, files and probes, not depth.
+pytestmark = pytest.mark.usefixtures("shallow_backbones")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_ROTATION = [
     'train.task = "rotation"', "train.batch_size = 8", "train.epochs = 1",
