@@ -270,16 +270,21 @@ def _hand_made_cells():
 
 
 def test_report_table_and_evidence_from_hand_made_results():
-  results = Results(_hand_made_cells())
+  untrained = _hand_made_cells()[-1] | {
+      "cell": "random_init-vgg19-k1-s0", "task": "random_init",
+      "pretext_accuracy": None}
+  results = Results(_hand_made_cells() + [untrained])
   table = report.table1(results)
   assert table[0] == ["task", "ResNet50 v2", "VGG19-BN"]
   # ResNet50 v2: pre_logits 83.0 ± 1.4 over 2 seeds is also its best layer.
   assert table[1] == ["rotation", "83.0 ± 1.4, n=2 (pre_logits) / 83.0 ± 1.4, n=2",
                       "85.0 (block3) / 70.0"]
   assert table[2] == ["exemplar", "-", "75.0 (block3) / 60.0"]
+  assert table[3] == ["random_init", "-", "75.0 (block3) / 60.0"]
   assert results.seed_spread() == pytest.approx(np.std([0.82, 0.84], ddof=1))
   verdicts = {f.title[:3]: f for f in findings.all_findings(results)}
   assert verdicts["(2)"].verdict == findings.HOLDS  # VGG drops 15 pp, ResNet 0.
+  assert all("random_init" not in f.evidence for f in verdicts.values())
   assert "pre_logits - best (block3) = -15.00 pp" in verdicts["(2)"].evidence
   assert verdicts["(3)"].verdict == findings.HOLDS  # k=4 - k=1 = +5 pp > 2s.
   # SGD gets within 2s = 2.83 pp of L-BFGS after 20 epochs: neither rule.
@@ -287,6 +292,8 @@ def test_report_table_and_evidence_from_hand_made_results():
 
 
 def test_report_writes_csv_plots_and_markdown(tmp_path):
+  (tmp_path / "study").mkdir()
+  (tmp_path / "study" / "notes.md").write_text("Trained at commit abc1234.\n")
   written = report.write_report(_hand_made_cells(), str(tmp_path))
   for name in ("layers.png", "width.png", "pretext_vs_linear.png",
                "linear_vs_mlp.png", "sgd_convergence.png"):
@@ -298,6 +305,7 @@ def test_report_writes_csv_plots_and_markdown(tmp_path):
   text = open(written["study.md"]).read()
   assert "![layers.png](study/layers.png)" in text
   assert text.count("Verdict: **") == 6 and "5 cells, 1.2 hours of wall time" in text
+  assert text.index("Trained at commit abc1234.") < text.index("## Plots")
 
 
 def test_report_replaces_only_the_readme_summary_block(tmp_path):

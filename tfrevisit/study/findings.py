@@ -18,7 +18,6 @@ from tfrevisit.study.results import Results, mean_std
 HOLDS = "holds"
 FAILS = "does not hold"
 INCONCLUSIVE = "inconclusive at this scale"
-SELF_SUPERVISED = tuple(t for t in grid.TASKS if t != "supervised")
 
 
 @dataclasses.dataclass
@@ -63,7 +62,7 @@ def architecture_matters(results: Results) -> Finding:
   """Finding 1: the spread across architectures and the best one per task."""
   margin = _margin(results)
   lines, ranges, best = [], {}, {}
-  for task in SELF_SUPERVISED:
+  for task in grid.SELF_SUPERVISED:
     means = _k1_means(results, task)
     if len(means) < 2:
       continue
@@ -90,7 +89,7 @@ def pre_logits_degrade(results: Results) -> Finding:
   """Finding 2: pre_logits minus the best layer, per task and architecture."""
   margin = _margin(results)
   lines, skip, vgg = [], [], []
-  for task in SELF_SUPERVISED:
+  for task in grid.SELF_SUPERVISED:
     for architecture in grid.ARCHITECTURES:
       best = results.best_layer(task, architecture)
       if best is None:
@@ -164,7 +163,7 @@ def linear_is_adequate(results: Results) -> Finding:
 def pretext_does_not_predict(results: Results) -> Finding:
   """Finding 5: per task, pretext accuracy vs linear top-1 across architectures."""
   lines, rhos = [], []
-  for task in SELF_SUPERVISED:
+  for task in grid.SELF_SUPERVISED:
     pairs = [(_mean(results.pretext(task, a)), _mean(results.top1(task, a)))
              for a in grid.ARCHITECTURES if results.pretext(task, a)
              and results.top1(task, a)]

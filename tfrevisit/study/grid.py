@@ -33,7 +33,12 @@ ARCHITECTURES = {
     "revnet50_minus": Architecture("revnet50", False, "RevNet50 (-)"),
     "vgg19": Architecture("vgg19", True, "VGG19-BN"),
 }
-TASKS = ("rotation", "exemplar", "relative_patch_location", "jigsaw", "supervised")
+TASKS = ("rotation", "exemplar", "relative_patch_location", "jigsaw", "supervised",
+         "random_init")
+# Reference rows rather than pretext tasks: the supervised baseline and the
+# untrained network (its export at initialisation).
+REFERENCES = ("supervised", "random_init")
+SELF_SUPERVISED = tuple(t for t in TASKS if t not in REFERENCES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from tfrevisit.study.results import REPRESENTATIONS, Results, mean_std
 # pylint: enable=g-import-not-at-top
 
 _MARKERS = {"rotation": "o", "exemplar": "s", "relative_patch_location": "^",
-            "jigsaw": "D", "supervised": "*"}
+            "jigsaw": "D", "supervised": "*", "random_init": "x"}
 
 
 def _color(architecture: str):
@@ -111,8 +111,8 @@ def width(results: Results, path: str) -> Optional[str]:
 def pretext_vs_linear(results: Results, path: str) -> Optional[str]:
   """Figure 5 analogue: pretext accuracy vs pre_logits linear top-1 per
   model, one panel per self-supervised task, colour = architecture."""
-  tasks = [t for t in grid.TASKS if t != "supervised"
-           and any(m[0] == t for m in results.models())]
+  tasks = [t for t in grid.SELF_SUPERVISED
+           if any(m[0] == t for m in results.models())]
   if not tasks:
     return None
   fig, axes = _subplots(len(tasks))

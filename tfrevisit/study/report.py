@@ -6,8 +6,10 @@ r"""Writes the study's report from the committed cell results alone.
 Reads results_dir/*.json (or, with --workdir, DIR/*/cell.json of a study
 workdir) and writes OUT/study/results.csv (one row per cell x end point x
 probe x label fraction, with the cell's pretext accuracy and wall times), the
-PNG plots in OUT/study/, and OUT/study.md: the Table 1 analogue, the plots and
-the evidence and verdict for each of the paper's findings. With --readme, it
+PNG plots in OUT/study/, and OUT/study.md: the Table 1 analogue, the
+hand-written context of OUT/study/notes.md if it exists (code versions,
+caveats), the plots and the evidence and verdict for each of the paper's
+findings. With --readme, it
 also replaces the README's summary block (between `README_BEGIN` and
 `README_END`) with the Table 1 analogue and the verdicts.
 """
@@ -30,6 +32,7 @@ DEFAULT_OUT_DIR = os.path.join(
     "docs")
 README_BEGIN = "<!-- study summary: written by tfrevisit.study.report -->"
 README_END = "<!-- end of study summary -->"
+NOTES_FILE = "study/notes.md"  # under the output directory
 STUDY_COMMAND = ("python -m tfrevisit.study --gin configs/study/fashion_mnist.gin "
                  "--workdir DIR")
 
@@ -90,8 +93,10 @@ def _cells_table(cells) -> str:
   return markdown_table(rows)
 
 
-def study_markdown(results: Results, plot_paths: Dict[str, str]) -> str:
-  """docs/study.md: Table 1 analogue, plots, findings, cells and cost."""
+def study_markdown(results: Results, plot_paths: Dict[str, str],
+                   notes: str = "") -> str:
+  """docs/study.md: Table 1 analogue, the hand-written `notes` (markdown),
+  plots, findings, cells and cost."""
   spread = results.seed_spread()
   parts = [
       "# The study on Fashion-MNIST",
@@ -108,6 +113,10 @@ def study_markdown(results: Results, plot_paths: Dict[str, str]) -> str:
       f"Run-to-run spread s (largest std over seeds at pre_logits): "
       f"{'-' if spread is None else f'{100 * spread:.2f} pp'}.",
       "",
+  ]
+  if notes:
+    parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
+  parts += [
       "## Plots",
       "",
   ]
@@ -185,9 +194,11 @@ def write_report(cells: Sequence[Dict], out_dir: str) -> Dict[str, str]:
     if path:
       plot_paths[name] = path
   written.update(plot_paths)
+  notes_path = os.path.join(out_dir, NOTES_FILE)
+  notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   written["study.md"] = os.path.join(out_dir, "study.md")
   with open(written["study.md"], "w") as f:
-    f.write(study_markdown(results, plot_paths))
+    f.write(study_markdown(results, plot_paths, notes))
   return written
 
 
