@@ -183,6 +183,28 @@ def test_redo_needs_the_cell_workdir_and_a_known_job(tmp_path, monkeypatch,
     assert error in capsys.readouterr().err
 
 
+def test_a_killed_attempt_counts_its_wall_time_until_its_last_log_write(
+    tmp_path, monkeypatch):
+  config = _tiny_study(tmp_path, architectures=("vgg19",))
+  monkeypatch.setattr(cells_lib.subprocess, "run", _FakeCommands())
+  cell_dir = tmp_path / "work" / "rotation-vgg19-k1-s0"
+  cell_dir.mkdir(parents=True)
+  # What a runner killed 100 s into training leaves: "started", a log.
+  (cell_dir / "logs").mkdir()
+  log = cell_dir / "logs" / "train.log"
+  log.write_text("step 1\n")
+  started = 1_000_000.0
+  os.utime(log, (started + 100, started + 100))
+  (cell_dir / "state.json").write_text(json.dumps({"stages": {"train": {
+      "done": False, "wall_time_s": 5.0, "cpu_time_s": 4.0,
+      "started": started}}}))
+  assert runner.main(_args(config, tmp_path)) == 0
+  state = json.load(open(cell_dir / "state.json"))["stages"]["train"]
+  assert state["done"] and "started" not in state
+  # 5 s before, 100 s killed, and the (fake, instant) rerun's few ms.
+  assert 105.0 <= state["wall_time_s"] < 106.0 and state["cpu_time_s"] >= 4.0
+
+
 def test_failed_cell_does_not_stop_the_grid(tmp_path, monkeypatch):
   fake = _FakeCommands(fail_at="resnet50_v2-k1-s0/train",
                        interrupt=subprocess.CalledProcessError(1, "train"))

@@ -7,8 +7,9 @@ Workdir of a cell (never committed):
   CELL/logs/STAGE.log     each stage's output, appended on every attempt
   CELL/state.json         finished stages, wall time and CPU time (user +
                           system, all threads) per stage, summed over
-                          attempts (an attempt whose runner was killed is
-                          not counted), and the code version of each stage
+                          attempts (an attempt whose runner was killed
+                          counts its wall time until its log's last write,
+                          and no CPU time), and each stage's code version
 The result, CELL/cell.json, is also copied to the committed results
 directory (docs/study/cells/CELL.json); the report reads only those files.
 """
@@ -87,6 +88,14 @@ def _children_cpu_s() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
+def _count_killed_attempt(stage: Dict[str, Any], log_path: str) -> None:
+  """Adds the wall time of an attempt whose runner was killed (it left
+  "started" behind): from its start to its log's last write."""
+  started = stage.pop("started", None)
+  if started is not None and os.path.exists(log_path):
+    stage["wall_time_s"] += max(0.0, os.path.getmtime(log_path) - started)
+
+
 def _run_stage(name: str, command: List[str], cell_dir: str,
                state: Dict[str, Any]) -> None:
   """Runs `command` unless `name` is finished; records its wall and CPU time.
@@ -105,8 +114,11 @@ def _run_stage(name: str, command: List[str], cell_dir: str,
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
   log.info("%s: %s (log: %s)", os.path.basename(cell_dir), name, log_path)
+  _count_killed_attempt(stage, log_path)
   stage["code"] = code_version()
   start, start_cpu = time.time(), _children_cpu_s()
+  stage["started"] = start
+  _write_json(os.path.join(cell_dir, STATE_FILE), state)
   try:
     with open(log_path, "a") as out:
       out.write(f"\n$ {' '.join(command)}\n")
@@ -117,6 +129,7 @@ def _run_stage(name: str, command: List[str], cell_dir: str,
   finally:
     stage["wall_time_s"] += time.time() - start
     stage["cpu_time_s"] += _children_cpu_s() - start_cpu
+    del stage["started"]
     _write_json(os.path.join(cell_dir, STATE_FILE), state)
 
 
