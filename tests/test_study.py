@@ -1,6 +1,7 @@
 """The study runner and report: a real one-cell run by the command lines on
 random data, resume and states with a stubbed command runner, and the report
 from hand-made cell results."""
+import inspect
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from tfrevisit import cli
 from tfrevisit import gin_config
+from tfrevisit import train
 from tfrevisit.study import __main__ as runner
 from tfrevisit.study import cells as cells_lib
 from tfrevisit.study import findings
@@ -258,6 +260,20 @@ def test_the_study_config_parses_into_the_issue_grid():
     for job in cell.evals:
       assert all(os.path.exists(p) for p in study.eval_configs(job))
   assert all(os.path.exists(p) for p in study.train_configs.values())
+
+
+def test_every_study_train_config_binds_what_train_requires():
+  required = [name for name, p in inspect.signature(train.train).parameters.items()
+              if p.default is gin.REQUIRED]
+  assert required  # task, batch_size, epochs
+  gin_config.parse_gin([os.path.join(gin_config.CONFIG_DIR, "study",
+                                     "fashion_mnist.gin")], [])
+  configs = grid.study().train_configs
+  for config in configs.values():
+    gin.clear_config()
+    gin_config.parse_gin([config], [])
+    for name in required:
+      assert gin.query_parameter(f"train.{name}") is not None, (config, name)
 
 
 def _hand_made_cells():
