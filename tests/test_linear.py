@@ -123,6 +123,26 @@ def test_preconditioning_changes_the_path_not_the_optimum(problem):
   np.testing.assert_allclose(fits[1].weights, fits[0].weights, atol=1e-3)
 
 
+def test_an_indefinite_second_moment_still_preconditions_to_the_optimum(problem):
+  features, labels = problem
+  # A second moment summed in float32 can have slightly negative eigenvalues:
+  # here -0.1, enough to make M / C + l2 I indefinite at l2 = 1e-2.
+  values, vectors = np.linalg.eigh(linear.feature_second_moment(features))
+  values[0] = -0.1
+  moment = (vectors * values) @ vectors.T
+  hessian = moment / 4 + 1e-2 * np.diag([1.0] * features.shape[1] + [0.0])
+  with pytest.raises(np.linalg.LinAlgError):
+    np.linalg.cholesky(hessian + 1e-6 * np.trace(hessian) / len(hessian)
+                       * np.eye(len(hessian)))
+  assert np.all(np.isfinite(linear.preconditioner(moment, 4, 1e-2).numpy()))
+  fits = [linear.fit_logistic_regression(features, labels, 4, 1e-2,
+                                         tolerance=1e-7, second_moment=moment,
+                                         precondition=precondition)
+          for precondition in (False, True)]
+  assert all(fit.converged for fit in fits)
+  np.testing.assert_allclose(fits[1].loss, fits[0].loss, rtol=1e-7)
+
+
 def test_preconditioning_is_off_by_default_with_fewer_examples_than_features():
   (features, labels), = gaussian_splits((30,), 50, 3, seed=3)
   default = linear.fit_logistic_regression(features, labels, 3, 1e-2)
