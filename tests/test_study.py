@@ -310,7 +310,10 @@ def _hand_made_cells():
 def test_report_table_and_evidence_from_hand_made_results():
   untrained = _hand_made_cells()[-1] | {
       "cell": "random_init-vgg19-k1-s0", "task": "random_init",
-      "pretext_accuracy": None}
+      "pretext_accuracy": None, "rows": [
+          {"eval": "linear", "end_point": e, "probe": "linear",
+           "label_fraction": 1.0, "top1": v}
+          for e, v in {"block3": 0.80, "pre_logits": 0.60}.items()]}
   results = Results(_hand_made_cells() + [untrained])
   table = report.table1(results)
   assert table[0] == ["task", "ResNet50 v2", "VGG19-BN"]
@@ -318,7 +321,12 @@ def test_report_table_and_evidence_from_hand_made_results():
   assert table[1] == ["rotation", "83.0 ± 1.4, n=2 (pre_logits) / 83.0 ± 1.4, n=2",
                       "85.0 (block3) / 70.0"]
   assert table[2] == ["exemplar", "-", "75.0 (block3) / 60.0"]
-  assert table[3] == ["random_init", "-", "75.0 (block3) / 60.0"]
+  assert table[3] == ["random_init", "-", "80.0 (block3) / 60.0"]
+  # Only VGG has an untrained cell: rotation adds 10 pp at pre_logits and
+  # 5 at block3; exemplar nothing at pre_logits and -5 at block3.
+  assert report.gain_table(results) == [
+      ["task", "VGG19-BN"], ["rotation", "+10.0 / +10.0 (pre_logits)"],
+      ["exemplar", "+0.0 / +0.0 (pre_logits)"]]
   assert results.seed_spread() == pytest.approx(np.std([0.82, 0.84], ddof=1))
   verdicts = {f.title[:3]: f for f in findings.all_findings(results)}
   assert verdicts["(2)"].verdict == findings.HOLDS  # VGG drops 15 pp, ResNet 0.

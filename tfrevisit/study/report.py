@@ -19,7 +19,7 @@ import glob
 import json
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from tfrevisit import cli
 from tfrevisit.study import findings as findings_lib
@@ -62,6 +62,45 @@ def table1(results: Results, k: int = 1) -> List[List[str]]:
       row.append("-" if best is None else
                  f"{_cell(results.top1(task, architecture, k, best))} ({best}) / "
                  f"{_cell(results.top1(task, architecture, k))}")
+    table.append(row)
+  return table
+
+
+def _gain(results: Results, task: str, architecture: str, k: int,
+          end_point: str) -> Optional[float]:
+  """Mean top-1 of a trained model minus the untrained network's at one end
+  point (linear probe, all labels), or None if either is missing."""
+  trained, untrained = (results.top1(t, architecture, k, end_point)
+                        for t in (task, "random_init"))
+  if not trained or not untrained:
+    return None
+  return (mean_std(list(trained.values()))[0]
+          - mean_std(list(untrained.values()))[0])
+
+
+def gain_table(results: Results, k: int = 1) -> List[List[str]]:
+  """Rows of what training added over the untrained network (random_init),
+  per task and architecture at width k: "pre_logits gain / largest gain
+  (its layer)", in pp; [] without random_init cells."""
+  architectures = [a for a in grid.ARCHITECTURES
+                   if results.layers("random_init", a, k)]
+  if not architectures:
+    return []
+  table = [["task"] + [grid.ARCHITECTURES[a].title for a in architectures]]
+  for task in grid.TASKS:
+    if task == "random_init" or not any(m[0] == task for m in results.models()):
+      continue
+    row = [task]
+    for architecture in architectures:
+      gains = {e: _gain(results, task, architecture, k, e)
+               for e in results.layers(task, architecture, k)}
+      gains = {e: g for e, g in gains.items() if g is not None}
+      if "pre_logits" not in gains:
+        row.append("-")
+        continue
+      largest = max(gains, key=gains.get)
+      row.append(f"{100 * gains['pre_logits']:+.1f} / "
+                 f"{100 * gains[largest]:+.1f} ({largest})")
     table.append(row)
   return table
 
@@ -114,6 +153,13 @@ def study_markdown(results: Results, plot_paths: Dict[str, str],
       f"{'-' if spread is None else f'{100 * spread:.2f} pp'}.",
       "",
   ]
+  gains = gain_table(results)
+  if gains:
+    parts += ["## What training added over the untrained network (k=1)", "",
+              "Linear top-1 of each trained model minus that of the same "
+              "architecture untrained (`random_init`), in pp: at pre_logits / "
+              "the largest over the layers (which).", "",
+              markdown_table(gains), ""]
   if notes:
     parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
   parts += [
