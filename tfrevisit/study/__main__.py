@@ -71,16 +71,27 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
   return "\n".join(lines)
 
 
-def run(study: grid.Study, cells: List[grid.Cell], workdir: str,
-        results_dir: str, keep_features: bool = False,
-        redo: Sequence[str] = ()) -> List[str]:
-  """Runs the unfinished `cells` in order, after forgetting their evaluation
-  jobs named in `redo` (finished cells with such a job run again); returns
-  the names that failed."""
+def forget_jobs(cells: List[grid.Cell], workdir: str, results_dir: str,
+                redo: Sequence[str]) -> None:
+  """Marks the evaluation jobs named in `redo` unfinished in the started
+  `cells` (see `cells_lib.forget_job`).
+
+  Raises:
+    ValueError: a finished cell has no workdir here (a user error before
+      `cli.begin_work`).
+  """
   for cell in cells:
     if cells_lib.state_of(cell, workdir, results_dir) != "todo":
       for job in set(redo) & set(cell.evals):
         cells_lib.forget_job(cell, workdir, job)
+
+
+def run(study: grid.Study, cells: List[grid.Cell], workdir: str,
+        results_dir: str, keep_features: bool = False,
+        redo: Sequence[str] = ()) -> List[str]:
+  """Runs the unfinished `cells` in order, and the finished ones that have an
+  evaluation job named in `redo` (see `forget_jobs`); returns the names that
+  failed."""
   failed = []
   for cell in cells:
     if (cells_lib.state_of(cell, workdir, results_dir) == "done"
@@ -131,12 +142,10 @@ def main(argv=None) -> int:
   if unknown:
     raise cli.UserError(f"--redo {', '.join(sorted(unknown))}: no selected "
                         "cell has that evaluation job; see --list.")
+  forget_jobs(cells, args.workdir, args.results_dir, args.redo)
   cli.begin_work()
-  try:
-    failed = run(study, cells, args.workdir, args.results_dir,
-                 args.keep_features, args.redo)
-  except ValueError as error:
-    raise cli.UserError(str(error)) from error
+  failed = run(study, cells, args.workdir, args.results_dir,
+               args.keep_features, args.redo)
   if failed:
     logging.error("Failed cells: %s", ", ".join(failed))
   return 1 if failed else 0

@@ -6,12 +6,12 @@ r"""Writes the study's report from the committed cell results alone.
 Reads results_dir/*.json (or, with --workdir, DIR/*/cell.json of a study
 workdir) and writes OUT/study/results.csv (one row per cell x end point x
 probe x label fraction, with the cell's pretext accuracy and wall times), the
-PNG plots in OUT/study/, and OUT/study.md: the Table 1 analogue, the
-hand-written context of OUT/study/notes.md if it exists (code versions,
-caveats), the plots and the evidence and verdict for each of the paper's
-findings. With --readme, it
-also replaces the README's summary block (between `README_BEGIN` and
-`README_END`) with the Table 1 analogue and the verdicts.
+PNG plots in OUT/study/, and OUT/study.md: the Table 1 analogue, what
+training added over the untrained network, the hand-written context of
+OUT/study/notes.md if it exists (code versions, caveats), the plots and the
+evidence and verdict for each of the paper's findings. With --readme, it also
+replaces the README's summary block (between `README_BEGIN` and `README_END`)
+with the Table 1 analogue and the verdicts.
 """
 import argparse
 import csv
