@@ -13,7 +13,7 @@ from typing import List, Optional
 import numpy as np
 
 from tfrevisit.study import grid
-from tfrevisit.study.results import Results, mean_std
+from tfrevisit.study.results import Results, seed_mean
 
 HOLDS = "holds"
 FAILS = "does not hold"
@@ -30,10 +30,6 @@ class Finding:
 
 def _pct(value: Optional[float]) -> str:
   return "-" if value is None else f"{100 * value:.2f}"
-
-
-def _mean(seeds) -> Optional[float]:
-  return mean_std(list(seeds.values()))[0] if seeds else None
 
 
 def _pp(value: float) -> str:
@@ -54,7 +50,7 @@ def _spearman(x, y) -> float:
 
 def _k1_means(results: Results, task: str, **kwargs):
   """{architecture: mean pre_logits top-1} at k=1 for `task`."""
-  means = {a: _mean(results.top1(task, a, 1, **kwargs)) for a in grid.ARCHITECTURES}
+  means = {a: seed_mean(results.top1(task, a, 1, **kwargs)) for a in grid.ARCHITECTURES}
   return {a: m for a, m in means.items() if m is not None}
 
 
@@ -94,8 +90,8 @@ def pre_logits_degrade(results: Results) -> Finding:
       best = results.best_layer(task, architecture)
       if best is None:
         continue
-      delta = (_mean(results.top1(task, architecture))
-               - _mean(results.top1(task, architecture, 1, best)))
+      delta = (seed_mean(results.top1(task, architecture))
+               - seed_mean(results.top1(task, architecture, 1, best)))
       (vgg if architecture == "vgg19" else skip).append(delta)
       lines.append(f"- {task}, {grid.ARCHITECTURES[architecture].title}: "
                    f"pre_logits - best ({best}) = {_pp(delta)}")
@@ -121,7 +117,7 @@ def wider_is_better(results: Results) -> Finding:
     if len(widths) < 2:
       continue
     for fraction in (1.0, 0.1):
-      low, high = (_mean(results.top1(task, architecture, k, fraction=fraction))
+      low, high = (seed_mean(results.top1(task, architecture, k, fraction=fraction))
                    for k in (widths[0], widths[-1]))
       if low is None or high is None:
         continue
@@ -145,8 +141,8 @@ def wider_is_better(results: Results) -> Finding:
 def linear_is_adequate(results: Results) -> Finding:
   """Finding 4: Spearman rank correlation of linear and MLP top-1."""
   models = [m for m in results.models() if results.top1(*m, probe="mlp")]
-  linear = [_mean(results.top1(*m)) for m in models]
-  mlp = [_mean(results.top1(*m, probe="mlp")) for m in models]
+  linear = [seed_mean(results.top1(*m)) for m in models]
+  mlp = [seed_mean(results.top1(*m, probe="mlp")) for m in models]
   rho = _spearman(linear, mlp)
   verdict = INCONCLUSIVE
   if len(models) >= 5:
@@ -164,7 +160,7 @@ def pretext_does_not_predict(results: Results) -> Finding:
   """Finding 5: per task, pretext accuracy vs linear top-1 across architectures."""
   lines, rhos = [], []
   for task in grid.SELF_SUPERVISED:
-    pairs = [(_mean(results.pretext(task, a)), _mean(results.top1(task, a)))
+    pairs = [(seed_mean(results.pretext(task, a)), seed_mean(results.top1(task, a)))
              for a in grid.ARCHITECTURES if results.pretext(task, a)
              and results.top1(task, a)]
     if len(pairs) < 3:

@@ -55,7 +55,7 @@ def _subplots(count: int, width: float = 4.2, height: float = 3.4):
 def layers(results: Results, path: str) -> Optional[str]:
   """Figure 2 analogue: linear top-1 per end point, one panel per task, one
   line per architecture (k=1, mean over seeds, std as error bars)."""
-  tasks = [t for t in grid.TASKS if any(m[0] == t for m in results.models())]
+  tasks = results.tasks()
   if not tasks:
     return None
   fig, axes = _subplots(len(tasks))
@@ -111,8 +111,7 @@ def width(results: Results, path: str) -> Optional[str]:
 def pretext_vs_linear(results: Results, path: str) -> Optional[str]:
   """Figure 5 analogue: pretext accuracy vs pre_logits linear top-1 per
   model, one panel per self-supervised task, colour = architecture."""
-  tasks = [t for t in grid.SELF_SUPERVISED
-           if any(m[0] == t for m in results.models())]
+  tasks = [t for t in results.tasks() if t in grid.SELF_SUPERVISED]
   if not tasks:
     return None
   fig, axes = _subplots(len(tasks))

@@ -25,7 +25,8 @@ from tfrevisit import cli
 from tfrevisit.study import findings as findings_lib
 from tfrevisit.study import grid
 from tfrevisit.study import plots
-from tfrevisit.study.results import Results, chance, flat_rows, load_cells, mean_std
+from tfrevisit.study.results import (Results, chance, flat_rows, load_cells,
+                                     mean_std, seed_mean)
 
 DEFAULT_OUT_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -53,9 +54,7 @@ def table1(results: Results, k: int = 1) -> List[List[str]]:
   architectures = [a for a in grid.ARCHITECTURES
                    if any(m[1:] == (a, k) for m in results.models())]
   table = [["task"] + [grid.ARCHITECTURES[a].title for a in architectures]]
-  for task in grid.TASKS:
-    if not any(m[0] == task for m in results.models()):
-      continue
+  for task in results.tasks():
     row = [task]
     for architecture in architectures:
       best = results.best_layer(task, architecture, k)
@@ -70,12 +69,11 @@ def _gain(results: Results, task: str, architecture: str, k: int,
           end_point: str) -> Optional[float]:
   """Mean top-1 of a trained model minus the untrained network's at one end
   point (linear probe, all labels), or None if either is missing."""
-  trained, untrained = (results.top1(t, architecture, k, end_point)
+  trained, untrained = (seed_mean(results.top1(t, architecture, k, end_point))
                         for t in (task, "random_init"))
-  if not trained or not untrained:
+  if trained is None or untrained is None:
     return None
-  return (mean_std(list(trained.values()))[0]
-          - mean_std(list(untrained.values()))[0])
+  return trained - untrained
 
 
 def gain_table(results: Results, k: int = 1) -> List[List[str]]:
@@ -87,8 +85,8 @@ def gain_table(results: Results, k: int = 1) -> List[List[str]]:
   if not architectures:
     return []
   table = [["task"] + [grid.ARCHITECTURES[a].title for a in architectures]]
-  for task in grid.TASKS:
-    if task == "random_init" or not any(m[0] == task for m in results.models()):
+  for task in results.tasks():
+    if task == "random_init":
       continue
     row = [task]
     for architecture in architectures:

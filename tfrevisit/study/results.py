@@ -56,6 +56,11 @@ def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
           float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
+def seed_mean(seeds: Dict[int, float]) -> Optional[float]:
+  """The mean of a {seed: value} dict, None if it is empty."""
+  return mean_std(list(seeds.values()))[0] if seeds else None
+
+
 def chance(cell: Dict[str, Any]) -> float:
   """The pretext accuracy of guessing, for a cell's task and batch."""
   task = cell["task"]
@@ -110,6 +115,10 @@ class Results:
                        m[2])
     return sorted({(c["task"], c["architecture"], c["filters_factor"])
                    for c in self.cells}, key=order)
+
+  def tasks(self) -> List[str]:
+    """The tasks that have cells, in grid order."""
+    return [t for t in grid.TASKS if any(m[0] == t for m in self.models())]
 
   def widths(self, task, architecture) -> List[int]:
     return sorted({m[2] for m in self.models() if m[:2] == (task, architecture)})
