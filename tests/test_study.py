@@ -367,3 +367,26 @@ def test_report_replaces_only_the_readme_summary_block(tmp_path):
   readme.write_text("# No block\n")
   with pytest.raises(cli.UserError, match="no study summary block"):
     report.update_readme(str(readme), Results(_hand_made_cells()))
+
+
+def test_report_names_the_grid_cells_not_yet_run(tmp_path):
+  results = Results(_hand_made_cells())
+  planned = ["rotation-resnet50_v2-k1-s0", "jigsaw-vgg19-k1-s0",
+             "rotation-vgg19-k1-s0", "supervised-vgg19-k1-s0"]
+  assert report.coverage(results, planned) == (
+      "Grid: 2 of 4 cells done; not yet run: `jigsaw-vgg19-k1-s0`, "
+      "`supervised-vgg19-k1-s0`.")
+  assert report.coverage(results, planned[:1]) == "Grid: all 1 cells done."
+  assert report.coverage(results, None) == ""
+  # Through the command line, the plan is the study config's grid.
+  results_dir = tmp_path / "cells"
+  results_dir.mkdir()
+  for cell in _hand_made_cells()[:1]:
+    (results_dir / f"{cell['cell']}.json").write_text(json.dumps(cell))
+  readme = tmp_path / "README.md"
+  readme.write_text(f"{report.README_BEGIN}\n{report.README_END}\n")
+  report.main(["--results_dir", str(results_dir), "--out_dir", str(tmp_path),
+               "--readme", str(readme), "--gin", _tiny_study(tmp_path)])
+  line = ("Grid: 1 of 2 cells done; not yet run: `rotation-revnet50-k1-s0`.")
+  assert line in (tmp_path / "study.md").read_text()
+  assert line in readme.read_text()

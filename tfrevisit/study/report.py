@@ -1,7 +1,8 @@
 r"""Writes the study's report from the committed cell results alone.
 
 `python -m tfrevisit.study.report [--results_dir docs/study/cells]
- [--workdir DIR] [--out_dir docs] [--readme README.md]`
+ [--workdir DIR] [--out_dir docs] [--readme README.md]
+ [--gin configs/study/fashion_mnist.gin]`
 
 Reads results_dir/*.json (or, with --workdir, DIR/*/cell.json of a study
 workdir) and writes OUT/study/results.csv (one row per cell x end point x
@@ -11,7 +12,8 @@ training added over the untrained network, the hand-written context of
 OUT/study/notes.md if it exists (code versions, caveats), the plots and the
 evidence and verdict for each of the paper's findings. With --readme, it also
 replaces the README's summary block (between `README_BEGIN` and `README_END`)
-with the Table 1 analogue and the verdicts.
+with the Table 1 analogue and the verdicts. With --gin (the study's config),
+both say how many of the grid's cells are done and name the missing ones.
 """
 import argparse
 import csv
@@ -22,6 +24,7 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from tfrevisit import cli
+from tfrevisit import gin_config
 from tfrevisit.study import findings as findings_lib
 from tfrevisit.study import grid
 from tfrevisit.study import plots
@@ -46,6 +49,20 @@ def _cell(seeds: Dict[int, float]) -> str:
   if std is None:
     return f"{100 * mean:.1f}"
   return f"{100 * mean:.1f} ± {100 * std:.1f}, n={len(seeds)}"
+
+
+def coverage(results: Results, planned: Optional[Sequence[str]]) -> str:
+  """One line: how many of the `planned` cell names have results, and which
+  have not; "" without a plan."""
+  if planned is None:
+    return ""
+  done_names = {cell["cell"] for cell in results.cells}
+  missing = [name for name in planned if name not in done_names]
+  done = len(planned) - len(missing)
+  if not missing:
+    return f"Grid: all {done} cells done."
+  return (f"Grid: {done} of {len(planned)} cells done; not yet run: "
+          + ", ".join(f"`{name}`" for name in missing) + ".")
 
 
 def table1(results: Results, k: int = 1) -> List[List[str]]:
@@ -131,9 +148,10 @@ def _cells_table(cells) -> str:
 
 
 def study_markdown(results: Results, plot_paths: Dict[str, str],
-                   notes: str = "") -> str:
-  """docs/study.md: Table 1 analogue, the hand-written `notes` (markdown),
-  plots, findings, cells and cost."""
+                   notes: str = "", planned: Optional[Sequence[str]] = None) -> str:
+  """docs/study.md: the grid's coverage (of the `planned` cell names), Table
+  1 analogue, the hand-written `notes` (markdown), plots, findings, cells and
+  cost."""
   spread = results.seed_spread()
   parts = [
       "# The study on Fashion-MNIST",
@@ -143,6 +161,10 @@ def study_markdown(results: Results, plot_paths: Dict[str, str],
       "Fashion-MNIST test split; mean ± std over n seeds where a model has "
       "several.",
       "",
+  ]
+  if planned is not None:
+    parts += [coverage(results, planned), ""]
+  parts += [
       "## Table 1 analogue (k=1): best layer (which) / pre_logits, linear probe",
       "",
       markdown_table(table1(results)),
@@ -182,8 +204,10 @@ def study_markdown(results: Results, plot_paths: Dict[str, str],
   return "\n".join(parts)
 
 
-def readme_summary(results: Results) -> str:
-  """The README's study block: the Table 1 analogue and one verdict a line."""
+def readme_summary(results: Results,
+                   planned: Optional[Sequence[str]] = None) -> str:
+  """The README's study block: the Table 1 analogue, one verdict a line and
+  the grid's coverage (of the `planned` cell names)."""
   lines = [markdown_table(table1(results)), "",
            f"{len(results.cells)} cells so far; linear probe top-1 % on the "
            "Fashion-MNIST test split, best layer (which) / pre_logits. "
@@ -191,10 +215,13 @@ def readme_summary(results: Results) -> str:
            "[docs/study.md](docs/study.md)):", ""]
   lines += [f"- {f.title}: **{f.verdict}**"
             for f in findings_lib.all_findings(results)]
+  if planned is not None:
+    lines += ["", coverage(results, planned)]
   return "\n".join(lines)
 
 
-def update_readme(path: str, results: Results) -> None:
+def update_readme(path: str, results: Results,
+                  planned: Optional[Sequence[str]] = None) -> None:
   """Replaces the text between README_BEGIN and README_END in `path`."""
   with open(path) as f:
     text = f.read()
@@ -203,7 +230,7 @@ def update_readme(path: str, results: Results) -> None:
     raise cli.UserError(
         f"{path} has no study summary block; add the lines {README_BEGIN!r} "
         f"and {README_END!r} where the summary goes.")
-  text = (text[:begin + len(README_BEGIN)] + "\n" + readme_summary(results)
+  text = (text[:begin + len(README_BEGIN)] + "\n" + readme_summary(results, planned)
           + "\n" + text[end:])
   with open(path, "w") as f:
     f.write(text)
@@ -225,8 +252,10 @@ def workdir_cells(workdir: str) -> List[Dict]:
   return cells
 
 
-def write_report(cells: Sequence[Dict], out_dir: str) -> Dict[str, str]:
-  """Writes results.csv, the plots and study.md; returns {name: path}."""
+def write_report(cells: Sequence[Dict], out_dir: str,
+                 planned: Optional[Sequence[str]] = None) -> Dict[str, str]:
+  """Writes results.csv, the plots and study.md (with the coverage of the
+  `planned` cell names); returns {name: path}."""
   study_dir = os.path.join(out_dir, "study")
   os.makedirs(study_dir, exist_ok=True)
   results = Results(cells)
@@ -242,7 +271,7 @@ def write_report(cells: Sequence[Dict], out_dir: str) -> Dict[str, str]:
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   written["study.md"] = os.path.join(out_dir, "study.md")
   with open(written["study.md"], "w") as f:
-    f.write(study_markdown(results, plot_paths, notes))
+    f.write(study_markdown(results, plot_paths, notes, planned))
   return written
 
 
@@ -258,7 +287,7 @@ def main(argv=None):
                       help="writes OUT/study.md and OUT/study/.")
   parser.add_argument("--readme", default=None,
                       help="also update this README's study summary block.")
-  cli.add_verbose_flag(parser)
+  gin_config.add_gin_flags(parser)  # the study's config: the planned grid
   args = parser.parse_args(argv)
   cells = workdir_cells(args.workdir) if args.workdir else load_cells(args.results_dir)
   if not cells:
@@ -266,11 +295,15 @@ def main(argv=None):
                         "`python -m tfrevisit.study --workdir ...` first.")
   if args.readme and not os.path.isfile(args.readme):
     raise cli.UserError(f"--readme {args.readme}: no such file.")
+  planned = None
+  if args.gin:
+    gin_config.parse_gin(args.gin, args.gin_param)
+    planned = [cell.name for cell in grid.study().cells]
   cli.begin_work()
-  for name, path in write_report(cells, args.out_dir).items():
+  for name, path in write_report(cells, args.out_dir, planned).items():
     print(f"{name}: {path}")
   if args.readme:
-    update_readme(args.readme, Results(cells))
+    update_readme(args.readme, Results(cells), planned)
     print(f"README summary: {args.readme}")
   return 0
 
