@@ -188,7 +188,8 @@ def study_markdown(results: Results, plot_paths: Dict[str, str],
   ]
   parts += [f"![{name}](study/{name})\n" for name in plot_paths]
   parts += ["## Findings", "",
-            "Rules: a difference counts only if it exceeds 2s (see above); "
+            "Rules: a difference counts only if it exceeds 2s "
+            f"({'no seeds yet' if spread is None else f'2s = {200 * spread:.2f} pp'}); "
             "each finding states its rule.", ""]
   for finding in findings_lib.all_findings(results):
     parts += [f"### {finding.title}", "", f"Verdict: **{finding.verdict}**.",
