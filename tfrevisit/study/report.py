@@ -210,7 +210,7 @@ def readme_summary(results: Results,
   """The README's study block: the Table 1 analogue, one verdict a line and
   the grid's coverage (of the `planned` cell names)."""
   lines = [markdown_table(table1(results)), "",
-           f"{len(results.cells)} cells so far; linear probe top-1 % on the "
+           f"{len(results.cells)} cells; linear probe top-1 % on the "
            "Fashion-MNIST test split, best layer (which) / pre_logits. "
            "Verdicts on the paper's findings (evidence and rules in "
            "[docs/study.md](docs/study.md)):", ""]
