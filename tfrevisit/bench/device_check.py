@@ -171,10 +171,16 @@ def run_config(check: str, workdir: str, steps: int, smoke: bool,
           "loss_scale": metrics.get("loss_scale"),
           "replicas": strategy.num_replicas_in_sync,
           "steps_per_loop": gin.query_parameter("train.steps_per_loop"),
-          "backbone": f"{backbone.name} k={backbone.filters_factor}" + (
-              " reversible" if backbone.options.get(
-                  "memory_efficient", backbone.name == "revnet50") else ""),
+          "backbone": _describe(backbone),
           "finite": bool(np.isfinite(metrics["loss"]))}
+
+
+def _describe(backbone) -> str:
+  """"revnet50 k=16 reversible": name, widening, reversible backprop."""
+  reversible = (backbone.name == "revnet50"
+                and backbone.options.get("memory_efficient", True))
+  return (f"{backbone.name} k={backbone.filters_factor}"
+          + (" reversible" if reversible else ""))
 
 
 def _evaluate_export(workdir: str):
