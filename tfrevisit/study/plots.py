@@ -39,12 +39,10 @@ def _stats(seeds_to_top1):
   return 100 * mean, 100 * (std or 0.0)
 
 
-def _save(fig, path: str, legend_outside: bool = False) -> str:
-  if legend_outside:
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
-  else:
-    fig.tight_layout()
-  fig.savefig(path, dpi=110)
+def _save(fig, path: str) -> str:
+  """Saves with the canvas grown to hold a legend outside the axes."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
 
@@ -67,8 +65,8 @@ def _figure_legend(fig, axes):
     for handle, label in zip(*ax.get_legend_handles_labels()):
       handles.setdefault(label, handle)
   if handles:
-    fig.legend(handles.values(), handles.keys(), loc="center right",
-               fontsize=_FONT, frameon=False)
+    fig.legend(handles.values(), handles.keys(), loc="center left",
+               bbox_to_anchor=(1.0, 0.5), fontsize=_FONT, frameon=False)
 
 
 def layers(results: Results, path: str) -> Optional[str]:
@@ -97,7 +95,7 @@ def layers(results: Results, path: str) -> Optional[str]:
     ax.set_title(task, fontsize=_FONT + 1)
     ax.set_ylabel("linear top-1 % (test)", fontsize=_FONT)
   _figure_legend(fig, axes)
-  return _save(fig, path, legend_outside=True)
+  return _save(fig, path)
 
 
 def width(results: Results, path: str) -> Optional[str]:
@@ -127,9 +125,10 @@ def width(results: Results, path: str) -> Optional[str]:
     ax.set_xticks([1, 2, 4], ["1", "2", "4"])
     ax.set_xlabel("widening factor k", fontsize=_FONT)
     ax.set_ylabel("pre_logits linear top-1 % (test)", fontsize=_FONT)
-    ax.set_title(f"{task}: solid 100% labels, dashed 10%", fontsize=_FONT + 1)
+    ax.set_title(task, fontsize=_FONT + 1)
+  fig.suptitle("solid: 100% of the labels, dashed: 10%", fontsize=_FONT + 1)
   _figure_legend(fig, axes)
-  return _save(fig, path, legend_outside=True)
+  return _save(fig, path)
 
 
 def pretext_vs_linear(results: Results, path: str) -> Optional[str]:
@@ -148,12 +147,13 @@ def pretext_vs_linear(results: Results, path: str) -> Optional[str]:
       ax.scatter([100 * pretext[s] for s in seeds], [100 * top1[s] for s in seeds],
                  color=_color(architecture), s=25 * k,
                  label=f"{_title(architecture)} k={k}")
-    ax.set_xlabel(f"pretext accuracy % ({results.pretext_source()})",
-                  fontsize=_FONT)
+    ax.set_xlabel("pretext accuracy %", fontsize=_FONT)
     ax.set_ylabel("pre_logits linear top-1 % (test)", fontsize=_FONT)
     ax.set_title(task, fontsize=_FONT + 1)
+  fig.suptitle(f"pretext accuracy: {results.pretext_source()}",
+               fontsize=_FONT + 1)
   _figure_legend(fig, axes)
-  return _save(fig, path, legend_outside=True)
+  return _save(fig, path)
 
 
 def linear_vs_mlp(results: Results, path: str) -> Optional[str]:
@@ -163,7 +163,7 @@ def linear_vs_mlp(results: Results, path: str) -> Optional[str]:
             if results.top1(*m, probe="mlp") and results.top1(*m)]
   if not points:
     return None
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
   for (task, architecture, _), (linear, _), (mlp, _) in points:
     ax.scatter(linear, mlp, marker=_MARKERS[task], color=_color(architecture))
   low = min(min(p[1][0], p[2][0]) for p in points) - 2
@@ -175,11 +175,12 @@ def linear_vs_mlp(results: Results, path: str) -> Optional[str]:
   handles += [plt.Line2D([], [], linestyle="", marker="o", color=_color(a),
                          label=_title(a)) for a in grid.ARCHITECTURES
               if a in {m[1] for m, _, _ in points}]
-  fig.legend(handles=handles, loc="center right", fontsize=_FONT, frameon=False)
+  fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
+             fontsize=_FONT, frameon=False)
   ax.set_xlabel("linear (L-BFGS) top-1 % (test)", fontsize=_FONT)
   ax.set_ylabel("MLP top-1 % (test)", fontsize=_FONT)
   ax.set_title("pre_logits: linear vs MLP", fontsize=_FONT + 1)
-  return _save(fig, path, legend_outside=True)
+  return _save(fig, path)
 
 
 def low_data(results: Results, path: str) -> Optional[str]:
@@ -214,7 +215,7 @@ def low_data(results: Results, path: str) -> Optional[str]:
     ax.set_ylabel("pre_logits linear top-1 % (test)", fontsize=_FONT)
     ax.set_title(task, fontsize=_FONT + 1)
   _figure_legend(fig, axes)
-  return _save(fig, path, legend_outside=True)
+  return _save(fig, path)
 
 
 def sgd_convergence(results: Results, path: str) -> Optional[str]:
@@ -223,7 +224,7 @@ def sgd_convergence(results: Results, path: str) -> Optional[str]:
   curves = {k: v for k, v in results.curves().items() if k[3] == "linear_sgd"}
   if not curves:
     return None
-  fig, ax = plt.subplots(figsize=(8, 4.5))
+  fig, ax = plt.subplots(figsize=(6, 4.5))
   for index, ((task, architecture, k, _, fraction, end_point, seed), curve) in (
       enumerate(sorted(curves.items()))):
     color = plt.get_cmap("tab10")(index)
@@ -237,8 +238,9 @@ def sgd_convergence(results: Results, path: str) -> Optional[str]:
   ax.set_xscale("log")
   ax.set_xlabel("epoch", fontsize=_FONT)
   ax.set_ylabel("test top-1 %", fontsize=_FONT)
-  fig.legend(loc="center right", fontsize=_FONT, frameon=False)
-  return _save(fig, path, legend_outside=True)
+  fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=_FONT,
+             frameon=False)
+  return _save(fig, path)
 
 
 def pretext_curves(results: Results, path: str) -> Optional[str]:
@@ -264,7 +266,7 @@ def pretext_curves(results: Results, path: str) -> Optional[str]:
     ax.set_ylabel("held-out pretext accuracy %", fontsize=_FONT)
     ax.set_title(task, fontsize=_FONT + 1)
   _figure_legend(fig, axes)
-  return _save(fig, path, legend_outside=True)
+  return _save(fig, path)
 
 
 # Output file stem -> plot function, in the order of docs/study.md; the

@@ -38,7 +38,7 @@ from tfrevisit.study import plots
 from tfrevisit.study import stats
 from tfrevisit.study.results import (Results, budget_views, chance, flat_rows,
                                      late_layers, load_cells, mean_std,
-                                     normalise_cell, seed_mean)
+                                     normalise_cell, seed_mean, stopped_early)
 
 DEFAULT_OUT_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -79,13 +79,33 @@ def coverage(cells: Sequence[Dict], planned: Optional[Sequence[str]],
           f"{shown}{more}.")
 
 
+# Marks an entry whose L-BFGS fit stopped before its 3rd iteration.
+STOPPED_MARK = "†"
+STOPPED_NOTE = (f"{STOPPED_MARK}: the L-BFGS fit stopped before its 3rd "
+                "iteration, a probe artefact rather than a measurement.")
+
+
+def _entry(results: Results, task: str, architecture: str, k: int,
+           end_point: str) -> str:
+  """`_cell` of linear top-1 at an end point, marked if a fit stopped early."""
+  rows = [r for seed_rows in results.rows(task, architecture, k,
+                                          end_point).values() for r in seed_rows]
+  mark = STOPPED_MARK if any(stopped_early(r) for r in rows) else ""
+  return _cell(results.top1(task, architecture, k, end_point)) + mark
+
+
+def pre_logits_entry(results: Results, task: str, architecture: str,
+                     k: int = 1) -> str:
+  return _entry(results, task, architecture, k, "pre_logits")
+
+
 def best_layer_entry(results: Results, task: str, architecture: str,
                      k: int = 1) -> str:
   """"top-1 (layer)" of the layer chosen on val; "-" if none."""
   best = results.best_layer(task, architecture, k)
   if best is None:
     return "-"
-  return f"{_cell(results.top1(task, architecture, k, best))} ({best})"
+  return f"{_entry(results, task, architecture, k, best)} ({best})"
 
 
 def table1(views: Dict[str, Results], entry, k: int = 1) -> List[List[str]]:
@@ -265,7 +285,7 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
       f"## Table 1 analogue (k=1): the layer chosen on val, its test top-1 ({budgets})",
       "", markdown_table(table1(views, best_layer_entry)), "",
       f"## pre_logits linear top-1 (k=1; {budgets})", "",
-      markdown_table(table1(views, lambda r, t, a: _cell(r.top1(t, a)))), "",
+      markdown_table(table1(views, pre_logits_entry)), "", STOPPED_NOTE, "",
       "## Verdicts", "",
       "Each finding's rule, its power and its evidence are under "
       "[Findings](#findings).", "",
@@ -305,11 +325,14 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
               "(gained less than 1 point).", "", markdown_table(pilot), ""]
   if notes:
     parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
-  parts += ["## Plots", ""]
-  for name, path in plot_paths.items():
-    stem = name.rsplit(".", 1)[0].split("-")[0]
-    parts += [f"![{name}](study/{os.path.basename(path)})", "",
-              f"*{name}.* {plots.CAPTIONS[stem]}", ""]
+  parts += ["## Plots", "",
+            "One figure per training budget (`NAME-BUDGET.png`), each group "
+            "with its caption.", ""]
+  for stem in [*plots.PLOTS, *plots.ALL_BUDGETS_PLOTS]:
+    names = [n for n in plot_paths if n.rsplit(".", 1)[0].split("-")[0] == stem]
+    if names:
+      parts += [f"![{n}](study/{os.path.basename(plot_paths[n])})" for n in names]
+      parts += ["", f"*{', '.join(names)}.* {plots.CAPTIONS[stem]}", ""]
   parts += ["## Findings", "", findings_lib.__doc__.split("\n\n", 1)[1].strip(),
             ""]
   for index, finding in enumerate(next(iter(findings.values()))):
@@ -339,10 +362,10 @@ def readme_summary(cells: Sequence[Dict],
   side by side), the verdicts per budget and the grids' coverage."""
   views = {b: Results(c) for b, c in budget_views(cells).items()}
   findings = {b: findings_lib.all_findings(r) for b, r in views.items()}
-  lines = [markdown_table(table1(views, lambda r, t, a: _cell(r.top1(t, a)))),
-           "",
+  lines = [markdown_table(table1(views, pre_logits_entry)), "",
            f"{len(cells)} cells; pre_logits linear probe top-1 % on the "
-           f"Fashion-MNIST test split per training budget ({' · '.join(views)}). "
+           f"Fashion-MNIST test split per training budget ({' · '.join(views)}; "
+           f"{STOPPED_NOTE.rstrip('.')}). "
            "Verdicts on the paper's findings (rules, power and evidence in "
            "[docs/study.md](docs/study.md)):", "",
            markdown_table(verdict_table(findings))]
@@ -389,9 +412,9 @@ def write_plots(cells: Sequence[Dict], study_dir: str) -> Dict[str, str]:
   for stale in glob.glob(os.path.join(study_dir, "*.png")):
     os.remove(stale)
   written = {}
-  for budget, view in budget_views(cells).items():
-    results = Results(view)
-    for stem, plot in plots.PLOTS.items():
+  views = {b: Results(c) for b, c in budget_views(cells).items()}
+  for stem, plot in plots.PLOTS.items():
+    for budget, results in views.items():
       name = f"{stem}-{budget}.png"
       if plot(results, os.path.join(study_dir, name)):
         written[name] = os.path.join(study_dir, name)
