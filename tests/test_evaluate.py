@@ -224,8 +224,28 @@ def test_evaluate_end_to_end_writes_a_row_per_end_point(tiny_export, tmp_path):
   for row in saved:
     assert 0 <= row["top1"] <= row["top5"] <= 1
     assert (row["protocol"], row["reported_split"]) == ("table2", "test")
+    if row["probe"] == "linear":
+      assert {"iterations", "evaluations", "converged", "stopped_early",
+              "hit_max_iterations", "l2_at_edge", "l2_grid"} <= set(row)
   header = open(os.path.join(workdir, "results.csv")).readline()
   assert header.startswith("end_point,probe,label_fraction")
+
+
+def test_fit_warnings_name_the_end_point_of_each_problem():
+  rows = [
+      {"end_point": "block1", "probe": "linear", "label_fraction": 1.0,
+       "stopped_early": True, "iterations": 1, "l2_at_edge": False},
+      {"end_point": "pre_logits", "probe": "linear", "label_fraction": 0.1,
+       "hit_max_iterations": True, "iterations": 150, "l2_at_edge": True,
+       "l2": 1e-10, "l2_grid": [1e-2, 1e-10]},
+      {"end_point": "logits", "probe": "mlp", "label_fraction": 1.0}]
+  lines = evaluate.fit_warnings(rows)
+  assert len(lines) == 3
+  assert lines[0].startswith("WARNING: block1 (linear probe, 1 of the labels)")
+  assert "fewer than 3 iterations" in lines[0]
+  assert "pre_logits (linear probe, 0.1 of the labels)" in lines[1]
+  assert "max_iterations (150)" in lines[1]
+  assert "edge of the grid 0.01..1e-10" in lines[2]
 
 
 def test_table1_protocol_reports_val_and_never_reads_test(tiny_export,

@@ -42,6 +42,7 @@ from tfrevisit import data
 from tfrevisit import gin_config
 from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import finetune  # pylint: disable=unused-import
+from tfrevisit.evaluation import linear
 from tfrevisit.evaluation import plots as plots_lib
 from tfrevisit.evaluation import probes as probes_lib
 from tfrevisit.evaluation import results as results_lib
@@ -249,6 +250,15 @@ def _image_context(context: sgd_images.ImageProbeContext,
       labels, fraction, seed, context.source.num_classes))
 
 
+def fit_warnings(rows: Sequence[dict]) -> List[str]:
+  """One "WARNING: ..." line per fit problem of a row (`linear.fit_problems`:
+  stopped early, hit max_iterations, L2 at the grid's edge), naming its end
+  point, probe and label fraction."""
+  return [f"WARNING: {row['end_point']} ({row['probe']} probe, "
+          f"{row['label_fraction']:g} of the labels): {problem}."
+          for row in rows for problem in linear.fit_problems(row)]
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       description="Evaluate every layer of an exported encoder (linear, MLP "
@@ -276,6 +286,8 @@ def main(argv=None):
   if args.plots:
     plots_lib.write_plots(rows, args.workdir)
   print(results_lib.format_table(rows))
+  for line in fit_warnings(rows):
+    print(line)
   return rows
 
 
