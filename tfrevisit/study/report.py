@@ -310,8 +310,11 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
             "Rows of the L-BFGS linear probe whose fit stopped before its 3rd "
             "iteration, hit the iteration cap, did not converge or chose an "
             "L2 at the edge of its grid. The first edition's rows predate the "
-            "recorded diagnostics (issue 25): stopped early is derived from "
-            "their iteration count, the rest are unknown.", "",
+            "recorded diagnostics (issue 25): for them stopped early is "
+            "derived from the final fit's iteration count (a refit warm-"
+            "started from the chosen train fit; newer rows count from zero, "
+            "warm starts included), the cap and the grid's edge are "
+            "unknown.", "",
             markdown_table(diagnostics_table(views)), ""]
   for budget, results in views.items():
     where = results.diagnostics()["stopped_early"]["where"]

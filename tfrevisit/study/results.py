@@ -134,8 +134,10 @@ def chance(cell: Dict[str, Any]) -> float:
 
 
 def stopped_early(row: Dict[str, Any]) -> Optional[bool]:
-  """The row's `stopped_early`, else derived from its `iterations` (the same
-  definition: fewer than 3), else None (unknown)."""
+  """The row's `stopped_early`, else (rows older than issue 25) its final
+  fit's `iterations` below 3, else None (unknown). The final fit is a refit
+  warm-started from the chosen train fit, so the derived flag can mark a fit
+  whose path from zero was longer."""
   if "stopped_early" in row:
     return bool(row["stopped_early"])
   if row.get("iterations") is None:

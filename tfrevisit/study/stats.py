@@ -194,14 +194,26 @@ class SpreadTable:
     return lines
 
 
+def _row_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Spearman's rho of each row pair of [R, P] arrays (average ranks for
+  ties); NaN for fewer than 3 points or a constant row."""
+  if x.shape[1] < 3:
+    return np.full(len(x), np.nan)
+  rx = scipy_stats.rankdata(x, axis=1)
+  ry = scipy_stats.rankdata(y, axis=1)
+  rx -= rx.mean(axis=1, keepdims=True)
+  ry -= ry.mean(axis=1, keepdims=True)
+  norm = np.sqrt((rx ** 2).sum(axis=1) * (ry ** 2).sum(axis=1))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    rho = (rx * ry).sum(axis=1) / norm
+  rho[norm == 0] = np.nan
+  return rho
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
   """Spearman's rho (average ranks for ties); NaN for fewer than 3 points or
   a constant variable."""
-  x, y = np.asarray(x, float), np.asarray(y, float)
-  if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-    return float("nan")
-  rx, ry = scipy_stats.rankdata(x), scipy_stats.rankdata(y)
-  return float(np.corrcoef(rx, ry)[0, 1])
+  return float(_row_spearman(np.asarray([x], float), np.asarray([y], float))[0])
 
 
 def bootstrap_spearman(groups: Sequence[Tuple[Sequence[float], Sequence[float]]],
@@ -216,23 +228,21 @@ def bootstrap_spearman(groups: Sequence[Tuple[Sequence[float], Sequence[float]]]
     seed: the resampling's seed.
 
   Returns:
-    (rho, low, high); NaNs when no group has 3 points.
+    (rho, low, high); NaNs when no group has 3 points. A resample's mean
+    leaves out the groups whose resampled rho is undefined (ties).
   """
   groups = [(np.asarray(x, float), np.asarray(y, float)) for x, y in groups]
   rhos = [r for r in (spearman(x, y) for x, y in groups) if np.isfinite(r)]
   if not rhos:
     return float("nan"), float("nan"), float("nan")
-  point = float(np.mean(rhos))
   rng = np.random.default_rng(seed)
   samples = []
-  for _ in range(repetitions):
-    rhos = []
-    for x, y in groups:
-      index = rng.integers(0, len(x), len(x))
-      rhos.append(spearman(x[index], y[index]))
-    rhos = [r for r in rhos if np.isfinite(r)]
-    if rhos:
-      samples.append(np.mean(rhos))
+  for x, y in groups:
+    index = rng.integers(0, len(x), (repetitions, len(x)))
+    samples.append(_row_spearman(x[index], y[index]))
+  samples = np.stack(samples, axis=1)  # [R, groups]
+  valid = np.isfinite(samples).any(axis=1)
+  means = np.nanmean(samples[valid], axis=1)
   alpha = (1 - CONFIDENCE) / 2
-  low, high = np.quantile(samples, [alpha, 1 - alpha])
-  return point, float(low), float(high)
+  low, high = np.quantile(means, [alpha, 1 - alpha])
+  return float(np.mean(rhos)), float(low), float(high)
