@@ -142,14 +142,14 @@ def budget_bindings(study: grid.Study, cell: grid.Cell) -> List[str]:
   if cell.epochs is None:
     return []
   bindings = study.recipe(cell.task).stretched(cell.epochs)
-  steps = study.checkpoint_steps.get(cell.task)
-  if steps:
-    bindings += [f"train.checkpoint_every_steps = {steps}",
-                 f"train.keep_checkpoints = {KEEP_ALL_CHECKPOINTS}"]
+  if cell.task in study.checkpoint_steps:
+    bindings += [
+        f"train.checkpoint_every_steps = {study.checkpoint_steps[cell.task]}",
+        f"train.keep_checkpoints = {KEEP_ALL_CHECKPOINTS}"]
   return bindings
 
 
-# Enough for one checkpoint per epoch of any budget the study can afford.
+# More checkpoints than any budget the study can afford makes.
 KEEP_ALL_CHECKPOINTS = 1000
 
 

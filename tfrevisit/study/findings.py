@@ -8,8 +8,10 @@ freedom, 95% two-sided half-widths h). A claim "X > Y" is supported when
 X - Y - h > 0 and contradicted when X - Y + h < MARGIN (any excess is below
 1 pp); a finding holds when more than half of its comparisons support it,
 does not hold when more than half contradict it, and is inconclusive
-otherwise, or without any spread estimate. Nothing is selected on the test
-split: layers are chosen on validation accuracy.
+otherwise, or without any spread estimate. Findings 4 and 5 are rank
+correlations judged by a bootstrap interval; finding 6 is a measurement
+against a fixed tolerance. Nothing is selected on the test split: layers are
+chosen on validation accuracy.
 """
 import dataclasses
 import itertools

@@ -17,7 +17,6 @@ import ast
 import dataclasses
 import fnmatch
 import functools
-import math
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -182,13 +181,14 @@ class Study:
     train_minutes: task -> rough minutes to train a k=1 ResNet50 v2 cell with
       the task config's own epochs (scaled by a cell's epochs / those).
     eval_minutes: evaluation job -> rough minutes on a k=1 ResNet50 v2 cell;
-      the key PRETEXT_CURVE_JOB: minutes per checkpoint of the pretext curve.
+      the key PRETEXT_CURVE_JOB: minutes of the pretext curve per epoch
+      trained (at the `checkpoint_steps` cadence).
     architecture_cost: architecture label -> cost relative to ResNet50 v2.
     width_cost: k -> cost relative to k=1 (default k**1.5).
     checkpoint_steps: task -> training steps between checkpoints of cells
       with `epochs`; each checkpoint is a point of the held-out pretext
-      curve (`tfrevisit.study.pretext_eval`), so one epoch's steps gives
-      one point per epoch. Tasks without an entry keep their config's.
+      curve (`tfrevisit.study.pretext_eval`), so half an epoch's steps gives
+      two points per epoch. `study` requires it for every budgeted task.
   """
   cells: Tuple[Cell, ...]
   train_configs: Dict[str, str]
@@ -214,10 +214,6 @@ class Study:
     """The schedule that `task`'s training config binds."""
     return read_recipe(self.train_configs[task])
 
-  def train_epochs(self, cell: Cell) -> Optional[float]:
-    """The epochs a cell trains (its own, else its task config's)."""
-    return cell.epochs if cell.epochs is not None else self.recipe(cell.task).epochs
-
   def has_pretext_curve(self, cell: Cell) -> bool:
     """Cells with a budget get the held-out pretext curve (random_init has
     no training to follow)."""
@@ -225,16 +221,15 @@ class Study:
 
   def estimated_minutes(self, cell: Cell) -> float:
     """Config estimate of a cell's minutes: (training, scaled by the cell's
-    epochs / its config's, + its evaluation jobs + its pretext curve, one
-    evaluation per epoch and one at the start) on ResNet50 v2 at k=1, times
-    the architecture's and the width's cost."""
+    epochs / its config's, + its evaluation jobs + its pretext curve, per
+    epoch) on ResNet50 v2 at k=1, times the architecture's and the width's
+    cost."""
     train = self.train_minutes.get(cell.task, 0.0)
     if cell.epochs is not None and train:
       train *= cell.epochs / self.recipe(cell.task).epochs
     base = train + sum(self.eval_minutes.get(job, 0.0) for job in cell.evals)
     if self.has_pretext_curve(cell):
-      base += (self.eval_minutes.get(PRETEXT_CURVE_JOB, 0.0)
-               * (math.ceil(cell.epochs) + 1))
+      base += self.eval_minutes.get(PRETEXT_CURVE_JOB, 0.0) * cell.epochs
     return (base * self.architecture_cost.get(cell.architecture, 1.0)
             * self.width_cost.get(cell.filters_factor, cell.filters_factor ** 1.5))
 
