@@ -15,7 +15,7 @@ A training workdir (written by `tfrevisit.train`):
 An export (a SavedModel directory, written by `tfrevisit.export`):
   encoder.keras   the encoder as a native Keras 3 file (`keras.saving.
                   load_model`, after `import tfrevisit.models` registers the
-                  RevNet layers); absent in exports older than it.
+                  backbones' custom layers); absent in exports older than it.
   assets/tfrevisit.json  metadata: the `TaskRecord` fields (keys "task",
                   "num_classes", "backbone", "task_options"), the backbone's
                   old flat keys ("architecture", "filters_factor",

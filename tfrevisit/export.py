@@ -40,7 +40,7 @@ The SavedModel, loaded with `tf.saved_model.load(path)` as `obj`:
   and training facts (format: `tfrevisit.artifacts`).
   encoder.keras: the encoder (images -> dict of end points) as a native
   Keras 3 file: `keras.saving.load_model(path)` after `import tfrevisit.models`
-  (which registers RevNet's layers) gives a trainable `keras.Model` with its
+  (which registers the backbones' layers) gives a trainable `keras.Model` with its
   BatchNorm training mode and weight decay (`model.losses`), the first-class
   way to fine-tune in Keras 3.
 
