@@ -185,7 +185,47 @@ def test_invalid_arguments_raise_value_error(kwargs, message):
     models.backbone(**kwargs)
 
 
-def test_channel_padding_keeps_signal_in_both_halves():
+def test_channel_padding_puts_half_the_zeros_before_and_half_after():
+  """The release's stage transition: C/2 zeros, x, C/2 zeros; the next unit's
+  halves are [zeros, first half] and [second half, zeros]."""
   x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 1, 4)  # halves [1 2], [3 4]
-  padded = layers.ZeroPadChannels(4)(x)
-  np.testing.assert_array_equal(padded[0, 0, 0], [1, 2, 0, 0, 3, 4, 0, 0])
+  padded = layers.ChannelZeroPadding(4)(x).numpy()
+  np.testing.assert_array_equal(padded[0, 0, 0], [0, 0, 1, 2, 3, 4, 0, 0])
+
+  x = np.random.RandomState(0).rand(2, 3, 3, 6).astype(np.float32) + 1
+  padded = layers.ChannelZeroPadding(6)(x).numpy()
+  assert padded.shape == (2, 3, 3, 12)
+  assert np.all(padded[..., :3] == 0) and np.all(padded[..., 9:] == 0)
+  assert np.all(padded[..., 3:9] == x)  # no zero among x's values (all >= 1)
+
+
+def test_revnet_stage_input_is_the_padded_pooled_stage_output():
+  model = models.backbone("revnet50", filters_factor=1, input_shape=(32, 32, 3))
+  probe = keras.Model(model.input, [model.get_layer("block1").output,
+                                    model.get_layer("block2_pad").output])
+  block1, block2_input = (t.numpy() for t in probe(_images(), training=False))
+  pooled = block1.reshape(2, 4, 2, 4, 2, 64).mean(axis=(2, 4))  # 2x2 average
+  expected = np.concatenate(
+      [np.zeros_like(pooled[..., :32]), pooled, np.zeros_like(pooled[..., 32:])],
+      axis=-1)
+  np.testing.assert_allclose(block2_input, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_layout_one_channel_padding_still_pads_each_half():
+  """encoder.keras files of layout 1 name `ZeroPadChannels`: it keeps its
+  computation, so they load and run as before."""
+  x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 1, 4)
+  layer = keras.layers.deserialize(keras.layers.serialize(
+      layers.ZeroPadChannels(4, name="block2_pad")))
+  assert type(layer) is layers.ZeroPadChannels  # pylint: disable=unidiomatic-typecheck
+  np.testing.assert_array_equal(layer(x)[0, 0, 0], [1, 2, 0, 0, 3, 4, 0, 0])
+
+
+def test_only_revnet_refuses_weights_of_layout_one():
+  for name in ("resnet50_v1", "resnet50_v2", "vgg19"):
+    models.check_layout(name, 1)
+  for name in ARCHS:
+    models.check_layout(name, models.LAYOUT)
+  for name, change in (("revnet50", "zero channels before and after"),):
+    with pytest.raises(ValueError, match=f"layout 1.*{change}.*train it again"):
+      models.check_layout(name, 1)

@@ -159,13 +159,14 @@ def end_points_model(images, end_points: Dict[str, keras.KerasTensor],
 
 
 @keras.saving.register_keras_serializable(package="tfrevisit")
-class ZeroPadChannels(keras.layers.Layer):
-  """Zero-pads each channel half: [a, b] -> [a, 0, b, 0], [B, H, W, C] ->
-  [B, H, W, C + extra], `extra` even.
+class ChannelZeroPadding(keras.layers.Layer):
+  """Zero-pads the channel axis on both sides, as RevNet's stage transitions
+  in the release: [B, H, W, C] -> [B, H, W, C + extra], `extra` even, with
+  extra/2 zero channels before and extra/2 after x.
 
-  Padding the halves separately (as RevNet does) keeps signal in both halves
-  of the next reversible unit; appending all zeros at the end would feed its
-  F nothing but zeros.
+  With extra = C, the next reversible unit's halves are [0, first half of x]
+  and [second half of x, 0]: both carry signal (appending all zeros at the
+  end would feed its F nothing but zeros).
   """
 
   def __init__(self, extra_channels: int, **kwargs):
@@ -175,13 +176,24 @@ class ZeroPadChannels(keras.layers.Layer):
     self.extra_channels = extra_channels
 
   def call(self, x):
-    pad = [[0, 0], [0, 0], [0, 0], [0, self.extra_channels // 2]]
-    return keras.ops.concatenate(
-        [keras.ops.pad(half, pad) for half in keras.ops.split(x, 2, axis=-1)],
-        axis=-1)
+    side = self.extra_channels // 2
+    return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [side, side]])
 
   def compute_output_shape(self, input_shape: Sequence[Optional[int]]):
     return (*input_shape[:-1], input_shape[-1] + self.extra_channels)
 
   def get_config(self):
     return {**super().get_config(), "extra_channels": self.extra_channels}
+
+
+@keras.saving.register_keras_serializable(package="tfrevisit")
+class ZeroPadChannels(ChannelZeroPadding):
+  """Backbone layout 1's RevNet channel padding, zeros after each half:
+  [a, b] -> [a, 0, b, 0]. Only for encoder.keras files written before layout
+  2, which load and compute as they did; models use `ChannelZeroPadding`."""
+
+  def call(self, x):
+    pad = [[0, 0], [0, 0], [0, 0], [0, self.extra_channels // 2]]
+    return keras.ops.concatenate(
+        [keras.ops.pad(half, pad) for half in keras.ops.split(x, 2, axis=-1)],
+        axis=-1)
