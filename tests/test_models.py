@@ -68,6 +68,43 @@ def test_end_point_names_and_shapes(name, filters_factor, patch_mode):
       k: (2, *v) for k, v in expected.items()}
 
 
+def _vgg_trainable_parameters(size, k, num_classes):
+  """VGG19-BN's trainable parameters by formula: 3x3 conv kernels, BN gamma
+  and beta, fc6 over the map left by five floor-halving pools, fc7, head."""
+  widths = [w * k for w in (8, 8, 16, 16, 32, 32, 32, 32) + (64,) * 8]
+  count, channels = 0, 3
+  for width in widths:
+    count += 9 * channels * width + 2 * width
+    channels = width
+  side = size
+  for _ in range(5):
+    side //= 2
+  fc = 512 * k
+  count += side * side * channels * fc + 2 * fc  # fc6 and its BN
+  count += fc * fc + 2 * fc  # fc7 and its BN
+  return count + fc * num_classes + num_classes
+
+
+@pytest.mark.parametrize("size, fc6_window", [(64, 2), (72, 2), (224, 7)])
+def test_vgg_pools_round_down_like_the_release(size, fc6_window):
+  """2x2 stride-2 VALID pools: 72 px gives 36, 18, 9, 4, 2 (SAME: 5x5 block4
+  ... 3x3 fc6); the release's k=1 VGG19 at 64 px has 714,754 trainable
+  parameters with 10 classes."""
+  model = models.backbone("vgg19", filters_factor=1, num_classes=10,
+                          input_shape=(size, size, 3))
+  assert model.get_layer("fc6").kernel.shape[:2] == (fc6_window, fc6_window)
+  sides = [model.get_layer(f"{block}_pool").output.shape[1]
+           for block in ("conv1", "block1", "block2", "block3", "block4")]
+  expected = [size]
+  for _ in range(5):
+    expected.append(expected[-1] // 2)
+  assert sides == expected[1:]
+  trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+  assert trainable == _vgg_trainable_parameters(size, 1, 10)
+  if size in (64, 72):
+    assert trainable == 714_754
+
+
 @pytest.mark.parametrize("name", ARCHS)
 def test_forward_pass_returns_dict_of_end_points(name):
   model = _small_model(name, num_classes=3)
@@ -221,11 +258,12 @@ def test_layout_one_channel_padding_still_pads_each_half():
   np.testing.assert_array_equal(layer(x)[0, 0, 0], [1, 2, 0, 0, 3, 4, 0, 0])
 
 
-def test_only_revnet_refuses_weights_of_layout_one():
-  for name in ("resnet50_v1", "resnet50_v2", "vgg19"):
+def test_only_vgg_and_revnet_refuse_weights_of_layout_one():
+  for name in ("resnet50_v1", "resnet50_v2"):
     models.check_layout(name, 1)
   for name in ARCHS:
     models.check_layout(name, models.LAYOUT)
-  for name, change in (("revnet50", "zero channels before and after"),):
+  for name, change in (("revnet50", "zero channels before and after"),
+                       ("vgg19", "VALID")):
     with pytest.raises(ValueError, match=f"layout 1.*{change}.*train it again"):
       models.check_layout(name, 1)

@@ -1,7 +1,8 @@
 """VGG19 with BatchNorm (no dropout) and widening factor k (k=8: usual widths).
 
 Five blocks of 3x3 conv-BN-ReLU (2x8k, 2x16k, 4x32k, 4x64k, 4x64k filters), each
-followed by a 2x2 max-pool. End points for images [B, H, W, 3]:
+followed by a 2x2 stride-2 VALID max-pool (sizes round down: 72 px gives 36,
+18, 9, 4, 2). End points for images [B, H, W, 3]:
   conv1       [B, H/2,  W/2,  8k]   first block
   block1      [B, H/4,  W/4,  16k]  blocks 2..5, aligned with ResNet's stages
   block2      [B, H/8,  W/8,  32k]
@@ -36,7 +37,8 @@ def _require_fixed_size(input_shape):
         "input_shape=(224, 224, 3), or (64, 64, 3) with patch_mode=True.")
 
 
-@BACKBONES.register("vgg19", fixed_input_size=True)
+@BACKBONES.register("vgg19", fixed_input_size=True, layout_changes={
+    2: "max-pools VALID, not SAME"})
 def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
           num_classes, weight_decay, input_shape) -> keras.Model:
   """Builds VGG19-BN; arguments as in `tfrevisit.models.backbone`; patch_mode
@@ -55,7 +57,7 @@ def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
       x = layers.conv2d(filters * filters_factor, 3, 1, weight_decay,
                         f"{name}_conv{index}")(x)
       x = layers.batch_norm_relu(x, f"{name}_conv{index}")
-    x = keras.layers.MaxPooling2D(2, 2, padding="same", name=f"{name}_pool")(x)
+    x = keras.layers.MaxPooling2D(2, 2, padding="valid", name=f"{name}_pool")(x)
     end_points[name] = x
 
   x = layers.conv2d(512 * filters_factor, x.shape[1:3], 1, weight_decay, "fc6",
