@@ -17,13 +17,14 @@ _RESNET_224 = {"block1": (56, 56, 64), "block2": (28, 28, 128),
 _RESNET_PATCH_64 = {"block1": (32, 32, 64), "block2": (16, 16, 128),
                     "block3": (8, 8, 256), "block4": (8, 8, 512),
                     "pre_logits": (512,)}
-_VGG_224 = {"conv1": (112, 112, 8), "block1": (56, 56, 16),
-            "block2": (28, 28, 32), "block3": (14, 14, 64),
-            "block4": (7, 7, 64), "fc6": (512,), "pre_logits": (512,)}
+# VGG's blocks before their max-pools, as the release's end points.
+_VGG_224 = {"block1": (224, 224, 8), "block2": (112, 112, 16),
+            "block3": (56, 56, 32), "block4": (28, 28, 64),
+            "block5": (14, 14, 64), "fc6": (512,), "pre_logits": (512,)}
 # VGG keeps its five 2x2 pools in patch mode, as in the paper's release.
-_VGG_PATCH_64 = {"conv1": (32, 32, 8), "block1": (16, 16, 16),
-                 "block2": (8, 8, 32), "block3": (4, 4, 64),
-                 "block4": (2, 2, 64), "fc6": (512,), "pre_logits": (512,)}
+_VGG_PATCH_64 = {"block1": (64, 64, 8), "block2": (32, 32, 16),
+                 "block3": (16, 16, 32), "block4": (8, 8, 64),
+                 "block5": (4, 4, 64), "fc6": (512,), "pre_logits": (512,)}
 _AFTER_ROOT_CHANNELS = {"resnet50_v1": 16, "resnet50_v2": 16, "revnet50": 64}
 
 
@@ -46,9 +47,11 @@ def _images(batch=2, size=32, seed=0):
       np.float32)
 
 
-@pytest.mark.parametrize("patch_mode", [False, True])
-@pytest.mark.parametrize("filters_factor", [1, 4])
-@pytest.mark.parametrize("name", ARCHS)
+_END_POINT_CASES = [(name, k, patch_mode) for name in ARCHS for k in (1, 4)
+                    for patch_mode in (False, True)] + [("vgg19", 8, False)]
+
+
+@pytest.mark.parametrize("name, filters_factor, patch_mode", _END_POINT_CASES)
 def test_end_point_names_and_shapes(name, filters_factor, patch_mode):
   size = 64 if patch_mode else 224
   input_shape = (size, size, 3) if name == "vgg19" else (None, None, 3)
@@ -93,8 +96,8 @@ def test_vgg_pools_round_down_like_the_release(size, fc6_window):
   model = models.backbone("vgg19", filters_factor=1, num_classes=10,
                           input_shape=(size, size, 3))
   assert model.get_layer("fc6").kernel.shape[:2] == (fc6_window, fc6_window)
-  sides = [model.get_layer(f"{block}_pool").output.shape[1]
-           for block in ("conv1", "block1", "block2", "block3", "block4")]
+  sides = [model.get_layer(f"block{block}_pool").output.shape[1]
+           for block in range(1, 6)]
   expected = [size]
   for _ in range(5):
     expected.append(expected[-1] // 2)

@@ -216,7 +216,8 @@ def test_vgg_patch_mode_keeps_five_pools_and_release_weight_decay():
   patch = _build("vgg19", patch_mode=True, size=64)
   shapes = lambda model: {k: tuple(v.shape) for k, v in model.output.items()}
   assert shapes(patch) == shapes(plain)
-  assert shapes(plain)["block4"] == (None, 2, 2, 64)
+  assert shapes(plain)["block5"] == (None, 4, 4, 64)
+  assert plain.get_layer("fc6").kernel.shape[:2] == (2, 2)
   kernels = [w for w in _kernels(plain)]
   l2 = sum(float(tf.nn.l2_loss(k)) for k in kernels)
   np.testing.assert_allclose(float(tf.add_n(plain.losses)), 1e-4 * l2,
