@@ -173,8 +173,9 @@ def test_task_json_rebuilds_the_task_without_gin(workdir):
 def test_metadata_records_the_task_and_old_metadata_still_reads(workdir):
   metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
   assert artifacts.export_record(metadata) == artifacts.read_task_record(workdir)
+  assert metadata["layout"] == models.LAYOUT
   old = {k: v for k, v in metadata.items()
-         if k not in ("backbone", "num_classes", "task_options")}
+         if k not in ("backbone", "num_classes", "task_options", "layout")}
   assert artifacts.export_record(old) == artifacts.TaskRecord(
       "rotation", None, {"name": "resnet50_v2", "filters_factor": 1,
                          "last_relu": True})
@@ -188,6 +189,40 @@ def test_export_reads_the_config_gin_of_an_old_workdir(workdir):
   metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
   assert metadata["backbone"]["name"] == "resnet50_v2"
   assert metadata["task_options"] == {"image_size": 32}
+
+
+def _make_layout_one(workdir, backbone_name):
+  """Rewrites task.json as a run of `backbone_name` from before layouts."""
+  path = os.path.join(workdir, artifacts.TASK_FILE)
+  with open(path) as f:
+    info = json.load(f)
+  del info["layout"]
+  info["backbone"]["name"] = backbone_name
+  with open(path, "w") as f:
+    json.dump(info, f)
+
+
+def test_old_workdir_of_a_changed_backbone_is_refused_in_one_line(workdir,
+                                                                  capsys):
+  assert artifacts.read_task_record(workdir).layout == models.LAYOUT
+  _make_layout_one(workdir, "revnet50")
+  assert artifacts.read_task_record(workdir).layout == 1
+  with pytest.raises(SystemExit, match="^2$"):
+    export.main(["--workdir", workdir])
+  error = capsys.readouterr().err
+  assert error.startswith("error: This revnet50 was trained with backbone "
+                          "layout 1") and error.count("\n") == 1
+  assert "exports (SavedModel, encoder.keras) still load" in error
+  assert not os.path.exists(os.path.join(workdir, "export"))
+  with pytest.raises(ValueError, match="layout 1"):
+    export.check_resumable(workdir, models.Backbone("revnet50", 1))
+
+
+def test_old_workdir_of_an_unchanged_backbone_still_exports(workdir):
+  _make_layout_one(workdir, "resnet50_v2")
+  export.check_resumable(workdir, models.Backbone("resnet50_v2", 1))
+  metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
+  assert metadata["layout"] == models.LAYOUT
 
 
 def test_interrupted_export_keeps_the_previous_one(workdir, monkeypatch):

@@ -189,7 +189,8 @@ def test_moving_statistics_are_updated_once_per_step(runs):
   x2 = on["after_root"][..., on["after_root"].shape[-1] // 2:]
   momentum = layers.BATCH_NORM_MOMENTUM
   for statistic, batch_value in (("moving_mean", x2.mean(axis=(0, 1, 2))),
-                                 ("moving_variance", x2.var(axis=(0, 1, 2)))):
+                                 ("moving_variance",
+                                  x2.var(axis=(0, 1, 2), ddof=1))):
     path = f"block1/unit1/bn1/{statistic}"
     np.testing.assert_allclose(
         on["moving_after_one_step"][path],

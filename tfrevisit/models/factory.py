@@ -15,8 +15,14 @@ from tfrevisit.registry import Registry
 
 # Entries take (filters_factor, last_relu, patch_mode, num_classes,
 # weight_decay, input_shape, **family options); an architecture whose input
-# size is fixed at build time registers with `fixed_input_size=True`.
+# size is fixed at build time registers with `fixed_input_size=True`, one whose
+# computation changed at a layout version with `layout_changes={version: what}`.
 BACKBONES = Registry("backbone")
+
+# The version of what the backbones compute from their weights, recorded with
+# every run and export: 1 before they computed exactly what the paper's release
+# computed, 2 since (RevNet's channel padding, VGG's pools and end points).
+LAYOUT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +56,11 @@ class Backbone:
           f"got {self.filters_factor!r}.")
     object.__setattr__(self, "filters_factor", int(self.filters_factor))
     object.__setattr__(self, "options", dict(self.options))
+
+  @property
+  def layout(self) -> int:
+    """The layout version this code builds (`LAYOUT`)."""
+    return LAYOUT
 
   def to_dict(self) -> Dict[str, Any]:
     """A JSON-serialisable dict; `Backbone(**d)` rebuilds the value."""
@@ -109,6 +120,27 @@ def backbone(name: str, *, filters_factor: int, last_relu: bool = True,
   return Backbone(name, filters_factor, last_relu, weight_decay, options).build(
       num_classes=num_classes, patch_mode=patch_mode, input_shape=input_shape,
       input_size=input_size)
+
+
+def check_layout(name: str, layout: int) -> None:
+  """Raises unless weights trained under `layout` compute the same in today's
+  backbone `name`.
+
+  Raises:
+    ValueError: `name`'s computation changed after `layout`; the message says
+      what changed and what to do.
+  """
+  changes = [what for version, what in sorted(
+      BACKBONES.properties(name).get("layout_changes", {}).items())
+             if version > layout]
+  if changes:
+    raise ValueError(
+        f"This {name} was trained with backbone layout {layout}; layout "
+        f"{LAYOUT} (the release's) changed it ({'; '.join(changes)}), so its "
+        "checkpoints would load into a different network. Its exports "
+        "(SavedModel, encoder.keras) still load and run as before; to resume "
+        "or re-export the run use tfrevisit at git commit caca7ee (layout 1), "
+        "or train it again.")
 
 
 def require_last_relu(name: str, last_relu: bool):

@@ -10,7 +10,9 @@ Conventions (all backbones), the defaults of the paper's release (TF1 layers):
   * Weight decay `wd` on a kernel `w` adds `wd * tf.nn.l2_loss(w)` =
     `wd / 2 * sum(w**2)` to the model's losses, i.e. `keras.regularizers.L2(wd/2)`.
   * BatchNorm uses momentum 0.99 and epsilon 1e-3 (gin `batch_norm.momentum`,
-    `batch_norm.epsilon`; 0.9 and 1e-5 are the usual TF2 ResNet values).
+    `batch_norm.epsilon`; 0.9 and 1e-5 are the usual TF2 ResNet values), and
+    in training updates its moving variance with the unbiased batch variance,
+    as TF1's fused BatchNorm did (`BatchNormalization`).
   * The root max-pool pads 1 zero pixel on each side, then runs 3x3 stride 2
     VALID (not SAME, which pads with -inf: they differ where a border
     window's values are all negative, as in ResNet v2's and RevNet's roots).
@@ -83,11 +85,44 @@ def conv2d_fixed_padding(x, filters: int, kernel_size: int, stride: int,
   return conv2d(filters, kernel_size, stride, weight_decay, name)(x)
 
 
+@keras.saving.register_keras_serializable(package="tfrevisit")
+class BatchNormalization(keras.layers.BatchNormalization):
+  """Keras BatchNorm with the moving-variance update of TF1's fused BatchNorm.
+
+  A training call normalises with the batch mean and the biased batch
+  variance, as Keras does, but updates `moving_variance` with the unbiased
+  variance, variance * N / (N - 1), N = the number of values per channel in
+  the batch (batch x height x width; 1 leaves the variance as it is). Under a
+  distribution strategy each replica uses its own batch (N per replica).
+  Inference calls, masked calls and renorm are Keras's.
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable) or mask is not None or self.renorm:
+      return super().call(inputs, training=training, mask=mask)
+    dtype = keras.backend.result_type(inputs.dtype, "float32")
+    inputs = keras.ops.cast(inputs, dtype)
+    rank = len(inputs.shape)
+    axes = [i for i in range(rank) if i != self.axis % rank]
+    mean, variance = keras.ops.moments(inputs, axes=axes)
+    count = (keras.ops.cast(keras.ops.size(inputs), dtype)
+             / inputs.shape[self.axis])  # values per channel
+    unbiased = variance * count / keras.ops.maximum(count - 1.0, 1.0)
+    for moving, batch in ((self.moving_mean, mean),
+                          (self.moving_variance, unbiased)):
+      moving.assign(keras.ops.cast(moving, dtype) * self.momentum
+                    + batch * (1.0 - self.momentum))
+    cast = lambda w: None if w is None else keras.ops.cast(w, dtype)
+    outputs = keras.ops.batch_normalization(
+        inputs, mean, variance, axis=self.axis, offset=cast(self.beta),
+        scale=cast(self.gamma), epsilon=self.epsilon)
+    return keras.ops.cast(outputs, self.compute_dtype)
+
+
 @gin.configurable("batch_norm", allowlist=["momentum", "epsilon"])
 def batch_norm(name: str, dtype=None, momentum: float = BATCH_NORM_MOMENTUM,
-               epsilon: float = BATCH_NORM_EPSILON
-               ) -> keras.layers.BatchNormalization:
-  return keras.layers.BatchNormalization(
+               epsilon: float = BATCH_NORM_EPSILON) -> BatchNormalization:
+  return BatchNormalization(
       momentum=momentum, epsilon=epsilon, name=name, dtype=dtype)
 
 
@@ -124,13 +159,14 @@ def end_points_model(images, end_points: Dict[str, keras.KerasTensor],
 
 
 @keras.saving.register_keras_serializable(package="tfrevisit")
-class ZeroPadChannels(keras.layers.Layer):
-  """Zero-pads each channel half: [a, b] -> [a, 0, b, 0], [B, H, W, C] ->
-  [B, H, W, C + extra], `extra` even.
+class ChannelZeroPadding(keras.layers.Layer):
+  """Zero-pads the channel axis on both sides, as RevNet's stage transitions
+  in the release: [B, H, W, C] -> [B, H, W, C + extra], `extra` even, with
+  extra/2 zero channels before and extra/2 after x.
 
-  Padding the halves separately (as RevNet does) keeps signal in both halves
-  of the next reversible unit; appending all zeros at the end would feed its
-  F nothing but zeros.
+  With extra = C, the next reversible unit's halves are [0, first half of x]
+  and [second half of x, 0]: both carry signal (appending all zeros at the
+  end would feed its F nothing but zeros).
   """
 
   def __init__(self, extra_channels: int, **kwargs):
@@ -140,13 +176,24 @@ class ZeroPadChannels(keras.layers.Layer):
     self.extra_channels = extra_channels
 
   def call(self, x):
-    pad = [[0, 0], [0, 0], [0, 0], [0, self.extra_channels // 2]]
-    return keras.ops.concatenate(
-        [keras.ops.pad(half, pad) for half in keras.ops.split(x, 2, axis=-1)],
-        axis=-1)
+    side = self.extra_channels // 2
+    return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [side, side]])
 
   def compute_output_shape(self, input_shape: Sequence[Optional[int]]):
     return (*input_shape[:-1], input_shape[-1] + self.extra_channels)
 
   def get_config(self):
     return {**super().get_config(), "extra_channels": self.extra_channels}
+
+
+@keras.saving.register_keras_serializable(package="tfrevisit")
+class ZeroPadChannels(ChannelZeroPadding):
+  """Backbone layout 1's RevNet channel padding, zeros after each half:
+  [a, b] -> [a, 0, b, 0]. Only for encoder.keras files written before layout
+  2, which load and compute as they did; models use `ChannelZeroPadding`."""
+
+  def call(self, x):
+    pad = [[0, 0], [0, 0], [0, 0], [0, self.extra_channels // 2]]
+    return keras.ops.concatenate(
+        [keras.ops.pad(half, pad) for half in keras.ops.split(x, 2, axis=-1)],
+        axis=-1)

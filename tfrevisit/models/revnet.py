@@ -22,6 +22,7 @@ H/8 for after_root, block1..block4):
   block1      [B, H/4,  W/4,  64k]
   block2      [B, H/8,  W/8,  128k]  each later stage starts with average pooling
   block3      [B, H/16, W/16, 256k]  (stage stride) and zero channel padding
+                                     (C/2 zeros before and C/2 after C channels)
   block4      [B, H/32, W/32, 512k]  stage output, before the final BN
   pre_logits  [B, 512k]              final BN, ReLU unless "(-)", average pool
   logits      [B, num_classes]       only if num_classes is set
@@ -393,7 +394,9 @@ def _if_nonempty(chunk, true_fn, empty_fn):
   return tf.cond(tf.shape(chunk)[0] > 0, true_fn, empty_fn)
 
 
-@BACKBONES.register("revnet50")
+@BACKBONES.register("revnet50", layout_changes={
+    2: "stage transitions pad C/2 zero channels before and after the tensor, "
+       "not after each half"})
 def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
              num_classes, weight_decay, input_shape,
              memory_efficient: bool = True) -> keras.Model:
@@ -418,7 +421,7 @@ def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
       if stride > 1:
         x = keras.layers.AveragePooling2D(
             stride, stride, padding="same", name=f"block{stage}_pool")(x)
-      x = layers.ZeroPadChannels(x.shape[-1], name=f"block{stage}_pad")(x)
+      x = layers.ChannelZeroPadding(x.shape[-1], name=f"block{stage}_pad")(x)
     x = ReversibleStage(num_units, weight_decay, memory_efficient,
                         name=f"block{stage}")(x)
     end_points[f"block{stage}"] = x
