@@ -217,6 +217,8 @@ def test_mixed_precision_keeps_logits_float32(name):
     (dict(name="resnet50_v2", filters_factor=0), "integer >= 1"),
     (dict(name="revnet50", filters_factor=1.5), "integer >= 1"),
     (dict(name="vgg19", filters_factor=8), "input_shape=\\(224, 224, 3\\)"),
+    (dict(name="vgg19", filters_factor=1, input_shape=(16, 16, 3)),
+     "at least 32x32 pixels"),
     (dict(name="resnet50_v2", filters_factor=1, memory_efficient=True),
      "no option \\['memory_efficient'\\]"),
 ])

@@ -190,17 +190,22 @@ def save_module(root: tf.Module, path: str, metadata: Dict[str, Any],
 
 
 def export_task(task: pretext.Task, workdir: str, step: int,
-                output: Optional[str] = None, gin_config: str = "") -> str:
+                output: Optional[str] = None, gin_config: str = "",
+                default_output: str = pretext.DEFAULT_OUTPUT,
+                extra_metadata: Optional[Dict[str, Any]] = None) -> str:
   """Exports `task`'s encoder; returns the SavedModel's path.
 
   Without `output`, writes `workdir/export/<step>` and updates `latest`.
-  `gin_config` is the run's config text, kept in the metadata for people.
+  `gin_config` is the run's config text, kept in the metadata for people;
+  `default_output` the end point that calling the export returns;
+  `extra_metadata` is added to the metadata (e.g. where converted weights came
+  from).
   """
   metadata = artifacts.export_metadata(
-      task, default_output=pretext.DEFAULT_OUTPUT, step=step,
-      gin_config=gin_config)
+      task, default_output=default_output, step=step, gin_config=gin_config)
+  metadata.update(extra_metadata or {})
   encoder = float32_encoder(task)
-  root = build_module(encoder, default_output=pretext.DEFAULT_OUTPUT,
+  root = build_module(encoder, default_output=default_output,
                       preprocess_spec=task.eval_preprocess)
   if output is None:
     export_dir = artifacts.export_dir(workdir)

@@ -27,17 +27,24 @@ from tfrevisit.models import layers
 from tfrevisit.models.factory import BACKBONES, require_last_relu
 
 DEFAULT_WEIGHT_DECAY = 1e-4
+MIN_INPUT_SIZE = 32  # 2**5: five floor-halving pools
 # (end point, number of convs, filters / k) per block.
 _BLOCKS = (("block1", 2, 8), ("block2", 2, 16), ("block3", 4, 32),
            ("block4", 4, 64), ("block5", 4, 64))
 
 
-def _require_fixed_size(input_shape):
+def _check_input_size(input_shape):
   if None in input_shape[:2]:
     raise ValueError(
         "vgg19 needs a fixed input size because fc6 covers the whole last "
         f"feature map; got input_shape={input_shape}. Pass e.g. "
         "input_shape=(224, 224, 3), or (64, 64, 3) with patch_mode=True.")
+  if min(input_shape[:2]) < MIN_INPUT_SIZE:
+    raise ValueError(
+        f"vgg19 needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
+        "pixels (its five 2x2 VALID max-pools leave nothing of smaller ones); "
+        f"got input_shape={input_shape}: raise the task's image or patch "
+        "size.")
 
 
 @BACKBONES.register("vgg19", fixed_input_size=True, layout_changes={
@@ -49,7 +56,7 @@ def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
   is accepted and, as in the release, changes nothing."""
   del patch_mode
   require_last_relu("vgg19", last_relu)
-  _require_fixed_size(input_shape)
+  _check_input_size(input_shape)
   if weight_decay is None:
     weight_decay = DEFAULT_WEIGHT_DECAY
 
