@@ -181,6 +181,28 @@ def test_keras_save_load_round_trip(name, tmp_path):
     np.testing.assert_array_equal(actual[end_point], expected[end_point])
 
 
+@pytest.mark.parametrize("name", ARCHS)
+def test_checkpoint_holds_every_weight_and_restores_the_end_points(
+    name, tmp_path):
+  # tf.train.Checkpoint (training's checkpoints, export, fine-tuning) must
+  # see every variable, those of layers nested in custom layers included.
+  model = _small_model(name, num_classes=3)
+  model(_images(), training=False)
+  for weight in model.weights:  # moving statistics too, away from 0 and 1
+    weight.assign(np.random.default_rng(0).uniform(
+        0.5, 1.5, weight.shape).astype(np.float32))
+  path = tf.train.Checkpoint(encoder=model).write(str(tmp_path / "ckpt"))
+  saved = [name for name, _ in tf.train.list_variables(path)
+           if name.startswith("encoder/")]
+  assert len(saved) == len(model.weights)
+  restored = _small_model(name, num_classes=3)
+  tf.train.Checkpoint(encoder=restored).read(path).assert_consumed()
+  expected = model(_images(), training=False)
+  actual = restored(_images(), training=False)
+  for end_point in expected:
+    np.testing.assert_array_equal(actual[end_point], expected[end_point])
+
+
 def test_builds_and_runs_in_mirrored_strategy(two_cpu_strategy):
   strategy = two_cpu_strategy
   with strategy.scope():

@@ -64,6 +64,9 @@ class ReversibleUnit(keras.layers.Layer):
                         f"conv{index}", dtype=self.dtype_policy)]
     x_shape = (*input_shape[:-1], half)
     for layer in self.residual_layers:
+      # Also an attribute: tf.train.Checkpoint does not follow Keras' list
+      # tracking, so layers held only in a list are left out of checkpoints.
+      setattr(self, layer.name, layer)
       layer.build(x_shape)
       x_shape = layer.compute_output_shape(x_shape)
 
@@ -150,6 +153,7 @@ class ReversibleStage(keras.layers.Layer):
 
   def build(self, input_shape):
     for unit in self.units:
+      setattr(self, unit.name, unit)  # For checkpoints, see ReversibleUnit.
       unit.build(input_shape)
 
   def call(self, x, training=None):
