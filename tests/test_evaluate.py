@@ -238,9 +238,12 @@ def test_fit_warnings_name_the_end_point_of_each_problem():
       {"end_point": "pre_logits", "probe": "linear", "label_fraction": 0.1,
        "hit_max_iterations": True, "iterations": 150, "l2_at_edge": True,
        "l2": 1e-10, "l2_grid": [1e-2, 1e-10]},
-      {"end_point": "logits", "probe": "mlp", "label_fraction": 1.0}]
+      {"end_point": "logits", "probe": "mlp", "label_fraction": 1.0},
+      {"model": "random_init", "end_point": "block2", "probe": "linear",
+       "label_fraction": 1.0, "stopped_early": True}]
   lines = evaluate.fit_warnings(rows)
-  assert len(lines) == 3
+  assert len(lines) == 4
+  assert lines[3].startswith("WARNING: random_init block2 (linear probe")
   assert lines[0].startswith("WARNING: block1 (linear probe, 1 of the labels)")
   assert "fewer than 3 iterations" in lines[0]
   assert "pre_logits (linear probe, 0.1 of the labels)" in lines[1]

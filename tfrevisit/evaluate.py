@@ -254,7 +254,8 @@ def fit_warnings(rows: Sequence[dict]) -> List[str]:
   """One "WARNING: ..." line per fit problem of a row (`linear.fit_problems`:
   stopped early, hit max_iterations, L2 at the grid's edge), naming its end
   point, probe and label fraction."""
-  return [f"WARNING: {row['end_point']} ({row['probe']} probe, "
+  return [f"WARNING: {row['model'] + ' ' if 'model' in row else ''}"
+          f"{row['end_point']} ({row['probe']} probe, "
           f"{row['label_fraction']:g} of the labels): {problem}."
           for row in rows for problem in linear.fit_problems(row)]
 
