@@ -1,4 +1,5 @@
 """TF-Hub-style SavedModel export: round trips, loaders, atomicity, errors."""
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from tfrevisit import export
 from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit import train
+from tfrevisit.evaluation import finetune
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -146,6 +148,59 @@ def _workdir(trained_workdir, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_workdir, workdir, symlinks=True)
   return workdir
+
+
+# A run with the BatchNorm settings bound under gin's old names, as in issue 30:
+# their re-export used to rebuild the encoder with the defaults.
+NUMERICS_RUN = [binding for binding in SMALL_RUN
+                if not binding.startswith("train.export")] + [
+    "train.export = True",
+    "batch_norm.momentum = 0.9", "batch_norm.epsilon = 1e-5"]
+
+
+@pytest.fixture(name="numerics_workdir", scope="module")
+def _numerics_workdir(tmp_path_factory, shallow_backbones):
+  workdir = str(tmp_path_factory.mktemp("numerics") / "run")
+  gin_config.parse_gin([], NUMERICS_RUN)
+  train.train(workdir)
+  gin.clear_config()
+  return workdir
+
+
+def test_rebuilds_compute_the_training_export_bit_for_bit(numerics_workdir,
+                                                          tmp_path):
+  """Re-export, fine-tune restore and evaluation's encoder.keras, each rebuilt
+  without gin, against the export written at the end of training."""
+  workdir = numerics_workdir
+  backbone = artifacts.read_task_record(workdir).backbone
+  assert (backbone["batch_norm_momentum"], backbone["batch_norm_epsilon"]) == (
+      0.9, 1e-5)
+  trained = os.path.join(workdir, "export", "latest")
+  images = _images(3, 32)
+  representation = lambda path: tf.saved_model.load(path).signatures[
+      "representation"](image=images)
+  expected = representation(trained)
+  reexported = export.main(["--workdir", workdir,
+                            "--output", str(tmp_path / "reexport")])
+  for key, value in representation(reexported).items():
+    np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+  keras_expected = finetune.load_encoder(trained)(images, training=False)
+  for key, value in keras_expected.items():
+    np.testing.assert_allclose(value, expected[key], atol=ATOL, err_msg=key)
+  for encoder in (finetune.load_encoder(None, workdir=workdir),
+                  finetune.load_encoder(reexported)):
+    for key, value in encoder(images, training=False).items():
+      np.testing.assert_array_equal(value, keras_expected[key], err_msg=key)
+
+  # The release's BatchNorm settings on the same weights differ: the
+  # comparisons above can fail.
+  record = artifacts.read_task_record(workdir)
+  defaults = export.build_task(dataclasses.replace(record, backbone={
+      **backbone, "batch_norm_momentum": 0.99, "batch_norm_epsilon": 1e-3}))
+  export.restore_encoder(defaults, artifacts.latest_checkpoint(workdir))
+  assert np.abs(defaults.encoder(images, training=False)["pre_logits"]
+                - keras_expected["pre_logits"]).max() > 1e-6
 
 
 def test_export_from_workdir_and_latest_link(workdir):

@@ -203,6 +203,68 @@ def test_checkpoint_holds_every_weight_and_restores_the_end_points(
     np.testing.assert_array_equal(actual[end_point], expected[end_point])
 
 
+_NUMERICS = {"batch_norm_momentum": 0.9, "batch_norm_epsilon": 1e-5,
+             "kernel_initializer": "he_normal"}
+
+
+def _all_layers(model):
+  """Every layer, custom layers' sub-layers (RevNet's units) included."""
+  return list(model._flatten_layers(include_self=False))  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_every_layer_takes_the_backbones_numerics(name):
+  keras.utils.set_random_seed(0)
+  model = _small_model(name, num_classes=3, **_NUMERICS)
+  batch_norms = [layer for layer in _all_layers(model)
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+  assert len(batch_norms) >= 10
+  assert {(layer.momentum, layer.epsilon) for layer in batch_norms} == {
+      (0.9, 1e-5)}
+  dense_layers = [layer for layer in _all_layers(model)
+                  if isinstance(layer, (keras.layers.Conv2D,
+                                        keras.layers.Dense))]
+  assert dense_layers and all(
+      isinstance(layer.kernel_initializer, keras.initializers.HeNormal)
+      for layer in dense_layers)
+  # He-normal: variance 2 / fan_in, fan_in including the receptive field;
+  # measured on the large kernels (RevNet's root is not a Conv2D layer).
+  checked = 0
+  for kernel in model.weights:
+    if kernel.path.endswith("kernel") and np.prod(kernel.shape) >= 4096:
+      *window, fan_in, _ = kernel.shape
+      np.testing.assert_allclose(np.var(kernel.numpy()),
+                                 2.0 / (np.prod(window) * fan_in), rtol=0.1,
+                                 err_msg=kernel.path)
+      checked += 1
+  assert checked >= 3
+
+
+def test_revnet_keras_file_keeps_the_numerics(tmp_path):
+  model = _small_model("revnet50", num_classes=3, **_NUMERICS)
+  path = str(tmp_path / "revnet50.keras")
+  model.save(path)
+  restored = keras.saving.load_model(path)
+  assert {(layer.momentum, layer.epsilon) for layer in _all_layers(restored)
+          if isinstance(layer, keras.layers.BatchNormalization)} == {(0.9, 1e-5)}
+  images = _images()
+  np.testing.assert_array_equal(restored(images, training=False)["pre_logits"],
+                                model(images, training=False)["pre_logits"])
+
+
+def test_revnet_layer_configs_without_numerics_take_the_defaults():
+  """Configs in encoder.keras files saved before the layers recorded them."""
+  stage = models.ReversibleStage(2, 1e-4, numerics=layers.Numerics(0.9, 1e-5))
+  config = stage.get_config()
+  assert config["numerics"]["batch_norm_epsilon"] == 1e-5
+  del config["numerics"]
+  old = models.ReversibleStage.from_config(config)
+  old.build((None, 4, 4, 16))
+  assert {(layer.momentum, layer.epsilon) for layer in _all_layers(old)
+          if isinstance(layer, keras.layers.BatchNormalization)} == {
+              (0.99, 1e-3)}
+
+
 def test_builds_and_runs_in_mirrored_strategy(two_cpu_strategy):
   strategy = two_cpu_strategy
   with strategy.scope():

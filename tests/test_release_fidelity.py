@@ -34,6 +34,13 @@ def _build(name, patch_mode=False, size=32, **kwargs):
                          **kwargs)
 
 
+def _build_configured(name, size=32):
+  """`_build`, with the backbone the gin bindings describe (command lines)."""
+  keras.utils.set_random_seed(0)
+  return gin_config.configured_backbone(name=name, filters_factor=1).build(
+      num_classes=10, input_shape=(size, size, 3))
+
+
 def _kernels(model):
   """The conv and dense kernels of a model (custom layers' too)."""
   return [w for w in model.weights if w.path.endswith("kernel")]
@@ -63,9 +70,11 @@ def test_kernels_start_glorot_uniform(name, patch_mode):
   assert checked >= 5
 
 
-def test_kernel_initializer_is_one_binding_away():
-  gin.parse_config('kernel_initializer.name = "he_normal"')
-  model = _build("resnet50_v2")
+@pytest.mark.parametrize("binding", ['backbone.kernel_initializer = "he_normal"',
+                                     'kernel_initializer.name = "he_normal"'])
+def test_kernel_initializer_is_one_binding_away(binding):
+  gin.parse_config(binding)
+  model = _build_configured("resnet50_v2")
   kernel = next(k for k in _kernels(model) if k.path.endswith(
       "block3_unit1_conv2/kernel"))
   *window, fan_in, _ = kernel.shape
@@ -84,9 +93,12 @@ def test_backbone_batch_norms_use_tf1_defaults(name):
     assert (layer.momentum, layer.epsilon) == (0.99, 1e-3), layer.name
 
 
-def test_batch_norm_is_one_binding_away():
-  gin.parse_config("batch_norm.momentum = 0.9\nbatch_norm.epsilon = 1e-5")
-  layer = next(l for l in _all_layers(_build("resnet50_v1"))
+@pytest.mark.parametrize("bindings", [
+    "backbone.batch_norm_momentum = 0.9\nbackbone.batch_norm_epsilon = 1e-5",
+    "batch_norm.momentum = 0.9\nbatch_norm.epsilon = 1e-5"])
+def test_batch_norm_is_one_binding_away(bindings):
+  gin.parse_config(bindings)
+  layer = next(l for l in _all_layers(_build_configured("resnet50_v1"))
                if isinstance(l, keras.layers.BatchNormalization))
   assert (layer.momentum, layer.epsilon) == (0.9, 1e-5)
 

@@ -34,9 +34,8 @@ def _revnet50(memory_efficient, seed=0):
   mechanism.
   """
   keras.utils.set_random_seed(seed)
-  gin.parse_config('kernel_initializer.name = "he_normal"')
   model = models.backbone("revnet50", filters_factor=1, num_classes=_NUM_CLASSES,
-                          input_shape=(64, 64, 3),
+                          input_shape=(64, 64, 3), kernel_initializer="he_normal",
                           memory_efficient=memory_efficient)
   _randomise_batch_norms(model, np.random.RandomState(seed))
   return model

@@ -1,25 +1,25 @@
 """Building blocks shared by the backbones: TF-slim style convs, BatchNorm, heads.
 
 Conventions (all backbones), the defaults of the paper's release (TF1 layers):
-  * Conv and dense kernels start from Glorot-uniform (`kernel_initializer`;
-    gin `kernel_initializer.name = "he_normal"` for the textbook ResNet init).
+  * Conv and dense kernels start from Glorot-uniform
+    (`Numerics.kernel_initializer`; "he_normal" is the textbook ResNet init).
   * Convolutions have no bias. A strided conv pads
     the input explicitly and symmetrically ("fixed padding", total kernel-1,
     begin total//2) and then runs VALID, as TF-slim ResNets do; a stride-1 conv
     runs SAME.
   * Weight decay `wd` on a kernel `w` adds `wd * tf.nn.l2_loss(w)` =
     `wd / 2 * sum(w**2)` to the model's losses, i.e. `keras.regularizers.L2(wd/2)`.
-  * BatchNorm uses momentum 0.99 and epsilon 1e-3 (gin `batch_norm.momentum`,
-    `batch_norm.epsilon`; 0.9 and 1e-5 are the usual TF2 ResNet values), and
-    in training updates its moving variance with the unbiased batch variance,
-    as TF1's fused BatchNorm did (`BatchNormalization`).
+  * BatchNorm uses momentum 0.99 and epsilon 1e-3 (`Numerics`; 0.9 and 1e-5
+    are the usual TF2 ResNet values), and in training updates its moving
+    variance with the unbiased batch variance, as TF1's fused BatchNorm did
+    (`BatchNormalization`).
   * The root max-pool pads 1 zero pixel on each side, then runs 3x3 stride 2
     VALID (not SAME, which pads with -inf: they differ where a border
     window's values are all negative, as in ResNet v2's and RevNet's roots).
 """
-from typing import Dict, Optional, Sequence, Tuple
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-import gin
 import keras
 
 BATCH_NORM_MOMENTUM = 0.99
@@ -35,11 +35,54 @@ def strides(patch_mode: bool) -> Tuple[int, Tuple[int, ...]]:
   return _ROOT_STRIDE[patch_mode], _STAGE_STRIDES[patch_mode]
 
 
-@gin.configurable("kernel_initializer")
-def kernel_initializer(name: str = KERNEL_INITIALIZER
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+  """The settings, besides weights and weight decay, that shape what a
+  backbone's layers compute and how they start; `models.Backbone` carries
+  them (its fields of the same names) and the builders pass them down.
+
+  Attributes:
+    batch_norm_momentum: the moving averages' decay per training step.
+    batch_norm_epsilon: added to the variance before its square root.
+    kernel_initializer: Keras name of the initializer of every conv and dense
+      kernel (its distribution, not a seed).
+  """
+  batch_norm_momentum: float = BATCH_NORM_MOMENTUM
+  batch_norm_epsilon: float = BATCH_NORM_EPSILON
+  kernel_initializer: str = KERNEL_INITIALIZER
+
+  def to_config(self) -> Dict[str, Any]:
+    """The dict a custom layer's `get_config` stores; `as_numerics` reads it."""
+    return dataclasses.asdict(self)
+
+
+DEFAULT_NUMERICS = Numerics()
+
+
+def as_numerics(value: Union[Numerics, Mapping[str, Any], None]) -> Numerics:
+  """`value` as `Numerics`: itself, or the dict of a layer config; None (a
+  layer config written before layers recorded it) gives the defaults."""
+  if value is None:
+    return DEFAULT_NUMERICS
+  return value if isinstance(value, Numerics) else Numerics(**value)
+
+
+def kernel_initializer(numerics: Numerics = DEFAULT_NUMERICS
                        ) -> keras.initializers.Initializer:
-  """The initialiser of every conv and dense kernel, by Keras name."""
-  return keras.initializers.get(name)
+  """The initialiser of every conv and dense kernel.
+
+  Raises:
+    ValueError: `numerics.kernel_initializer` names no Keras initializer.
+  """
+  # Made here, per layer, not checked earlier: each unseeded initializer
+  # draws its seed when made, so an extra one would change every init.
+  try:
+    return keras.initializers.get(numerics.kernel_initializer)
+  except ValueError as e:
+    raise ValueError(
+        "kernel_initializer must name a Keras initializer such as "
+        "\"glorot_uniform\" (the release's) or \"he_normal\", got "
+        f"{numerics.kernel_initializer!r}.") from e
 
 
 def kernel_regularizer(weight_decay: Optional[float]):
@@ -49,7 +92,8 @@ def kernel_regularizer(weight_decay: Optional[float]):
 
 def conv2d(filters: int, kernel_size, stride: int,
            weight_decay: Optional[float], name: str,
-           padding: Optional[str] = None, dtype=None) -> keras.layers.Conv2D:
+           padding: Optional[str] = None, dtype=None,
+           numerics: Numerics = DEFAULT_NUMERICS) -> keras.layers.Conv2D:
   """Bias-free conv layer.
 
   Args:
@@ -61,18 +105,20 @@ def conv2d(filters: int, kernel_size, stride: int,
     padding: None means SAME at stride 1 and VALID when strided (the caller pads,
       see `conv2d_fixed_padding`); or "valid"/"same" explicitly.
     dtype: dtype policy, for sub-layers of custom layers; None is the global one.
+    numerics: its kernel initializer.
   """
   if padding is None:
     padding = "same" if stride == 1 else "valid"
   return keras.layers.Conv2D(
       filters, kernel_size, strides=stride, padding=padding, use_bias=False,
-      kernel_initializer=kernel_initializer(),
+      kernel_initializer=kernel_initializer(numerics),
       kernel_regularizer=kernel_regularizer(weight_decay), name=name,
       dtype=dtype)
 
 
 def conv2d_fixed_padding(x, filters: int, kernel_size: int, stride: int,
-                         weight_decay: Optional[float], name: str):
+                         weight_decay: Optional[float], name: str,
+                         numerics: Numerics = DEFAULT_NUMERICS):
   """Applies a conv with TF-slim's fixed padding to x [B, H, W, C].
 
   Returns [B, ceil(H/stride), ceil(W/stride), filters].
@@ -82,7 +128,8 @@ def conv2d_fixed_padding(x, filters: int, kernel_size: int, stride: int,
     begin = total // 2
     x = keras.layers.ZeroPadding2D(
         ((begin, total - begin), (begin, total - begin)), name=f"{name}_pad")(x)
-  return conv2d(filters, kernel_size, stride, weight_decay, name)(x)
+  return conv2d(filters, kernel_size, stride, weight_decay, name,
+                numerics=numerics)(x)
 
 
 @keras.saving.register_keras_serializable(package="tfrevisit")
@@ -119,16 +166,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
     return keras.ops.cast(outputs, self.compute_dtype)
 
 
-@gin.configurable("batch_norm", allowlist=["momentum", "epsilon"])
-def batch_norm(name: str, dtype=None, momentum: float = BATCH_NORM_MOMENTUM,
-               epsilon: float = BATCH_NORM_EPSILON) -> BatchNormalization:
+def batch_norm(name: str, dtype=None, numerics: Numerics = DEFAULT_NUMERICS
+               ) -> BatchNormalization:
+  """A BatchNorm layer with `numerics`' momentum and epsilon."""
   return BatchNormalization(
-      momentum=momentum, epsilon=epsilon, name=name, dtype=dtype)
+      momentum=numerics.batch_norm_momentum,
+      epsilon=numerics.batch_norm_epsilon, name=name, dtype=dtype)
 
 
-def batch_norm_relu(x, name: str, relu: bool = True):
+def batch_norm_relu(x, name: str, relu: bool = True,
+                    numerics: Numerics = DEFAULT_NUMERICS):
   """BatchNorm (with the model's `training` flag), then ReLU if `relu`."""
-  x = batch_norm(f"{name}_bn")(x)
+  x = batch_norm(f"{name}_bn", numerics=numerics)(x)
   return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
@@ -143,7 +192,8 @@ def root_max_pool(x):
 
 def end_points_model(images, end_points: Dict[str, keras.KerasTensor],
                      num_classes: Optional[int], weight_decay: Optional[float],
-                     name: str) -> keras.Model:
+                     name: str, numerics: Numerics = DEFAULT_NUMERICS
+                     ) -> keras.Model:
   """Wraps the end points into a model, adding `logits` when num_classes is set.
 
   The head is a dense layer on `pre_logits` computed in float32, so that the
@@ -152,7 +202,7 @@ def end_points_model(images, end_points: Dict[str, keras.KerasTensor],
   end_points = dict(end_points)
   if num_classes is not None:
     end_points["logits"] = keras.layers.Dense(
-        num_classes, kernel_initializer=kernel_initializer(),
+        num_classes, kernel_initializer=kernel_initializer(numerics),
         kernel_regularizer=kernel_regularizer(weight_decay),
         dtype="float32", name="logits")(end_points["pre_logits"])
   return keras.Model(images, end_points, name=name)

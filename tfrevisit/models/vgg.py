@@ -51,7 +51,8 @@ def _check_input_size(input_shape):
     2: "max-pools VALID, not SAME; end points block1..block5 before the pools, "
        "not conv1, block1..block4 after them"})
 def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
-          num_classes, weight_decay, input_shape) -> keras.Model:
+          num_classes, weight_decay, input_shape,
+          numerics: layers.Numerics) -> keras.Model:
   """Builds VGG19-BN; arguments as in `tfrevisit.models.backbone`; patch_mode
   is accepted and, as in the release, changes nothing."""
   del patch_mode
@@ -66,20 +67,20 @@ def vgg19(*, filters_factor: int, last_relu: bool, patch_mode: bool,
   for name, num_convs, filters in _BLOCKS:
     for index in range(1, num_convs + 1):
       x = layers.conv2d(filters * filters_factor, 3, 1, weight_decay,
-                        f"{name}_conv{index}")(x)
-      x = layers.batch_norm_relu(x, f"{name}_conv{index}")
+                        f"{name}_conv{index}", numerics=numerics)(x)
+      x = layers.batch_norm_relu(x, f"{name}_conv{index}", numerics=numerics)
     end_points[name] = x
     x = keras.layers.MaxPooling2D(2, 2, padding="valid", name=f"{name}_pool")(x)
 
   x = layers.conv2d(512 * filters_factor, x.shape[1:3], 1, weight_decay, "fc6",
-                    padding="valid")(x)
-  x = layers.batch_norm_relu(x, "fc6")
+                    padding="valid", numerics=numerics)(x)
+  x = layers.batch_norm_relu(x, "fc6", numerics=numerics)
   x = keras.layers.Flatten(name="fc6_flatten")(x)
   end_points["fc6"] = x
   x = keras.layers.Dense(
       512 * filters_factor, use_bias=False,
-      kernel_initializer=layers.kernel_initializer(),
+      kernel_initializer=layers.kernel_initializer(numerics),
       kernel_regularizer=layers.kernel_regularizer(weight_decay), name="fc7")(x)
-  end_points["pre_logits"] = layers.batch_norm_relu(x, "fc7")
+  end_points["pre_logits"] = layers.batch_norm_relu(x, "fc7", numerics=numerics)
   return layers.end_points_model(
-      images, end_points, num_classes, weight_decay, "vgg19")
+      images, end_points, num_classes, weight_decay, "vgg19", numerics)
