@@ -133,13 +133,18 @@ SMALL_RUN = [
 ]
 
 
-@pytest.fixture(name="trained_workdir", scope="module")
-def _trained_workdir(tmp_path_factory, shallow_backbones):
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  gin_config.parse_gin([], SMALL_RUN)
+def _train_small_run(tmp_path_factory, name, bindings):
+  """Trains a run with these gin bindings; returns its workdir."""
+  workdir = str(tmp_path_factory.mktemp(name) / "run")
+  gin_config.parse_gin([], bindings)
   train.train(workdir)
   gin.clear_config()
   return workdir
+
+
+@pytest.fixture(name="trained_workdir", scope="module")
+def _trained_workdir(tmp_path_factory, shallow_backbones):
+  return _train_small_run(tmp_path_factory, "trained", SMALL_RUN)
 
 
 @pytest.fixture(name="workdir")
@@ -160,11 +165,7 @@ NUMERICS_RUN = [binding for binding in SMALL_RUN
 
 @pytest.fixture(name="numerics_workdir", scope="module")
 def _numerics_workdir(tmp_path_factory, shallow_backbones):
-  workdir = str(tmp_path_factory.mktemp("numerics") / "run")
-  gin_config.parse_gin([], NUMERICS_RUN)
-  train.train(workdir)
-  gin.clear_config()
-  return workdir
+  return _train_small_run(tmp_path_factory, "numerics", NUMERICS_RUN)
 
 
 def test_rebuilds_compute_the_training_export_bit_for_bit(numerics_workdir,
