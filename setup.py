@@ -32,6 +32,7 @@ setuptools.setup(
         "console_scripts": [
             "tfrevisit-train=tfrevisit.train:main",
             "tfrevisit-export=tfrevisit.export:main",
+            "tfrevisit-convert-release=tfrevisit.convert_release:main",
             "tfrevisit-evaluate=tfrevisit.evaluate:main",
             "tfrevisit-quickstart=tfrevisit.quickstart:main",
             "tfrevisit-study=tfrevisit.study.__main__:main",

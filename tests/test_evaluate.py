@@ -207,22 +207,48 @@ def test_evaluate_end_to_end_writes_a_row_per_end_point(tiny_export, tmp_path):
       "--gin_param", "source.image_shape = (32, 32, 3)",
       "--gin_param", 'evaluate.probes = ["linear", "mlp"]',
       "--gin_param", "evaluate.label_fractions = [1.0, 0.25]",
+      "--gin_param", "evaluate.label_subset_seeds = [0, 1]",
       "--gin_param", "select_l2_and_fit.l2_grid = [1e-2, 1e-3]",
       "--gin_param", "select_l2_and_fit.max_iterations = 20",
       "--gin_param", "train_mlp.epochs = 2",
       "--gin_param", "train_mlp.decay_epochs = [1]"])
   end_points = {"after_root", "block1", "block2", "block3", "block4", "pre_logits",
                 "logits"}
-  assert len(rows) == len(end_points) * 2 * 2
+  # Per end point and probe: all labels once, 25% in two label subsets.
+  assert len(rows) == len(end_points) * 2 * 3
   saved = json.load(open(os.path.join(workdir, "results.json")))
   assert {r["end_point"] for r in saved} == end_points
-  assert {(r["probe"], r["label_fraction"]) for r in saved} == {
-      (p, f) for p in ("linear", "mlp") for f in (1.0, 0.25)}
+  assert {(r["probe"], r["label_fraction"], r.get("subset_seed")) for r in saved} == {
+      (p, f, s) for p in ("linear", "mlp")
+      for f, s in ((1.0, None), (0.25, 0), (0.25, 1))}
   for row in saved:
     assert 0 <= row["top1"] <= row["top5"] <= 1
     assert (row["protocol"], row["reported_split"]) == ("table2", "test")
+    if row["probe"] == "linear":
+      assert {"iterations", "evaluations", "converged", "stopped_early",
+              "hit_max_iterations", "l2_at_edge", "l2_grid"} <= set(row)
   header = open(os.path.join(workdir, "results.csv")).readline()
   assert header.startswith("end_point,probe,label_fraction")
+
+
+def test_fit_warnings_name_the_end_point_of_each_problem():
+  rows = [
+      {"end_point": "block1", "probe": "linear", "label_fraction": 1.0,
+       "stopped_early": True, "iterations": 1, "l2_at_edge": False},
+      {"end_point": "pre_logits", "probe": "linear", "label_fraction": 0.1,
+       "hit_max_iterations": True, "iterations": 150, "l2_at_edge": True,
+       "l2": 1e-10, "l2_grid": [1e-2, 1e-10]},
+      {"end_point": "logits", "probe": "mlp", "label_fraction": 1.0},
+      {"model": "random_init", "end_point": "block2", "probe": "linear",
+       "label_fraction": 1.0, "stopped_early": True}]
+  lines = evaluate.fit_warnings(rows)
+  assert len(lines) == 4
+  assert lines[3].startswith("WARNING: random_init block2 (linear probe")
+  assert lines[0].startswith("WARNING: block1 (linear probe, 1 of the labels)")
+  assert "fewer than 3 iterations" in lines[0]
+  assert "pre_logits (linear probe, 0.1 of the labels)" in lines[1]
+  assert "max_iterations (150)" in lines[1]
+  assert "edge of the grid 0.01..1e-10" in lines[2]
 
 
 def test_table1_protocol_reports_val_and_never_reads_test(tiny_export,
@@ -406,3 +432,28 @@ def test_evaluate_linear_sgd_images_end_to_end(tiny_export, tmp_path):
   assert (row["protocol"], row["reported_split"]) == ("table2", "test")
   # Only probes on images: no feature cache.
   assert not os.path.exists(os.path.join(workdir, "features"))
+
+
+def test_low_data_subsets_val_to_the_label_fraction_too():
+  def split(n):  # features that name their row, balanced labels
+    return (np.arange(n, dtype=np.float32)[:, None] + 1000 * n,
+            np.arange(n) % 5)
+  per_split = {"train": split(400), "val": split(100), "test": split(50)}
+  per_split["trainval"] = (
+      np.concatenate([per_split["train"][0], per_split["val"][0]]),
+      np.concatenate([per_split["train"][1], per_split["val"][1]]))
+  subset = evaluate.label_subset(per_split, 0.1, seed=3, num_classes=5)
+  # 10%: 40 train and 10 val labels, class-balanced (8 and 2 per class).
+  for name, size in (("train", 40), ("val", 10)):
+    x, y = subset[name]
+    assert len(y) == size and np.all(np.bincount(y, minlength=5) == size // 5)
+    assert set(x[:, 0]) <= set(per_split[name][0][:, 0])
+  # The fit sees exactly those labels: trainval = train subset + val subset.
+  np.testing.assert_array_equal(
+      subset["trainval"][0], np.concatenate([subset["train"][0], subset["val"][0]]))
+  np.testing.assert_array_equal(
+      subset["trainval"][1], np.concatenate([subset["train"][1], subset["val"][1]]))
+  assert subset["test"] is per_split["test"]
+  other = evaluate.label_subset(per_split, 0.1, seed=4, num_classes=5)
+  assert set(other["val"][0][:, 0]) != set(subset["val"][0][:, 0])
+  assert evaluate.label_subset(per_split, 1.0, seed=3, num_classes=5) is per_split

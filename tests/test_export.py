@@ -1,4 +1,5 @@
 """TF-Hub-style SavedModel export: round trips, loaders, atomicity, errors."""
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from tfrevisit import export
 from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit import train
+from tfrevisit.evaluation import finetune
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -131,13 +133,18 @@ SMALL_RUN = [
 ]
 
 
-@pytest.fixture(name="trained_workdir", scope="module")
-def _trained_workdir(tmp_path_factory, shallow_backbones):
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  gin_config.parse_gin([], SMALL_RUN)
+def _train_small_run(tmp_path_factory, name, bindings):
+  """Trains a run with these gin bindings; returns its workdir."""
+  workdir = str(tmp_path_factory.mktemp(name) / "run")
+  gin_config.parse_gin([], bindings)
   train.train(workdir)
   gin.clear_config()
   return workdir
+
+
+@pytest.fixture(name="trained_workdir", scope="module")
+def _trained_workdir(tmp_path_factory, shallow_backbones):
+  return _train_small_run(tmp_path_factory, "trained", SMALL_RUN)
 
 
 @pytest.fixture(name="workdir")
@@ -146,6 +153,55 @@ def _workdir(trained_workdir, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_workdir, workdir, symlinks=True)
   return workdir
+
+
+# A run with the BatchNorm settings bound under gin's old names, as in issue 30:
+# their re-export used to rebuild the encoder with the defaults.
+NUMERICS_RUN = [binding for binding in SMALL_RUN
+                if not binding.startswith("train.export")] + [
+    "train.export = True",
+    "batch_norm.momentum = 0.9", "batch_norm.epsilon = 1e-5"]
+
+
+@pytest.fixture(name="numerics_workdir", scope="module")
+def _numerics_workdir(tmp_path_factory, shallow_backbones):
+  return _train_small_run(tmp_path_factory, "numerics", NUMERICS_RUN)
+
+
+def test_rebuilds_compute_the_training_export_bit_for_bit(numerics_workdir,
+                                                          tmp_path):
+  """Re-export, fine-tune restore and evaluation's encoder.keras, each rebuilt
+  without gin, against the export written at the end of training."""
+  workdir = numerics_workdir
+  backbone = artifacts.read_task_record(workdir).backbone
+  assert (backbone["batch_norm_momentum"], backbone["batch_norm_epsilon"]) == (
+      0.9, 1e-5)
+  trained = os.path.join(workdir, "export", "latest")
+  images = _images(3, 32)
+  representation = lambda path: tf.saved_model.load(path).signatures[
+      "representation"](image=images)
+  expected = representation(trained)
+  reexported = export.main(["--workdir", workdir,
+                            "--output", str(tmp_path / "reexport")])
+  for key, value in representation(reexported).items():
+    np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+  keras_expected = finetune.load_encoder(trained)(images, training=False)
+  for key, value in keras_expected.items():
+    np.testing.assert_allclose(value, expected[key], atol=ATOL, err_msg=key)
+  for encoder in (finetune.load_encoder(None, workdir=workdir),
+                  finetune.load_encoder(reexported)):
+    for key, value in encoder(images, training=False).items():
+      np.testing.assert_array_equal(value, keras_expected[key], err_msg=key)
+
+  # The release's BatchNorm settings on the same weights differ: the
+  # comparisons above can fail.
+  record = artifacts.read_task_record(workdir)
+  defaults = export.build_task(dataclasses.replace(record, backbone={
+      **backbone, "batch_norm_momentum": 0.99, "batch_norm_epsilon": 1e-3}))
+  export.restore_encoder(defaults, artifacts.latest_checkpoint(workdir))
+  assert np.abs(defaults.encoder(images, training=False)["pre_logits"]
+                - keras_expected["pre_logits"]).max() > 1e-6
 
 
 def test_export_from_workdir_and_latest_link(workdir):
@@ -173,8 +229,9 @@ def test_task_json_rebuilds_the_task_without_gin(workdir):
 def test_metadata_records_the_task_and_old_metadata_still_reads(workdir):
   metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
   assert artifacts.export_record(metadata) == artifacts.read_task_record(workdir)
+  assert metadata["layout"] == models.LAYOUT
   old = {k: v for k, v in metadata.items()
-         if k not in ("backbone", "num_classes", "task_options")}
+         if k not in ("backbone", "num_classes", "task_options", "layout")}
   assert artifacts.export_record(old) == artifacts.TaskRecord(
       "rotation", None, {"name": "resnet50_v2", "filters_factor": 1,
                          "last_relu": True})
@@ -188,6 +245,40 @@ def test_export_reads_the_config_gin_of_an_old_workdir(workdir):
   metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
   assert metadata["backbone"]["name"] == "resnet50_v2"
   assert metadata["task_options"] == {"image_size": 32}
+
+
+def _make_layout_one(workdir, backbone_name):
+  """Rewrites task.json as a run of `backbone_name` from before layouts."""
+  path = os.path.join(workdir, artifacts.TASK_FILE)
+  with open(path) as f:
+    info = json.load(f)
+  del info["layout"]
+  info["backbone"]["name"] = backbone_name
+  with open(path, "w") as f:
+    json.dump(info, f)
+
+
+def test_old_workdir_of_a_changed_backbone_is_refused_in_one_line(workdir,
+                                                                  capsys):
+  assert artifacts.read_task_record(workdir).layout == models.LAYOUT
+  _make_layout_one(workdir, "revnet50")
+  assert artifacts.read_task_record(workdir).layout == 1
+  with pytest.raises(SystemExit, match="^2$"):
+    export.main(["--workdir", workdir])
+  error = capsys.readouterr().err
+  assert error.startswith("error: This revnet50 was trained with backbone "
+                          "layout 1") and error.count("\n") == 1
+  assert "exports (SavedModel, encoder.keras) still load" in error
+  assert not os.path.exists(os.path.join(workdir, "export"))
+  with pytest.raises(ValueError, match="layout 1"):
+    export.check_resumable(workdir, models.Backbone("revnet50", 1))
+
+
+def test_old_workdir_of_an_unchanged_backbone_still_exports(workdir):
+  _make_layout_one(workdir, "resnet50_v2")
+  export.check_resumable(workdir, models.Backbone("resnet50_v2", 1))
+  metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
+  assert metadata["layout"] == models.LAYOUT
 
 
 def test_interrupted_export_keeps_the_previous_one(workdir, monkeypatch):

@@ -88,7 +88,7 @@ def test_matches_scikit_learn(splits):
   np.testing.assert_allclose(ours.bias, theirs.intercept_, atol=1e-4)
 
 
-@pytest.mark.parametrize("precondition", [False, True])
+@pytest.mark.parametrize("precondition", ["none", "diagonal", "full"])
 def test_solution_is_a_stationary_point(problem, precondition):
   features, labels = problem
   l2, tolerance = 1e-3, 1e-5
@@ -98,13 +98,16 @@ def test_solution_is_a_stationary_point(problem, precondition):
   weight_gradient, bias_gradient = numpy_objective_gradient(
       fit.weights, fit.bias, features, labels, l2)
   gradient = np.concatenate([weight_gradient, bias_gradient[None]])
-  if precondition:
-    # L-BFGS stops on L^-1 g, where L L^T = M / C + l2 (bias unpenalised),
-    # M the second moment of [x, 1] (all 1500 rows are sampled).
-    augmented = np.concatenate([features, np.ones([len(features), 1])], 1)
-    hessian = (augmented.T @ augmented / len(features) / 4
-               + np.diag([l2] * features.shape[1] + [0.0]))
+  # L-BFGS stops on P^-1 g, where P P^T = M / C + l2 (bias unpenalised),
+  # M the second moment of [x, 1] (all 1500 rows are sampled), or its
+  # diagonal.
+  augmented = np.concatenate([features, np.ones([len(features), 1])], 1)
+  hessian = (augmented.T @ augmented / len(features) / 4
+             + np.diag([l2] * features.shape[1] + [0.0]))
+  if precondition == "full":
     gradient = np.linalg.solve(np.linalg.cholesky(hessian), gradient)
+  elif precondition == "diagonal":
+    gradient = gradient / np.sqrt(np.diag(hessian))[:, None]
   assert fit.converged
   assert np.abs(gradient).max() < tolerance
 
@@ -116,7 +119,7 @@ def test_preconditioning_changes_the_path_not_the_optimum(problem):
   fits = [linear.fit_logistic_regression(features, labels, 4, 1e-3,
                                          tolerance=1e-7,
                                          precondition=precondition)
-          for precondition in (False, True)]
+          for precondition in ("none", "full")]
   assert all(fit.converged for fit in fits)
   assert fits[1].iterations < fits[0].iterations / 3
   np.testing.assert_allclose(fits[1].loss, fits[0].loss, rtol=1e-7)
@@ -138,21 +141,21 @@ def test_an_indefinite_second_moment_still_preconditions_to_the_optimum(problem)
   fits = [linear.fit_logistic_regression(features, labels, 4, 1e-2,
                                          tolerance=1e-7, second_moment=moment,
                                          precondition=precondition)
-          for precondition in (False, True)]
+          for precondition in ("none", "full")]
   assert all(fit.converged for fit in fits)
   np.testing.assert_allclose(fits[1].loss, fits[0].loss, rtol=1e-7)
 
 
-def test_preconditioning_is_off_by_default_with_fewer_examples_than_features():
+def test_preconditioning_is_diagonal_by_default_with_fewer_examples_than_features():
   (features, labels), = gaussian_splits((30,), 50, 3, seed=3)
   default = linear.fit_logistic_regression(features, labels, 3, 1e-2)
-  plain = linear.fit_logistic_regression(features, labels, 3, 1e-2,
-                                         precondition=False)
-  preconditioned = linear.fit_logistic_regression(features, labels, 3, 1e-2,
-                                                  precondition=True)
-  assert default.evaluations == plain.evaluations
-  np.testing.assert_array_equal(default.weights, plain.weights)
-  assert preconditioned.evaluations != plain.evaluations
+  diagonal = linear.fit_logistic_regression(features, labels, 3, 1e-2,
+                                            precondition="diagonal")
+  full = linear.fit_logistic_regression(features, labels, 3, 1e-2,
+                                        precondition="full")
+  assert default.evaluations == diagonal.evaluations
+  np.testing.assert_array_equal(default.weights, diagonal.weights)
+  assert full.evaluations != diagonal.evaluations
 
 
 def test_second_moment_and_preconditioner_against_numpy(problem):
@@ -222,15 +225,18 @@ def test_select_l2_picks_best_validation_value():
                                      mean_scale=0.2)
   trainval = tuple(np.concatenate(pair) for pair in zip(train, val))
   grid = (1e-3, 1.0, 100.0)
+  # The grid is relative to the train features' mean square.
+  unit = np.mean(np.square(train[0], dtype=np.float64))
   val_top1 = [
       linear.top_k_accuracy(
-          linear.fit_logistic_regression(*train, 3, l2).predict(val[0]),
+          linear.fit_logistic_regression(*train, 3, l2 * unit).predict(val[0]),
           val[1], 1) for l2 in grid]
   assert np.argmax(val_top1) == 1 and val_top1[1] > max(val_top1[::2]) + 0.02
   row = linear.select_l2_and_fit(train, val, trainval, test, 3, l2_grid=grid)
-  assert row["l2"] == 1.0
+  assert row["l2"] == 1.0 and row["l2_grid"] == [100.0, 1.0, 1e-3]
+  assert row["l2_absolute"] == pytest.approx(unit, rel=1e-6)
   assert row["val_top1"] == pytest.approx(val_top1[1], abs=0.01)
-  final = linear.fit_logistic_regression(*trainval, 3, 1.0)
+  final = linear.fit_logistic_regression(*trainval, 3, unit)
   assert row["top1"] == pytest.approx(
       np.mean(final.predict(test[0]).argmax(1) == test[1]), abs=0.01)
   assert row["top5"] == 1.0
@@ -312,7 +318,7 @@ def grid_problem():
   return (features + 2.0) * np.geomspace(1.0, 0.05, 8), labels
 
 
-@pytest.mark.parametrize("precondition", [False, True])
+@pytest.mark.parametrize("precondition", ["none", "diagonal", "full"])
 def test_grid_fit_matches_separate_fits_and_scipy(grid_problem, precondition):
   features, labels = grid_problem
   grid = linear.fit_logistic_regression_grid(
@@ -367,10 +373,11 @@ def test_protocol_batched_and_sequential_sweeps_agree():
                                rtol=1e-7)
     for fit, reference in zip(result.grid_fits, results[0].grid_fits):
       np.testing.assert_allclose(fit.loss, reference.loss, rtol=1e-7)
-  # Each batch after the first is warm-started: the sequential sweep's fits
-  # take fewer iterations than the batch's from zeros.
-  assert max(fit.iterations for fit in results[1].grid_fits[1:]) < (
-      results[0].grid_fits[0].iterations)
+  # Each batch after the first is warm-started: its fits' paths include the
+  # iterations of the fit they started from.
+  sequential = results[1].grid_fits
+  for previous, fit in zip(sequential, sequential[1:]):
+    assert fit.path_iterations == previous.path_iterations + fit.iterations
 
 
 def test_own_lbfgs_reaches_tfp_lbfgs_optimum(grid_problem):
@@ -396,3 +403,151 @@ def test_own_lbfgs_reaches_tfp_lbfgs_optimum(grid_problem):
                              theirs.position[:24].numpy().reshape(8, 3),
                              atol=2e-4)
   np.testing.assert_allclose(ours.bias, theirs.position[24:], atol=2e-4)
+
+
+def relu_splits(sizes, dim, num_classes, seed):
+  """Splits of post-ReLU-like features: nonnegative, uneven scales, means."""
+  rng = np.random.default_rng(seed)
+  means = 0.35 * rng.normal(size=(num_classes, dim))
+  scales = np.geomspace(3.0, 0.1, dim)
+
+  def split(size):
+    labels = rng.integers(0, num_classes, size)
+    features = np.maximum(means[labels] + rng.normal(size=(size, dim)), 0)
+    return (features * scales).astype(np.float32), labels
+  return [split(size) for size in sizes]
+
+
+@pytest.fixture(scope="module")
+def protocol_splits():
+  train, val, test = relu_splits((3000, 1000, 2000), 48, 10, seed=6)
+  trainval = tuple(np.concatenate(pair) for pair in zip(train, val))
+  return train, val, trainval, test
+
+
+def scaled(split, scale):
+  return split[0] * np.float32(scale), split[1]
+
+
+def test_protocol_gives_the_same_answer_at_any_feature_scale(protocol_splits):
+  rows = {scale: linear.select_l2_and_fit(
+      *(scaled(split, scale) for split in protocol_splits), 10)
+          for scale in (1e2, 1.0, 1e-2, 1e-4, 1e-6)}
+  reference = rows[1.0]
+  assert reference["top1"] > 0.5  # well above chance (0.1)
+  for scale, row in rows.items():
+    assert row["l2"] == reference["l2"], scale
+    assert abs(row["top1"] - reference["top1"]) <= 0.005, scale
+    assert row["converged"] and not row["stopped_early"], scale
+    # The absolute L2 scales as the features' mean square, a^2.
+    assert row["l2_absolute"] == pytest.approx(
+        reference["l2_absolute"] * scale ** 2, rel=1e-4)
+
+
+def test_fit_on_tiny_features_is_the_scaled_fit(protocol_splits):
+  (features, labels), scale, l2 = protocol_splits[0], 1e-6, 1e-3
+  unit = linear.fit_logistic_regression(features, labels, 10, l2)
+  tiny = linear.fit_logistic_regression(features * np.float32(scale), labels,
+                                        10, l2 * scale ** 2)
+  assert tiny.converged and tiny.iterations > 3
+  assert tiny.iterations == pytest.approx(unit.iterations, abs=2)
+  np.testing.assert_allclose(tiny.weights * scale, unit.weights, atol=2e-4)
+  np.testing.assert_allclose(tiny.bias, unit.bias, atol=2e-4)
+  np.testing.assert_allclose(tiny.loss, unit.loss, rtol=1e-6)
+
+
+def test_grid_with_its_best_value_at_an_edge_extends(protocol_splits):
+  train, val, trainval, test = protocol_splits
+  # Too strong for these low-dimensional features: the grid grows by decades
+  # towards weaker L2 until val stops improving.
+  row = linear.select_l2_and_fit(train, val, trainval, test, 10,
+                                 l2_grid=[1e-2, 1e-3])
+  grid = row["l2_grid"]
+  assert grid == [10.0 ** -k for k in range(2, len(grid) + 2)]
+  assert len(grid) >= 4 and row["l2"] <= 1e-4 and not row["l2_at_edge"]
+  # Capped at one extra decade: the choice stays at the edge, and says so.
+  capped = linear.select_l2_and_fit(train, val, trainval, test, 10,
+                                    l2_grid=[1e-2, 1e-3], max_extra_decades=1)
+  assert capped["l2_grid"] == [1e-2, 1e-3, 1e-4]
+  assert capped["l2"] == 1e-4 and capped["l2_at_edge"]
+  assert any("edge" in problem for problem in linear.fit_problems(capped))
+  # A single value is a fixed L2, not a selection: never extended.
+  fixed = linear.select_l2_and_fit(train, val, trainval, test, 10,
+                                   l2_grid=[1e-2])
+  assert fixed["l2_grid"] == [1e-2] and not fixed["l2_at_edge"]
+
+
+def test_grid_extends_towards_stronger_l2():
+  # Few examples in many dimensions: weak L2 overfits.
+  train, val, test = gaussian_splits((200, 1000, 1000), 100, 3, seed=2,
+                                     mean_scale=0.2)
+  trainval = tuple(np.concatenate(pair) for pair in zip(train, val))
+  row = linear.select_l2_and_fit(train, val, trainval, test, 3,
+                                 l2_grid=[1e-1, 1e-2])
+  assert row["l2_grid"][0] >= 1.0 and row["l2_grid"][-2:] == [1e-1, 1e-2]
+  assert row["l2"] in (1.0, 1e-1) and not row["l2_at_edge"]
+
+
+def test_a_fit_without_signal_stops_early_and_says_so():
+  # Identical rows with balanced labels: W = 0 is the optimum, and the
+  # gradient there is exactly zero.
+  features = np.ones([40, 5], np.float32)
+  labels = np.arange(40) % 4
+  split = (features, labels)
+  row = linear.select_l2_and_fit(split, split, split, split, 4,
+                                 l2_grid=[1e-3], max_iterations=50)
+  assert row["stopped_early"] and row["iterations"] == 0
+  assert not row["hit_max_iterations"]
+  assert any("fewer than 3 iterations" in problem
+             for problem in linear.fit_problems(row))
+  capped = linear.select_l2_and_fit(*relu_splits((300, 100, 100, 100), 48, 10,
+                                                 seed=7), 10,
+                                    l2_grid=[1e-6], max_iterations=2)
+  assert capped["hit_max_iterations"] and not capped["converged"]
+  assert any("max_iterations" in problem
+             for problem in linear.fit_problems(capped))
+  assert linear.fit_problems({"top1": 0.5}) == []
+
+
+def test_tfp_lbfgs_reaches_the_same_optimum_as_ours(protocol_splits):
+  (features, labels), test = protocol_splits[0], protocol_splits[3]
+  grid = [1e-2, 1e-4]
+  ours, theirs = (
+      linear.fit_logistic_regression_grid(features, labels, 10, grid,
+                                          tolerance=1e-5, optimizer=optimizer)
+      for optimizer in ("ours", "tfp"))
+  for mine, tfps in zip(ours, theirs):
+    assert mine.converged and tfps.converged
+    assert abs(mine.loss - tfps.loss) <= 1e-5 * tfps.loss
+    same = np.mean(mine.predict(test[0]).argmax(1)
+                   == tfps.predict(test[0]).argmax(1))
+    assert same >= 0.999
+  # tfp's Hager-Zhang line search needs more evaluations per iteration.
+  assert theirs[1].evaluations > ours[1].evaluations
+
+
+def test_unknown_optimizer_and_preconditioner_raise(problem):
+  features, labels = problem
+  with pytest.raises(ValueError, match="valid choices: ours, tfp"):
+    linear.fit_logistic_regression(features, labels, 4, 1e-2,
+                                   optimizer="scipy")
+  with pytest.raises(ValueError, match="precondition must be one of"):
+    linear.fit_logistic_regression(features, labels, 4, 1e-2,
+                                   precondition=True)
+
+
+def test_raw_and_standardised_features_reach_the_same_predictions(
+    protocol_splits):
+  (features, labels), test = protocol_splits[0], protocol_splits[3]
+  # Large means and uneven scales (raw), or zero mean and unit variance.
+  raw = (features + 5.0, test[0] + 5.0)
+  mean, std = raw[0].mean(0), raw[0].std(0)
+  standardised = tuple((x - mean) / std for x in raw)
+  fits = [linear.fit_logistic_regression(x, labels, 10, 1e-7, tolerance=1e-5)
+          for x, _ in (raw, standardised)]
+  assert all(fit.converged for fit in fits)
+  predictions = [fit.predict(x).argmax(1)
+                 for fit, x in zip(fits, (raw[1], standardised[1]))]
+  assert np.mean(predictions[0] == predictions[1]) >= 0.99
+  assert max(f.iterations for f in fits) <= 1.5 * min(f.iterations
+                                                       for f in fits)

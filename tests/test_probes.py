@@ -1,4 +1,5 @@
 """Tests for the SGD-trained MLP / linear probes and low-data subsets."""
+import gin
 import numpy as np
 import pytest
 
@@ -94,3 +95,32 @@ def test_balanced_subset_errors():
     probes.balanced_subset(labels, fraction=0.5, seed=0)
   with pytest.raises(ValueError, match="fraction"):
     probes.balanced_subset(labels, fraction=0.0, seed=0)
+
+
+def test_mlp_recipe_is_chosen_on_val_then_refitted_on_trainval(ring_splits):
+  (train_x, train_y), (test_x, test_y) = ring_splits
+  (val_x, val_y) = rings(300, seed=2)
+  splits = {"train": (train_x, train_y), "val": (val_x, val_y),
+            "trainval": (np.concatenate([train_x, val_x]),
+                         np.concatenate([train_y, val_y])),
+            "test": (test_x, test_y)}
+  # One epoch at a vanishing rate leaves the MLP near chance; the second
+  # recipe learns the rings (see test_mlp_beats_linear_on_rings).
+  stalled = dict(epochs=1, decay_epochs=[1], learning_rate=1e-7)
+  learns = dict(epochs=6, decay_epochs=[5], learning_rate=0.1)
+  row = probes.mlp_probe(splits, 2, recipes=[stalled, learns])
+  assert row["val_top1_per_recipe"][0] < 0.75 < 0.95 < row["val_top1_per_recipe"][1]
+  assert row["recipe"] == "decay_epochs=[5], epochs=6, learning_rate=0.1"
+  assert row["val_top1"] == pytest.approx(row["val_top1_per_recipe"][1], abs=1e-5)
+  # The test fit ran the chosen recipe (6 epochs) on trainval.
+  assert row["epochs"] == 6 and len(row["test_top1_per_epoch"]) == 6
+  assert row["top1"] > 0.95
+  # Without recipes: the configured one on trainval, nothing chosen on val.
+  with gin.unlock_config():
+    gin.bind_parameter("train_mlp.epochs", 2)
+    gin.bind_parameter("train_mlp.decay_epochs", [1])
+  try:
+    plain = probes.mlp_probe(splits, 2)
+  finally:
+    gin.clear_config()
+  assert "val_top1" not in plain and plain["epochs"] == 2

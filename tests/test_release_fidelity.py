@@ -34,6 +34,13 @@ def _build(name, patch_mode=False, size=32, **kwargs):
                          **kwargs)
 
 
+def _build_configured(name, size=32):
+  """`_build`, with the backbone the gin bindings describe (command lines)."""
+  keras.utils.set_random_seed(0)
+  return gin_config.configured_backbone(name=name, filters_factor=1).build(
+      num_classes=10, input_shape=(size, size, 3))
+
+
 def _kernels(model):
   """The conv and dense kernels of a model (custom layers' too)."""
   return [w for w in model.weights if w.path.endswith("kernel")]
@@ -63,9 +70,11 @@ def test_kernels_start_glorot_uniform(name, patch_mode):
   assert checked >= 5
 
 
-def test_kernel_initializer_is_one_binding_away():
-  gin.parse_config('kernel_initializer.name = "he_normal"')
-  model = _build("resnet50_v2")
+@pytest.mark.parametrize("binding", ['backbone.kernel_initializer = "he_normal"',
+                                     'kernel_initializer.name = "he_normal"'])
+def test_kernel_initializer_is_one_binding_away(binding):
+  gin.parse_config(binding)
+  model = _build_configured("resnet50_v2")
   kernel = next(k for k in _kernels(model) if k.path.endswith(
       "block3_unit1_conv2/kernel"))
   *window, fan_in, _ = kernel.shape
@@ -84,9 +93,12 @@ def test_backbone_batch_norms_use_tf1_defaults(name):
     assert (layer.momentum, layer.epsilon) == (0.99, 1e-3), layer.name
 
 
-def test_batch_norm_is_one_binding_away():
-  gin.parse_config("batch_norm.momentum = 0.9\nbatch_norm.epsilon = 1e-5")
-  layer = next(l for l in _all_layers(_build("resnet50_v1"))
+@pytest.mark.parametrize("bindings", [
+    "backbone.batch_norm_momentum = 0.9\nbackbone.batch_norm_epsilon = 1e-5",
+    "batch_norm.momentum = 0.9\nbatch_norm.epsilon = 1e-5"])
+def test_batch_norm_is_one_binding_away(bindings):
+  gin.parse_config(bindings)
+  layer = next(l for l in _all_layers(_build_configured("resnet50_v1"))
                if isinstance(l, keras.layers.BatchNormalization))
   assert (layer.momentum, layer.epsilon) == (0.9, 1e-5)
 
@@ -216,7 +228,8 @@ def test_vgg_patch_mode_keeps_five_pools_and_release_weight_decay():
   patch = _build("vgg19", patch_mode=True, size=64)
   shapes = lambda model: {k: tuple(v.shape) for k, v in model.output.items()}
   assert shapes(patch) == shapes(plain)
-  assert shapes(plain)["block4"] == (None, 2, 2, 64)
+  assert shapes(plain)["block5"] == (None, 4, 4, 64)
+  assert plain.get_layer("fc6").kernel.shape[:2] == (2, 2)
   kernels = [w for w in _kernels(plain)]
   l2 = sum(float(tf.nn.l2_loss(k)) for k in kernels)
   np.testing.assert_allclose(float(tf.add_n(plain.losses)), 1e-4 * l2,
@@ -257,6 +270,74 @@ def test_batch_norm_statistics_are_averaged_over_replicas(two_cpu_strategy):
   # Each replica's batch is constant: variance 0 in both copies, and so mean.
   assert [float(c.numpy()[0])
           for c in batch_norm.moving_variance.value.values] == [0.0, 0.0]
+
+
+# A hand-made batch [2, 2, 3, 2]: channel 0 counts 0..11, channel 1 is its
+# square; N = 2 * 2 * 3 = 12 values per channel.
+_BN_BATCH = np.stack([np.arange(12.0), np.arange(12.0) ** 2],
+                     axis=-1).reshape(2, 2, 3, 2).astype(np.float32)
+
+
+def _fused_batch_norm_reference(x, momentum, epsilon=1e-3):
+  """NumPy: TF1 fused BatchNorm's training step from moving stats (0, 1):
+  output normalised with the biased variance, moving variance updated with
+  the unbiased one."""
+  values = x.reshape(-1, x.shape[-1]).astype(np.float64)
+  mean, biased = values.mean(0), values.var(0)
+  unbiased = values.var(0, ddof=1) if len(values) > 1 else biased
+  outputs = (x - mean) / np.sqrt(biased + epsilon)
+  return (outputs, momentum * 0.0 + (1 - momentum) * mean,
+          momentum * 1.0 + (1 - momentum) * unbiased)
+
+
+@pytest.mark.parametrize("name", ["resnet50_v1", "revnet50", "vgg19"])
+def test_backbone_batch_norms_update_the_unbiased_variance(name):
+  batch_norms = [layer for layer in _all_layers(_build(name))
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+  assert batch_norms and all(isinstance(layer, layers.BatchNormalization)
+                             for layer in batch_norms)
+
+
+@pytest.mark.parametrize("x", [_BN_BATCH, _BN_BATCH[:1, :1, :1]],
+                         ids=["n12", "n1"])
+def test_batch_norm_normalises_biased_and_updates_unbiased(x):
+  batch_norm = layers.batch_norm("bn")
+  outputs, mean, variance = _fused_batch_norm_reference(x, 0.99)
+
+  got = batch_norm(x, training=True)
+
+  np.testing.assert_allclose(got, outputs, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(batch_norm.moving_mean, mean, rtol=1e-6)
+  np.testing.assert_allclose(batch_norm.moving_variance, variance, rtol=1e-6)
+  if len(x) > 1:  # Keras's own layer keeps the biased variance: 11/12 of it.
+    keras_bn = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3)
+    keras_bn(x, training=True)
+    assert abs(float(keras_bn.moving_variance[0]) - variance[0]) > 1e-3
+  np.testing.assert_allclose(batch_norm(x, training=False),
+                             (x - mean) / np.sqrt(variance + 1e-3),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_unbiased_update_is_per_replica(two_cpu_strategy):
+  """Each replica sees one image of the batch: N = 2 * 3 = 6 per replica, and
+  its copy of the moving variance takes that image's unbiased variance."""
+  strategy = two_cpu_strategy
+  with strategy.scope():
+    batch_norm = layers.batch_norm("bn")
+    batch_norm.build((None, 2, 3, 2))
+  dataset = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensor_slices(_BN_BATCH).batch(2))
+  outputs = tf.function(lambda batch: strategy.run(
+      lambda x: batch_norm(x, training=True), args=(batch,)))(
+          next(iter(dataset)))
+
+  for replica, (copy, output) in enumerate(zip(
+      batch_norm.moving_variance.value.values,
+      strategy.experimental_local_results(outputs))):
+    expected, _, variance = _fused_batch_norm_reference(
+        _BN_BATCH[replica:replica + 1], 0.99)
+    np.testing.assert_allclose(copy.numpy(), variance, rtol=1e-6)
+    np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_export_signatures_take_image_and_old_exports_still_read(tmp_path):

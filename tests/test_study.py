@@ -1,6 +1,8 @@
 """The study runner and report: a real one-cell run by the command lines on
-random data, resume and states with a stubbed command runner, and the report
-from hand-made cell results."""
+random data (with its held-out pretext curve), resume and states with a
+stubbed command runner, a mock grid with two training budgets through runner
+and report, and the convergence rule, the statistics and each finding's
+verdict on hand-made results."""
 import inspect
 import json
 import os
@@ -14,12 +16,18 @@ import tensorflow as tf
 from tfrevisit import cli
 from tfrevisit import gin_config
 from tfrevisit import train
+from tfrevisit import export
+from tfrevisit.data import sources
+from tfrevisit.pretext import base
 from tfrevisit.study import __main__ as runner
 from tfrevisit.study import cells as cells_lib
+from tfrevisit.study import curves
 from tfrevisit.study import findings
 from tfrevisit.study import grid
+from tfrevisit.study import pretext_eval
 from tfrevisit.study import report
-from tfrevisit.study.results import Results
+from tfrevisit.study import stats
+from tfrevisit.study.results import Results, budget_views, normalise_cell
 
 TINY_TRAIN = ["train.max_steps = 2", "train.batch_size = 8",
               "train.log_every_steps = 1",
@@ -36,10 +44,12 @@ select_l2_and_fit.max_iterations = 5
 """
 
 
-def _tiny_study(tmp_path, architectures=("resnet50_v2", "revnet50")):
-  """A 2-cell rotation study on random 32x32 images; returns its gin path."""
+def _tiny_study(tmp_path, architectures=("resnet50_v2", "revnet50"),
+                epochs=None):
+  """A 2-cell rotation study on random 32x32 images (with `epochs`: at that
+  budget, a checkpoint every step); returns its gin path."""
   eval_dir = tmp_path / "eval_configs"
-  eval_dir.mkdir()
+  eval_dir.mkdir(exist_ok=True)
   (eval_dir / "common.gin").write_text(TINY_EVAL)
   (eval_dir / "linear.gin").write_text('evaluate.probes = ["linear"]\n')
   config = tmp_path / "study.gin"
@@ -50,9 +60,11 @@ def _tiny_study(tmp_path, architectures=("resnet50_v2", "revnet50")):
       f'study.train_minutes = {{"rotation": 7}}\n'
       f'study.eval_minutes = {{"linear": 3}}\n'
       f'study.architecture_cost = {{"revnet50": 2}}\n'
+      'study.checkpoint_steps = {"rotation": 1}\n'
       "study.blocks = [@block()]\n"
       'block.tasks = ["rotation"]\n'
-      f"block.architectures = {list(architectures)!r}\n")
+      f"block.architectures = {list(architectures)!r}\n"
+      + ("" if epochs is None else f"block.epochs = {epochs!r}\n"))
   return str(config)
 
 
@@ -62,20 +74,40 @@ def _args(config, tmp_path, *extra):
 
 
 def test_runner_trains_and_evaluates_one_cell_by_the_command_lines(tmp_path, capsys):
-  config = _tiny_study(tmp_path)
+  # A budgeted cell: 1 epoch of 2 steps (16 images, batch 8), a checkpoint
+  # per step, each measured on held-out images by the pretext curve stage.
+  config = _tiny_study(tmp_path, epochs=1)
   assert runner.main(_args(config, tmp_path, "--only", "*resnet50_v2*")) == 0
-  name = "rotation-resnet50_v2-k1-s0"
+  name = "rotation-resnet50_v2-k1-e1-s0"
   result = json.load(open(tmp_path / "results" / f"{name}.json"))
   assert result["global_step"] == 2 and 0 <= result["pretext_accuracy"] <= 1
   assert result["batch_size"] == 8 and result["train_wall_time_s"] > 0
+  assert (result["budget"], result["train_epochs"]) == ("converged", 1)
   assert {(r["eval"], r["end_point"], r["probe"]) for r in result["rows"]} == {
       ("linear", "block4", "linear"), ("linear", "pre_logits", "linear")}
+  assert [(p["step"], p["epoch"], p["split"]) for p in result["pretext_curve"]] == [
+      (1, 0.5, "val"), (2, 1.0, "val")]
+  train_dir = tmp_path / "work" / name / "train"
+  # Measured, the older checkpoint is gone; the last one's accuracy is that
+  # of its network's argmax over the four rotations of the held-out images.
+  prefixes = pretext_eval.checkpoints(str(train_dir))
+  assert [pretext_eval.checkpoint_step(p) for p in prefixes] == [2]
+  gin.clear_config()
+  task, _ = export.restore_task(str(train_dir), prefixes[0])
+  source = sources.RandomSource(num_examples=16, image_shape=(32, 32, 3))
+  correct = []
+  for batch in pretext_eval.held_out_batches(task, source, "val", 8, 2048, 0):
+    logits = task.encoder(base.flatten_views(batch["image"]),
+                          training=False)["logits"].numpy()
+    correct.append(logits.argmax(-1) == batch["label"].numpy().reshape(-1))
+  assert result["pretext_curve"][-1]["accuracy"] == pytest.approx(
+      np.mean(np.concatenate(correct)), abs=1e-6)
   assert not os.path.exists(tmp_path / "work" / name / "eval" / "features")
   gin.clear_config()
   runner.main(_args(config, tmp_path, "--list"))
   listed = capsys.readouterr().out
   assert f"{name} " in listed and "done" in listed
-  assert "rotation-revnet50-k1-s0" in listed and "todo" in listed
+  assert "rotation-revnet50-k1-e1-s0" in listed and "todo" in listed
 
 
 class _FakeCommands:
@@ -95,18 +127,30 @@ class _FakeCommands:
       self.fail_at = None
       raise self.interrupt
     if command[2] == "tfrevisit.train":
-      self._train(workdir)
+      self._train(workdir, command)
+    elif command[2] == "tfrevisit.study.pretext_eval":
+      with open(command[command.index("--output") + 1], "w") as f:
+        json.dump([{"step": 4, "epoch": 1.0, "accuracy": 0.5},
+                   {"step": 8, "epoch": 2.0, "accuracy": 0.54}], f)
     else:
       with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump([{"end_point": "pre_logits", "probe": "linear",
-                    "label_fraction": 1.0, "top1": 0.5}], f)
+                    "label_fraction": 1.0, "top1": 0.5, "val_top1": 0.5}], f)
 
   @staticmethod
-  def _train(workdir):
+  def _train(workdir, command):
+    """The export metadata and TensorBoard log a run would leave; its gin
+    config holds the --gin_param bindings (epochs of a budget)."""
+    bindings = [command[i + 1] for i, arg in enumerate(command)
+                if arg == "--gin_param"]
     assets = os.path.join(workdir, "export", "latest", "assets")
     os.makedirs(assets)
+    bound = {b.split(" = ")[0] for b in bindings}
+    defaults = [b for b in ("train.batch_size = 8", "train.epochs = 1")
+                if b.split(" = ")[0] not in bound]
     with open(os.path.join(assets, "tfrevisit.json"), "w") as f:
-      json.dump({"global_step": 7, "gin_config": "train.batch_size = 8\n"}, f)
+      json.dump({"global_step": 7,
+                 "gin_config": "\n".join(defaults + bindings)}, f)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
     with writer.as_default():
       for step, value in ((1, 0.3), (7, 0.75)):
@@ -276,119 +320,497 @@ def test_every_study_train_config_binds_what_train_requires():
       assert gin.query_parameter(f"train.{name}") is not None, (config, name)
 
 
-def _hand_made_cells():
-  """rotation on two architectures (ResNet50 v2 with 2 seeds) and one VGG
-  exemplar cell; per-layer linear top-1, MLP and an SGD curve."""
-  def cell(task, architecture, seed, layers, pretext, mlp=None, k=1, sgd=None):
-    rows = [{"eval": "linear", "end_point": e, "probe": "linear",
-             "label_fraction": 1.0, "top1": v} for e, v in layers.items()]
-    if mlp is not None:
-      rows.append({"eval": "mlp", "end_point": "pre_logits", "probe": "mlp",
-                   "label_fraction": 1.0, "top1": mlp})
-    if sgd is not None:
-      rows.append({"eval": "linear_sgd", "end_point": "pre_logits",
-                   "probe": "linear_sgd", "label_fraction": 1.0, "top1": sgd[-1],
-                   "test_top1_per_epoch": sgd})
-    return {"cell": f"{task}-{architecture}-k{k}-s{seed}", "task": task,
-            "architecture": architecture, "filters_factor": k, "seed": seed,
-            "pretext_accuracy": pretext, "batch_size": 32, "num_crops": 8,
-            "global_step": 100, "train_wall_time_s": 600.0,
-            "eval_wall_time_s": 300.0, "rows": rows}
-  return [
-      cell("rotation", "resnet50_v2", 0, {"block3": 0.80, "pre_logits": 0.82},
-           0.9, mlp=0.84, sgd=list(np.linspace(0.5, 0.80, 20))),
-      cell("rotation", "resnet50_v2", 1, {"block3": 0.78, "pre_logits": 0.84},
-           0.92, mlp=0.86),
-      cell("rotation", "vgg19", 0, {"block3": 0.85, "pre_logits": 0.70}, 0.95,
-           mlp=0.72),
-      cell("rotation", "resnet50_v2", 0, {"block3": 0.83, "pre_logits": 0.88},
-           0.93, k=4),
-      cell("exemplar", "vgg19", 0, {"block3": 0.75, "pre_logits": 0.60}, 0.4),
-  ]
 
 
-def test_report_table_and_evidence_from_hand_made_results():
-  untrained = _hand_made_cells()[-1] | {
-      "cell": "random_init-vgg19-k1-s0", "task": "random_init",
-      "pretext_accuracy": None, "rows": [
-          {"eval": "linear", "end_point": e, "probe": "linear",
-           "label_fraction": 1.0, "top1": v}
-          for e, v in {"block3": 0.80, "pre_logits": 0.60}.items()]}
-  results = Results(_hand_made_cells() + [untrained])
-  table = report.table1(results)
-  assert table[0] == ["task", "ResNet50 v2", "VGG19-BN"]
-  # ResNet50 v2: pre_logits 83.0 ± 1.4 over 2 seeds is also its best layer.
-  assert table[1] == ["rotation", "83.0 ± 1.4, n=2 (pre_logits) / 83.0 ± 1.4, n=2",
-                      "85.0 (block3) / 70.0"]
-  assert table[2] == ["exemplar", "-", "75.0 (block3) / 60.0"]
-  assert table[3] == ["random_init", "-", "80.0 (block3) / 60.0"]
-  # Only VGG has an untrained cell: rotation adds 10 pp at pre_logits and
-  # 5 at block3; exemplar nothing at pre_logits and -5 at block3.
-  assert report.gain_table(results) == [
-      ["task", "VGG19-BN"], ["rotation", "+10.0 / +10.0 (pre_logits)"],
-      ["exemplar", "+0.0 / +0.0 (pre_logits)"]]
-  assert results.seed_spread() == pytest.approx(np.std([0.82, 0.84], ddof=1))
-  verdicts = {f.title[:3]: f for f in findings.all_findings(results)}
-  assert verdicts["(2)"].verdict == findings.HOLDS  # VGG drops 15 pp, ResNet 0.
-  assert all("random_init" not in f.evidence for f in verdicts.values())
-  assert "pre_logits - best (block3) = -15.00 pp" in verdicts["(2)"].evidence
-  assert verdicts["(3)"].verdict == findings.HOLDS  # k=4 - k=1 = +5 pp > 2s.
-  # SGD gets within 2s = 2.83 pp of L-BFGS after 20 epochs: neither rule.
-  assert verdicts["(6)"].verdict == findings.INCONCLUSIVE
+def test_blocks_name_and_stretch_training_budgets(tmp_path):
+  cells = grid.merge([
+      grid.block(["rotation", "jigsaw"], ["vgg19"],
+                 epochs={"rotation": 4, "jigsaw": [2, 8]}, evals=["linear"]),
+      grid.block(["rotation", "random_init"], ["vgg19"], epochs=[4],
+                 budget="pilot", evals=["mlp"]),
+      grid.block(["rotation"], ["vgg19"])])
+  assert [(c.name, c.budget, c.evals) for c in cells] == [
+      ("rotation-vgg19-k1-e4-s0", "converged", ("linear", "mlp")),
+      ("jigsaw-vgg19-k1-e2-s0", "converged", ("linear",)),
+      ("jigsaw-vgg19-k1-e8-s0", "converged", ("linear",)),
+      ("random_init-vgg19-k1-s0", "pilot", ("mlp",)),  # no training: no budget
+      ("rotation-vgg19-k1-s0", "short", ("linear",))]
+  with pytest.raises(ValueError, match="no budget for task 'jigsaw'"):
+    grid.block(["jigsaw"], ["vgg19"], epochs={"rotation": 4})
+  with pytest.raises(ValueError, match="positive"):
+    grid.block(["jigsaw"], ["vgg19"], epochs=[0])
+  # rotation.gin: 1 epoch, warm-up 0.05, decays at 0.6 and 0.85 -> x4.
+  config = _tiny_study(tmp_path, epochs=4)
+  gin_config.parse_gin([config], [])
+  study = grid.study()
+  command = cells_lib.train_command(study, study.cells[0], "W")
+  bindings = [command[i + 1] for i, a in enumerate(command) if a == "--gin_param"]
+  assert ["train.epochs = 4", "train.warmup_epochs = 0.2",
+          "train.decay_epochs = [2.4, 3.4]", "train.checkpoint_every_steps = 1",
+          f"train.keep_checkpoints = {cells_lib.KEEP_ALL_CHECKPOINTS}"] == [
+              b for b in bindings if b.split(" = ")[0] in (
+                  "train.epochs", "train.warmup_epochs", "train.decay_epochs",
+                  "train.checkpoint_every_steps", "train.keep_checkpoints")]
+  # 7 minutes for rotation's own 1 epoch, x4, + linear 3 + the pretext
+  # curve's 0.5 per epoch; RevNet costs 2x.
+  gin.clear_config()
+  with open(config, "a") as f:
+    f.write('study.eval_minutes = {"linear": 3, "pretext_curve": 0.5}\n')
+  gin_config.parse_gin([config], [])
+  study = grid.study()
+  assert [study.estimated_minutes(c) for c in study.cells] == [33, 66]
+  gin.clear_config()
+  with open(config, "a") as f:
+    f.write("study.checkpoint_steps = {}\n")
+  gin_config.parse_gin([config], [])
+  with pytest.raises(ValueError, match="study.checkpoint_steps has no entry"):
+    grid.study()
 
 
-def test_report_writes_csv_plots_and_markdown(tmp_path):
-  (tmp_path / "study").mkdir()
-  (tmp_path / "study" / "notes.md").write_text("Trained at commit abc1234.\n")
-  written = report.write_report(_hand_made_cells(), str(tmp_path))
-  for name in ("layers.png", "width.png", "pretext_vs_linear.png",
-               "linear_vs_mlp.png", "sgd_convergence.png"):
-    assert os.path.getsize(written[name]) > 1000
-  lines = open(written["results.csv"]).read().splitlines()
-  assert len(lines) == 1 + 14 and "test_top1_per_epoch" not in lines[0]
-  assert lines[0].startswith("cell,task,architecture,filters_factor,seed,"
-                             "pretext_accuracy")
+def test_the_converged_and_pilot_configs_parse_into_the_issue_grid():
+  gin.clear_config()
+  grid.parse_config(["study/fashion_mnist_converged.gin"])
+  study = grid.study()
+  names = [c.name for c in study.cells]
+  assert len(set(names)) == len(names)
+  trained = [c for c in study.cells if c.task != "random_init"]
+  assert all(c.epochs is not None and c.budget == "converged" for c in trained)
+  k1 = {(c.task, c.architecture) for c in trained if c.filters_factor == 1}
+  assert k1 >= {(t, a) for t in ("rotation", "exemplar", "relative_patch_location",
+                                 "jigsaw", "supervised")
+                for a in ("resnet50_v1", "resnet50_v2", "revnet50", "vgg19")}
+  assert {(c.task, c.architecture, c.filters_factor) for c in trained
+          if c.filters_factor > 1} == {
+              (t, "revnet50", k) for t in ("rotation", "relative_patch_location")
+              for k in (2, 4)}
+  # Every width at its task's k=1 budget.
+  budgets = {c.task: c.epochs for c in trained if c.filters_factor == 1}
+  assert all(c.epochs == budgets[c.task] for c in trained)
+  seeded = {(c.task, c.architecture) for c in trained if c.seed == 2}
+  assert len(seeded) >= 4 and all(
+      (t, a, 1, budgets[t], s) in {c.key for c in trained}
+      for t, a in seeded for s in (0, 1))
+  assert {stats.family(a) for _, a in seeded} == {"ResNet", "RevNet", "VGG"}
+  assert any(t in grid.PATCH_TASKS for t, _ in seeded)
+  # Half an epoch of checkpoints: the train split (official train minus the
+  # held-out val) or trainval, over twice the batch size of the task config.
+  train = 60000 - sources.held_out_size(60000, sources.HELD_OUT_FRACTION)
+  for task, steps in study.checkpoint_steps.items():
+    text = open(study.train_configs[task]).read()
+    size = 60000 if "trainval" in text else train
+    assert steps == size // (2 * grid.gin_value(text, "train.batch_size")), task
+  for cell in study.cells:
+    for job in cell.evals:
+      assert all(os.path.exists(p) for p in study.eval_configs(job))
+  # The pilot (it includes the converged config): RevNet50 at 2 and 4
+  # epochs; its rung at a task's budget is that grid's RevNet50 cell.
+  gin.clear_config()
+  grid.parse_config(["study/fashion_mnist_pilot.gin"])
+  pilot = grid.study()
+  assert {(c.architecture, c.epochs, c.budget) for c in pilot.cells} == {
+      ("revnet50", e, "pilot") for e in (2.0, 4.0)}
+  adopted = {c.name for c in pilot.cells} & set(names)
+  assert adopted == {f"{t}-revnet50-k1-e{budgets[t]:g}-s0" for t in budgets}
+  assert all(c.evals == ("linear", "mlp", "lowdata") for c in pilot.cells)
+
+
+def test_convergence_rule_on_hand_made_curves():
+  epochs = [1, 2, 3, 4]
+  # From epoch 3 (= 75% of 4) to 4: +0.5 point (converged), +2 (not).
+  assert curves.late_gain(epochs, [0.5, 0.6, 0.65, 0.655]) == pytest.approx(0.005)
+  assert curves.converged(epochs, [0.5, 0.6, 0.65, 0.655])
+  assert not curves.converged(epochs, [0.5, 0.6, 0.62, 0.64])
+  # 8 epochs with points every 2: 75% is epoch 6, interpolated.
+  assert curves.late_gain([2, 4, 8], [0.4, 0.6, 0.7]) == pytest.approx(
+      0.7 - (0.6 + 0.1 * 2 / 4))
+  assert curves.converged([1, 2], [0.9, 0.8])  # falling: no gain
+  # No point at or before 75% of training: the curve cannot tell.
+  assert curves.converged([4], [0.7]) is None
+  assert curves.converged([8, 10], [0.7, 0.71], total_epochs=10) is None
+  # A curve that stops before the end of training cannot tell either.
+  assert curves.converged([5, 8], [0.7, 0.705], total_epochs=10) is None
+  ladder = {2: [{"epoch": 1, "accuracy": 0.5}, {"epoch": 2, "accuracy": 0.6}],
+            4: [{"epoch": e, "accuracy": a}
+                for e, a in ((1, .5), (2, .6), (3, .64), (4, .645))],
+            8: [{"epoch": 6, "accuracy": 0.65}, {"epoch": 8, "accuracy": 0.652}]}
+  assert curves.choose_budget(ladder) == 4
+  assert curves.choose_budget({2: ladder[2]}) is None
+
+
+def test_contrasts_against_pooled_spreads_and_welch():
+  # Own seeds of two models: std 0.01 (df 2) and 0.02 (df 2), 3 seeds each.
+  a = stats.estimate({0: 0.79, 1: 0.80, 2: 0.81},
+                     stats.Spread(0.01, 2, "a"))
+  b = stats.estimate({0: 0.68, 1: 0.70, 2: 0.72},
+                     stats.Spread(0.02, 2, "b"))
+  difference = stats.contrast([(1.0, a), (-1.0, b)])
+  va, vb = 0.01 ** 2 / 3, 0.02 ** 2 / 3
+  welch_df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+  assert difference.difference == pytest.approx(0.10)
+  assert difference.se == pytest.approx(np.sqrt(va + vb))
+  assert difference.df == pytest.approx(welch_df)
+  # One shared estimate keeps its own degrees of freedom: t(0.975, 6) = 2.447.
+  shared = stats.Spread(0.01, 6, "pooled")
+  c = stats.Comparison(0.0, 0.0, 0.0)
+  c = stats.contrast([(1.0, stats.Estimate(0.8, 1, shared)),
+                      (-1.0, stats.Estimate(0.77, 1, shared))])
+  assert c.df == 6 and c.se == pytest.approx(0.01 * np.sqrt(2))
+  assert c.half_width == pytest.approx(2.447 * 0.01 * np.sqrt(2), rel=1e-3)
+  assert c.classify() == stats.UNDECIDED  # 3 pp < 3.46 pp
+  assert c.classify(margin=0.07) == stats.NOT_GREATER  # 3 + 3.46 < 7 pp
+  assert stats.contrast([(1.0, stats.Estimate(0.9, 1, shared)),
+                         (-1.0, stats.Estimate(0.8, 1, shared))]
+                        ).classify() == stats.GREATER
+  assert stats.contrast([(1.0, stats.Estimate(0.9, 1, None))]).classify() == (
+      stats.UNKNOWN)
+  # Pooling: squared deviations 2e-4 and 8e-4 over df 2 + 2.
+  pooled = stats.pooled({"a": [0.79, 0.80, 0.81], "b": [0.68, 0.70, 0.72],
+                         "c": [0.5]}, "test")
+  assert (pooled.std, pooled.df) == (pytest.approx(np.sqrt(1e-3 / 4)), 4)
+
+
+def test_spread_hierarchy_and_bootstrap_rank_correlation():
+  values = {("rotation", "resnet50_v2", 1): {0: 0.80, 1: 0.82, 2: 0.81},
+            ("jigsaw", "revnet50", 1): {0: 0.70, 1: 0.74},
+            ("rotation", "resnet50_v1", 1): {0: 0.75},
+            ("exemplar", "vgg19", 1): {0: 0.6}}
+  table = stats.SpreadTable(values)
+  assert table.spread(("rotation", "resnet50_v2", 1)).source.startswith("own")
+  # ResNet on whole images: the seeded ResNet rotation model's spread.
+  assert table.spread(("rotation", "resnet50_v1", 1)).std == pytest.approx(0.01)
+  # VGG has no seeded model: all seeded models pooled, (2e-4 + 8e-4) / 3.
+  vgg = table.spread(("exemplar", "vgg19", 1))
+  assert (vgg.std, vgg.df) == (pytest.approx(np.sqrt(1e-3 / 3)), 3)
+  assert stats.bootstrap_spearman([([1, 2, 3, 4], [2, 4, 6, 9])]) == (1, 1, 1)
+  rho, low, high = stats.bootstrap_spearman(
+      [([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]), ([1, 2, 3], [3, 2, 1])])
+  assert rho == pytest.approx((0.8 - 1) / 2) and low < rho < high
+  assert stats.spearman([1, 2, 3], [1, 1, 1]) != stats.spearman([1, 2, 3], [1, 1, 1])
+
+
+# Hand-made results: each model's seeds spread evenly around its mean.
+
+
+def _cell(task, architecture, k=1, seed=0, layers=None, val=None, pretext=None,
+          mlp=None, fractions=None, sgd=None, epochs=None, budget="short",
+          iterations=None):
+  """A cell file; layers/val: {end point: top-1}; fractions: {fraction:
+  pre_logits top-1 per label subset}."""
+  rows = []
+  for e, top1 in (layers or {}).items():
+    rows.append({"eval": "linear", "end_point": e, "probe": "linear",
+                 "label_fraction": 1.0, "top1": top1,
+                 "val_top1": (val or layers)[e],
+                 "iterations": (iterations or {}).get(e, 40)})
+  for fraction, subsets in (fractions or {}).items():
+    rows += [{"eval": "lowdata", "end_point": "pre_logits", "probe": "linear",
+              "label_fraction": fraction, "subset_seed": i, "top1": top1,
+              "val_top1": top1, "iterations": 40}
+             for i, top1 in enumerate(subsets)]
+  if mlp is not None:
+    rows.append({"eval": "mlp", "end_point": "pre_logits", "probe": "mlp",
+                 "label_fraction": 1.0, "top1": mlp, "val_top1": mlp,
+                 "epochs": 30})
+  if sgd is not None:
+    rows.append({"eval": "linear_sgd", "end_point": "pre_logits",
+                 "probe": "linear_sgd", "label_fraction": 1.0, "top1": sgd[-1],
+                 "test_top1_per_epoch": sgd, "epochs": len(sgd)})
+  budget_name = "" if epochs is None else f"-e{epochs:g}"
+  cell = {"cell": f"{task}-{architecture}-k{k}{budget_name}-s{seed}",
+          "task": task, "architecture": architecture, "filters_factor": k,
+          "seed": seed, "pretext_accuracy": pretext, "batch_size": 32,
+          "num_crops": 8, "global_step": 100, "train_wall_time_s": 600.0,
+          "eval_wall_time_s": 300.0, "train_cpu_time_s": 900.0,
+          "eval_cpu_time_s": 360.0, "rows": rows}
+  if epochs is None:
+    cell["epochs"] = 1  # the first edition's name for the training epochs
+  else:
+    cell.update(budget=budget, train_epochs=epochs, pretext_curve=[
+        {"step": 10 * e, "epoch": e, "accuracy": pretext - 0.1 / e}
+        for e in range(1, int(epochs) + 1)])
+  return normalise_cell(cell)
+
+
+def _seeded(task, architecture, means, spread, k=1, opposite=(), **kwargs):
+  """3 seeds of a model at mean - spread, mean, mean + spread of each value
+  of `means` ({end point: mean top-1}); the `opposite` end points move the
+  other way."""
+  sign = lambda e: -1 if e in opposite else 1
+  return [_cell(task, architecture, k, seed,
+                layers={e: m + sign(e) * (seed - 1) * spread
+                        for e, m in means.items()},
+                **kwargs) for seed in range(3)]
+
+
+def _verdict(finding, cells):
+  return finding(Results(cells))
+
+
+def _architecture_grid(ssl_means, supervised_means, spread):
+  cells = []
+  for task, means in [*ssl_means.items(), ("supervised", supervised_means)]:
+    for architecture, mean in means.items():
+      cells += _seeded(task, architecture, {"pre_logits": mean}, spread)
+  return cells
+
+
+ARCHS = ("resnet50_v1", "resnet50_v2", "revnet50", "vgg19")
+
+
+def test_finding_1_ranges_against_supervised_with_and_without_vgg():
+  flat = dict(zip(ARCHS, (0.80, 0.802, 0.804, 0.80)))
+  # Self-supervised ranges of 10-20 pp (also without VGG), supervised 0.4;
+  # ResNet50 v1 beats v2 in rotation and loses in exemplar.
+  wide = {"rotation": dict(zip(ARCHS, (0.80, 0.70, 0.75, 0.60))),
+          "exemplar": dict(zip(ARCHS, (0.70, 0.80, 0.75, 0.60))),
+          "jigsaw": dict(zip(ARCHS, (0.70, 0.75, 0.80, 0.60)))}
+  found = _verdict(findings.architecture_matters,
+                   _architecture_grid(wide, flat, 0.002))
+  assert found.verdict == findings.HOLDS, found.evidence
+  assert "rank swaps beyond the combined spread: " in found.evidence
+  assert "ResNet50 v1 vs ResNet50 v2" in found.evidence
+  # The supervised range is the larger one: contradicted.
+  found = _verdict(findings.architecture_matters, _architecture_grid(
+      {t: flat for t in wide}, wide["rotation"], 0.002))
+  assert found.verdict == findings.FAILS
+  # Ranges large only through VGG: holds with it, contradicted without it.
+  vgg_only = {t: {**flat, "vgg19": 0.5} for t in wide}
+  found = _verdict(findings.architecture_matters,
+                   _architecture_grid(vgg_only, flat, 0.002))
+  assert found.verdict == findings.FAILS
+  # Seeds 5 pp apart: nothing beyond the spread.
+  found = _verdict(findings.architecture_matters,
+                   _architecture_grid(wide, flat, 0.05))
+  assert found.verdict == findings.INCONCLUSIVE
+
+
+def _degradation_grid(skip_pre_logits, vgg_pre_logits, spread,
+                      untrained_iterations=40):
+  untrained = {"block3": 0.70, "block4": 0.70, "pre_logits": 0.70}
+  cells = [_cell("random_init", a, layers=untrained)
+           for a in ("resnet50_v2", "revnet50")]
+  cells.append(_cell("random_init", "vgg19",
+                     layers={"fc6": 0.50, "pre_logits": 0.50},
+                     iterations={"pre_logits": untrained_iterations}))
+  for task in ("rotation", "exemplar"):
+    for architecture in ("resnet50_v2", "revnet50"):
+      cells += _seeded(task, architecture, {"block3": 0.75, "block4": 0.80,
+                                            "pre_logits": skip_pre_logits},
+                       spread, opposite=("pre_logits",))
+    cells += _seeded(task, "vgg19", {"fc6": 0.80, "pre_logits": vgg_pre_logits},
+                     spread, opposite=("pre_logits",))
+  return cells
+
+
+def test_finding_2_gain_at_the_late_layers():
+  # Skip nets gain 12 pp at pre_logits, 10 at block4; VGG 10 against 30.
+  found = _verdict(findings.pre_logits_degrade,
+                   _degradation_grid(0.82, 0.60, 0.002))
+  assert found.verdict == findings.HOLDS, found.evidence
+  assert "D = gain(pre_logits) - gain(block4): +2.00 pp" in found.evidence
+  # Skip nets lose 10 pp of their gain at pre_logits.
+  found = _verdict(findings.pre_logits_degrade,
+                   _degradation_grid(0.70, 0.60, 0.002))
+  assert found.verdict == findings.FAILS
+  found = _verdict(findings.pre_logits_degrade,
+                   _degradation_grid(0.82, 0.60, 0.08))
+  assert found.verdict == findings.INCONCLUSIVE
+  # An untrained VGG fit that stopped after 1 iteration is no evidence.
+  found = _verdict(findings.pre_logits_degrade,
+                   _degradation_grid(0.82, 0.60, 0.002, untrained_iterations=1))
+  assert found.verdict == findings.INCONCLUSIVE
+  assert "random_init pre_logits stopped before its 3rd" in found.evidence
+
+
+def _width_grid(gain, spread):
+  cells = []
+  for k in (1, 2, 4):
+    mean = 0.80 + gain * (k - 1) / 3
+    cells += [_cell("rotation", "revnet50", k, seed,
+                    layers={"pre_logits": mean + (seed - 1) * spread},
+                    fractions={0.1: [mean - 0.05 + (seed - 1) * spread] * 3})
+              for seed in range(3)]
+  return cells
+
+
+def test_finding_3_width_with_all_and_10_percent_labels():
+  found = _verdict(findings.wider_is_better, _width_grid(0.05, 0.002))
+  assert found.verdict == findings.HOLDS, found.evidence
+  assert "10% labels: k=4 - k=1 = +5.00 pp" in found.evidence
+  assert _verdict(findings.wider_is_better, _width_grid(-0.05, 0.002)).verdict == (
+      findings.FAILS)
+  assert _verdict(findings.wider_is_better, _width_grid(0.05, 0.05)).verdict == (
+      findings.INCONCLUSIVE)
+
+
+def test_finding_4_linear_and_mlp_rankings():
+  def grid_of(mlp_of):
+    return [_cell("rotation", a, layers={"pre_logits": 0.70 + 0.02 * i},
+                  mlp=mlp_of(i)) for i, a in enumerate(grid.ARCHITECTURES)]
+  assert _verdict(findings.linear_is_adequate,
+                  grid_of(lambda i: 0.71 + 0.02 * i)).verdict == findings.HOLDS
+  assert _verdict(findings.linear_is_adequate,
+                  grid_of(lambda i: 0.9 - 0.02 * i)).verdict == findings.FAILS
+  assert _verdict(findings.linear_is_adequate, grid_of(
+      lambda i: [0.8, 0.7, 0.85, 0.75, 0.9, 0.72][i])).verdict == (
+          findings.INCONCLUSIVE)
+
+
+def test_finding_5_pretext_against_linear_with_a_bootstrap_interval():
+  def grid_of(pretext_of):
+    return [_cell(t, a, layers={"pre_logits": 0.70 + 0.02 * i},
+                  pretext=pretext_of(i))
+            for t in ("rotation", "jigsaw", "exemplar")
+            for i, a in enumerate(grid.ARCHITECTURES)]
+  # Pretext accuracy orders the architectures the other way in every task.
+  found = _verdict(findings.pretext_does_not_predict, grid_of(lambda i: 0.9 - 0.05 * i))
+  assert found.verdict == findings.HOLDS, found.evidence
+  assert _verdict(findings.pretext_does_not_predict,
+                  grid_of(lambda i: 0.5 + 0.05 * i)).verdict == findings.FAILS
+  assert _verdict(findings.pretext_does_not_predict, grid_of(
+      lambda i: [0.6, 0.5, 0.8, 0.7, 0.65, 0.9][i])).verdict == (
+          findings.INCONCLUSIVE)
+
+
+def test_finding_6_sgd_against_the_lbfgs_optimum():
+  def cells_of(reach_epoch):
+    curve = [0.70 + 0.10 * min(1.0, e / reach_epoch) for e in range(1, 201)]
+    return [_cell("rotation", "resnet50_v2", layers={"pre_logits": 0.80},
+                  sgd=curve)]
+  found = _verdict(findings.sgd_is_slow, cells_of(400))
+  assert found.verdict == findings.HOLDS and "more than 200" in found.evidence
+  assert _verdict(findings.sgd_is_slow, cells_of(5)).verdict == findings.FAILS
+  # Within 0.5 pp (the fixed tolerance) at epoch 48 of a 50-epoch ramp.
+  found = _verdict(findings.sgd_is_slow, cells_of(50))
+  assert found.verdict == findings.INCONCLUSIVE
+  assert "within 0.5 pp after 48 epochs" in found.evidence
+
+
+def test_best_layer_is_chosen_on_val_not_test():
+  # Test says block4 (85 > 82), validation says block3 (84 > 80).
+  cell = _cell("rotation", "revnet50",
+               layers={"block3": 0.82, "block4": 0.85, "pre_logits": 0.80},
+               val={"block3": 0.84, "block4": 0.80, "pre_logits": 0.79})
+  results = Results([cell])
+  assert results.best_layer("rotation", "revnet50") == "block3"
+  assert report.best_layer_entry(results, "rotation", "revnet50") == "82.0 (block3)"
+
+
+def test_first_edition_cells_load_as_the_short_budget():
+  path = os.path.join(os.path.dirname(runner.DEFAULT_RESULTS_DIR), "cells",
+                      "rotation-resnet50_v2-k1-s0.json")
+  cell = normalise_cell(json.load(open(path)))
+  assert (cell["budget"], cell["train_epochs"]) == ("short", 1)
+  mlp = [r for r in cell["rows"] if r["probe"] == "mlp"]
+  assert mlp and all("epochs" not in r and r["probe_epochs"] == 30 for r in mlp)
+  assert cell["heldout_pretext_accuracy"] is None
+
+
+def test_mock_grid_with_two_budgets_through_runner_and_report(tmp_path,
+                                                             monkeypatch):
+  config = _tiny_study(tmp_path)
+  with open(config, "a") as f:
+    f.write("study.blocks = [@block(), @converged/block()]\n"
+            'converged/block.tasks = ["rotation"]\n'
+            'converged/block.architectures = ["resnet50_v2", "revnet50"]\n'
+            "converged/block.epochs = 2\n")
+  fake = _FakeCommands()
+  monkeypatch.setattr(cells_lib.subprocess, "run", fake)
+  assert runner.main(_args(config, tmp_path)) == 0
+  # The budgeted cells ran the pretext curve between training and evaluation.
+  assert [m for m, w in fake.calls if "-e2-" in w] == [
+      "tfrevisit.train", "tfrevisit.study.pretext_eval", "tfrevisit.evaluate"] * 2
+  cells = [normalise_cell(json.load(open(p)))
+           for p in sorted((tmp_path / "results").glob("*.json"))]
+  assert sorted((c["cell"], c["budget"], c["train_epochs"]) for c in cells) == [
+      ("rotation-resnet50_v2-k1-e2-s0", "converged", 2),
+      ("rotation-resnet50_v2-k1-s0", "short", 1),
+      ("rotation-revnet50-k1-e2-s0", "converged", 2),
+      ("rotation-revnet50-k1-s0", "short", 1)]
+  assert set(budget_views(cells)) == {"short", "converged"}
+  out = tmp_path / "docs"
+  (out / "study").mkdir(parents=True)
+  (out / "study" / "stale.png").write_text("an old plot")
+  written = report.write_report(cells, str(out), {"study.gin": [
+      c["cell"] for c in cells] + ["rotation-vgg19-k1-e2-s0"]})
+  assert not (out / "study" / "stale.png").exists()
+  assert {"layers-short.png", "layers-converged.png",
+          "pretext_curves.png"} <= set(written)
+  header = open(written["results.csv"]).readline().strip().split(",")
+  assert "budget" in header and "train_epochs" in header and "epochs" not in header
   text = open(written["study.md"]).read()
-  assert "![layers.png](study/layers.png)" in text
-  assert text.count("Verdict: **") == 6 and "5 cells, 1.2 hours of wall time" in text
-  # s = std(82, 84) = 1.41 pp over the two seeds of rotation on ResNet50 v2.
-  assert "exceeds 2s (2s = 2.83 pp)" in text
-  assert text.index("Trained at commit abc1234.") < text.index("## Plots")
+  # Budgets side by side: one entry per budget, the verdicts in two columns.
+  assert "| rotation | 50.0 · 50.0 | 50.0 · 50.0 |" in text
+  assert "| finding | short | converged |" in text
+  assert text.count("Verdict") == 1 and "**short: " in text and "**converged: " in text
+  assert "1 of 5" not in text and "4 of 5 cells done" in text
+  assert "`rotation-vgg19-k1-e2-s0`" in text
+  assert "*pretext_curves.png.* Held-out pretext accuracy" in text
+  # The fake curve rises 2 points over its last 25% (epoch 1.5 to 2).
+  assert "| no (+2.0) |" in text
+  assert "- converged: 2 cells, 0.0 h wall" in text
 
 
-def test_report_replaces_only_the_readme_summary_block(tmp_path):
+def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
+  cells = (_seeded("rotation", "revnet50", {"block3": 0.80, "pre_logits": 0.82},
+                   0.01)
+           + [_cell("rotation", "vgg19", layers={"fc6": 0.85, "pre_logits": 0.70}),
+              _cell("random_init", "vgg19", layers={"fc6": 0.80, "pre_logits": 0.1},
+                    iterations={"pre_logits": 2}),
+              _cell("rotation", "vgg19", layers={"fc6": 0.86, "pre_logits": 0.75},
+                    epochs=4, budget="converged", pretext=0.9),
+              _cell("rotation", "vgg19", 1, 0, layers={"fc6": 0.80}, epochs=2,
+                    budget="pilot", pretext=0.8)])
+  views = {b: Results(c) for b, c in budget_views(cells).items()}
+  assert list(views) == ["short", "converged", "pilot"]
+  assert report.table1(views, report.best_layer_entry) == [
+      ["task", "RevNet50", "VGG19-BN"],
+      ["rotation", "82.0 ± 1.0, n=3 (pre_logits) · - · -",
+       "85.0 (fc6) · 86.0 (fc6) · 80.0 (fc6)"],
+      ["random_init", "- · - · -", "80.0 (fc6) · 80.0 (fc6) · 80.0 (fc6)"]]
+  assert report.gain_table(views["converged"]) == [
+      ["task", "VGG19-BN"], ["rotation", "fc6 +6.0, pre_logits +65.0"]]
+  diagnostics = report.diagnostics_table(views)
+  # The short view: 3 RevNet seeds x 2 rows, VGG and the untrained VGG's 2.
+  assert diagnostics[1] == ["short", "10", "1", "0 (10 unknown)",
+                            "0 (10 unknown)", "0 (10 unknown)"]
+  # Curves at 0.9 - 0.1 / epoch: +2.5 points over the last 25% of 2
+  # epochs, +0.8 over those of 4.
+  assert report.pilot_table(cells)[1:] == [
+      ["rotation", "VGG19-BN k=1", "2 ep: no (+2.5), 4 ep: yes (+0.8)", "4"]]
   readme = tmp_path / "README.md"
   readme.write_text(f"# Title\n\n{report.README_BEGIN}\nold table\n"
                     f"{report.README_END}\n\n## Next\n")
-  report.update_readme(str(readme), Results(_hand_made_cells()))
+  report.update_readme(str(readme), cells)
   text = readme.read_text()
   assert text.startswith(f"# Title\n\n{report.README_BEGIN}\n| task |")
   assert text.endswith(f"{report.README_END}\n\n## Next\n")
-  assert "old table" not in text and text.count("**") == 2 * 6
-  assert "| rotation | 83.0 ± 1.4, n=2 (pre_logits) / 83.0 ± 1.4, n=2 |" in text
+  assert "old table" not in text and "| finding | short | converged | pilot |" in text
   readme.write_text("# No block\n")
   with pytest.raises(cli.UserError, match="no study summary block"):
-    report.update_readme(str(readme), Results(_hand_made_cells()))
+    report.update_readme(str(readme), cells)
 
 
 def test_report_names_the_grid_cells_not_yet_run(tmp_path):
-  results = Results(_hand_made_cells())
+  cells = [_cell("rotation", "resnet50_v2", layers={"pre_logits": 0.8}),
+           _cell("rotation", "vgg19", layers={"pre_logits": 0.7})]
   planned = ["rotation-resnet50_v2-k1-s0", "jigsaw-vgg19-k1-s0",
              "rotation-vgg19-k1-s0", "supervised-vgg19-k1-s0"]
-  assert report.coverage(results, planned) == (
+  assert report.coverage(cells, planned) == (
       "Grid: 2 of 4 cells done; not yet run: `jigsaw-vgg19-k1-s0`, "
       "`supervised-vgg19-k1-s0`.")
-  assert report.coverage(results, planned[:1]) == "Grid: all 1 cells done."
-  assert report.coverage(results, None) == ""
-  # Through the command line, the plan is the study config's grid.
+  assert report.coverage(cells, planned[:1]) == "Grid: all 1 cells done."
+  assert report.coverage(cells, None) == ""
+  # Through the command line, the plan is each study config's grid.
   results_dir = tmp_path / "cells"
   results_dir.mkdir()
-  for cell in _hand_made_cells()[:1]:
-    (results_dir / f"{cell['cell']}.json").write_text(json.dumps(cell))
+  (results_dir / f"{cells[0]['cell']}.json").write_text(json.dumps(cells[0]))
   readme = tmp_path / "README.md"
   readme.write_text(f"{report.README_BEGIN}\n{report.README_END}\n")
+  config = _tiny_study(tmp_path)
   report.main(["--results_dir", str(results_dir), "--out_dir", str(tmp_path),
-               "--readme", str(readme), "--gin", _tiny_study(tmp_path)])
-  line = ("Grid: 1 of 2 cells done; not yet run: `rotation-revnet50-k1-s0`.")
+               "--readme", str(readme), "--plan", config])
+  line = (f"Grid `{config}`: 1 of 2 cells done; not yet run: "
+          "`rotation-revnet50-k1-s0`.")
   assert line in (tmp_path / "study.md").read_text()
   assert line in readme.read_text()

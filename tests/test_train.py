@@ -125,6 +125,25 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
   assert checkpoints.model_checkpoint_path.endswith("ckpt-6")
 
 
+def test_resuming_a_revnet_run_of_layout_one_is_refused(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  bindings = SMALL_ROTATION + ['backbone.name = "revnet50"',
+                               "train.max_steps = 1", "train.export = False"]
+  gin_config.parse_gin([], bindings)
+  train.train(workdir)
+  gin.clear_config()
+  task_file = os.path.join(workdir, "task.json")
+  info = json.load(open(task_file))
+  assert info.pop("layout") == models.LAYOUT
+  json.dump(info, open(task_file, "w"))
+
+  with pytest.raises(SystemExit, match="^2$"):
+    train.main(["--gin_param", "\n".join(bindings), "--workdir", workdir])
+  assert "This revnet50 was trained with backbone layout 1" in (
+      capsys.readouterr().err)
+  assert "layout" not in json.load(open(task_file))
+
+
 def test_workdir_holds_config_summaries_and_encoder(tmp_path):
   workdir = str(tmp_path / "run")
   gin_config.parse_gin([], SMALL_ROTATION + ["train.max_steps = 2"])

@@ -7,7 +7,8 @@ A training workdir (written by `tfrevisit.train`):
                   except to re-export a run older than `task.json`'s
                   `backbone`).
   task.json       what rebuilds the task (`TaskRecord`): {"task", "num_classes",
-                  "backbone": Backbone.to_dict(), "options": the task's own}.
+                  "backbone": Backbone.to_dict(), "options": the task's own,
+                  "layout": the backbone layout version of its weights}.
   checkpoints/    `ckpt-<step>` checkpoints of the task's models and optimizer.
   tb/             TensorBoard summaries.
   export/<step>/  exported SavedModels; export/latest links to the newest.
@@ -15,16 +16,16 @@ A training workdir (written by `tfrevisit.train`):
 An export (a SavedModel directory, written by `tfrevisit.export`):
   encoder.keras   the encoder as a native Keras 3 file (`keras.saving.
                   load_model`, after `import tfrevisit.models` registers the
-                  RevNet layers); absent in exports older than it.
+                  backbones' custom layers); absent in exports older than it.
   assets/tfrevisit.json  metadata: the `TaskRecord` fields (keys "task",
-                  "num_classes", "backbone", "task_options"), the backbone's
+                  "num_classes", "backbone", "task_options", "layout"), the backbone's
                   old flat keys ("architecture", "filters_factor",
                   "last_relu", kept for readers of older versions), patch mode,
                   input shape and size, value range, the evaluation
                   preprocessing spec, default output, end points, global step
                   and the gin config text.
 Exports older than "backbone" carry only the flat keys; `export_record` reads
-both.
+both. Records and exports without "layout" predate it: layout 1.
 """
 import contextlib
 import dataclasses
@@ -50,6 +51,7 @@ EXPORT_DIR = "export"
 LATEST = "latest"
 METADATA_FILE = "tfrevisit.json"  # in the SavedModel's assets/
 KERAS_ENCODER_FILE = "encoder.keras"  # in the SavedModel's directory
+LEGACY_LAYOUT = 1  # the layout of records and exports that do not name one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +64,20 @@ class TaskRecord:
     num_classes: labels of the training source (None in old exports).
     backbone: `Backbone.to_dict()`; None in workdirs older than the record.
     options: the task's own constructor options ({} in old records).
+    layout: the backbone layout version (`models.LAYOUT`) the weights were
+      trained under; `LEGACY_LAYOUT` in records older than it.
   """
   task: str
   num_classes: Optional[int]
   backbone: Optional[Dict[str, Any]]
   options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  layout: int = LEGACY_LAYOUT
 
 
 def task_record(task) -> TaskRecord:
   """The record of a built `pretext.Task`."""
   return TaskRecord(task.name, task.num_classes, task.backbone.to_dict(),
-                    dict(task.options))
+                    dict(task.options), task.backbone.layout)
 
 
 # Workdir.
@@ -102,7 +107,8 @@ def read_task_record(workdir: str) -> TaskRecord:
   with tf.io.gfile.GFile(path) as f:
     info = json.load(f)
   return TaskRecord(info["task"], info["num_classes"], info.get("backbone"),
-                    info.get("options", {}))
+                    info.get("options", {}),
+                    info.get("layout", LEGACY_LAYOUT))
 
 
 def config_path(workdir: str) -> str:
@@ -260,6 +266,7 @@ def export_metadata(task, *, default_output: str, step: int,
       "num_classes": record.num_classes,
       "backbone": record.backbone,
       "task_options": record.options,
+      "layout": record.layout,
       "architecture": record.backbone["name"],
       "filters_factor": record.backbone["filters_factor"],
       "last_relu": record.backbone["last_relu"],
@@ -285,4 +292,5 @@ def export_record(metadata: Dict[str, Any]) -> TaskRecord:
       "last_relu": metadata.get("last_relu", True),
   }
   return TaskRecord(metadata["task"], metadata.get("num_classes"), backbone,
-                    metadata.get("task_options", {}))
+                    metadata.get("task_options", {}),
+                    metadata.get("layout", LEGACY_LAYOUT))

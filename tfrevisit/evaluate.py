@@ -42,6 +42,7 @@ from tfrevisit import data
 from tfrevisit import gin_config
 from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import finetune  # pylint: disable=unused-import
+from tfrevisit.evaluation import linear
 from tfrevisit.evaluation import plots as plots_lib
 from tfrevisit.evaluation import probes as probes_lib
 from tfrevisit.evaluation import results as results_lib
@@ -66,16 +67,28 @@ def standardized_splits(splits: Dict[str, Split]) -> Dict[str, Split]:
           for name, (x, y) in splits.items()}
 
 
+def _stack(first, second):
+  """Rows of `first` then `second` (StackedRows or NumPy arrays)."""
+  if hasattr(first, "stack"):
+    return first.stack(second)
+  return np.concatenate([first, second])
+
+
 def label_subset(splits: Dict[str, Split], fraction: float, seed: int,
                  num_classes: int) -> Dict[str, Split]:
-  """Restricts train and trainval to a class-balanced fraction of their labels."""
+  """The low-data setting: a class-balanced `fraction` of the labels of
+  train and of val (the split that chooses hyper-parameters gets no more
+  labels than the fraction either), and trainval = those two subsets, the
+  labels the fit may use. Test stays whole."""
   if fraction >= 1:
     return splits
   subset = dict(splits)
-  for name in ("train", "trainval"):
+  for name in ("train", "val"):
     x, y = splits[name]
     index = probes_lib.balanced_subset(y, fraction, seed, num_classes)
     subset[name] = (x[index], y[index])
+  (train_x, train_y), (val_x, val_y) = subset["train"], subset["val"]
+  subset["trainval"] = (_stack(train_x, val_x), np.concatenate([train_y, val_y]))
   return subset
 
 
@@ -123,6 +136,7 @@ def evaluate(hub_module: str, workdir: str,
              standardize: bool = False,
              protocol: str = "table2",
              held_out_fraction: float = 0.1,
+             label_subset_seeds: Optional[Sequence[int]] = None,
              model_name: Optional[str] = None) -> List[dict]:
   """Runs `probes` on every end point; returns the result rows.
 
@@ -148,6 +162,8 @@ def evaluate(hub_module: str, workdir: str,
       "table1" (choose on a held-out part of train, fit on train, report
       val); see `protocol_splits`. Each row says which.
     held_out_fraction: table1's held-out part of train.
+    label_subset_seeds: the seeds of the label subsets of each fraction < 1
+      (one row per subset, with its `subset_seed`); default (`seed`,).
     model_name: a `model` column for the rows (e.g. to compare models).
   """
   for probe in probes:
@@ -189,23 +205,28 @@ def evaluate(hub_module: str, workdir: str,
         per_split = standardized_splits(per_split)
       per_split = protocol_splits(per_split, protocol, held_out_fraction, seed)
     for fraction in label_fractions:
-      subset = per_split and label_subset(per_split, fraction, seed,
-                                          source.num_classes)
-      for probe in probes:
-        log.info("Evaluating %s with the %s probe on %g of the labels.",
-                 name, probe, fraction)
-        if _needs_images(probe):
-          row = probes_lib.PROBES.get(probe)(
-              _image_context(context(end_point=name), per_split, fraction),
-              source.num_classes)
-        else:
-          row = probes_lib.PROBES.get(probe)(subset, source.num_classes)
-          row = {"num_features": per_split["test"][0].shape[1], **row}
-        rows.append({**({"model": model_name} if model_name else {}),
-                     "end_point": name, "probe": probe,
-                     "label_fraction": fraction, "protocol": protocol,
-                     "reported_split": REPORTED_SPLIT[protocol], **row})
-        results_lib.write_results(rows, workdir)
+      subset_seeds = [seed] if fraction >= 1 else list(
+          label_subset_seeds or [seed])
+      for subset_seed in subset_seeds:
+        subset = per_split and label_subset(per_split, fraction, subset_seed,
+                                            source.num_classes)
+        for probe in probes:
+          log.info("Evaluating %s with the %s probe on %g of the labels "
+                   "(subset seed %d).", name, probe, fraction, subset_seed)
+          if _needs_images(probe):
+            row = probes_lib.PROBES.get(probe)(
+                _image_context(context(end_point=name), per_split, fraction,
+                               subset_seed), source.num_classes)
+          else:
+            row = probes_lib.PROBES.get(probe)(subset, source.num_classes)
+            row = {"num_features": per_split["test"][0].shape[1], **row}
+          rows.append({**({"model": model_name} if model_name else {}),
+                       "end_point": name, "probe": probe,
+                       "label_fraction": fraction,
+                       **({"subset_seed": subset_seed} if fraction < 1 else {}),
+                       "protocol": protocol,
+                       "reported_split": REPORTED_SPLIT[protocol], **row})
+          results_lib.write_results(rows, workdir)
   return rows
 
 
@@ -214,10 +235,11 @@ def _needs_images(probe: str) -> bool:
 
 
 def _image_context(context: sgd_images.ImageProbeContext,
-                   per_split: Optional[Dict[str, Split]], fraction: float
-                   ) -> sgd_images.ImageProbeContext:
-  """`context` restricted to a label fraction: the indices `label_subset`
-  keeps of trainval, into the training examples (train then val, table2)."""
+                   per_split: Optional[Dict[str, Split]], fraction: float,
+                   seed: int) -> sgd_images.ImageProbeContext:
+  """`context` restricted to a label fraction: a class-balanced, seeded
+  subset of trainval's indices into the training examples (train then val,
+  table2); image probes have fixed hyper-parameters, so no split chooses."""
   if fraction >= 1:
     return context
   if per_split:
@@ -225,7 +247,17 @@ def _image_context(context: sgd_images.ImageProbeContext,
   else:
     labels = sgd_images.training_labels(context)
   return dataclasses.replace(context, train_index=probes_lib.balanced_subset(
-      labels, fraction, context.seed, context.source.num_classes))
+      labels, fraction, seed, context.source.num_classes))
+
+
+def fit_warnings(rows: Sequence[dict]) -> List[str]:
+  """One "WARNING: ..." line per fit problem of a row (`linear.fit_problems`:
+  stopped early, hit max_iterations, L2 at the grid's edge), naming its end
+  point, probe and label fraction."""
+  return [f"WARNING: {row['model'] + ' ' if 'model' in row else ''}"
+          f"{row['end_point']} ({row['probe']} probe, "
+          f"{row['label_fraction']:g} of the labels): {problem}."
+          for row in rows for problem in linear.fit_problems(row)]
 
 
 def parse_args(argv=None):
@@ -255,6 +287,8 @@ def main(argv=None):
   if args.plots:
     plots_lib.write_plots(rows, args.workdir)
   print(results_lib.format_table(rows))
+  for line in fit_warnings(rows):
+    print(line)
   return rows
 
 

@@ -40,7 +40,7 @@ The SavedModel, loaded with `tf.saved_model.load(path)` as `obj`:
   and training facts (format: `tfrevisit.artifacts`).
   encoder.keras: the encoder (images -> dict of end points) as a native
   Keras 3 file: `keras.saving.load_model(path)` after `import tfrevisit.models`
-  (which registers RevNet's layers) gives a trainable `keras.Model` with its
+  (which registers the backbones' layers) gives a trainable `keras.Model` with its
   BatchNorm training mode and weight decay (`model.losses`), the first-class
   way to fine-tune in Keras 3.
 
@@ -190,17 +190,22 @@ def save_module(root: tf.Module, path: str, metadata: Dict[str, Any],
 
 
 def export_task(task: pretext.Task, workdir: str, step: int,
-                output: Optional[str] = None, gin_config: str = "") -> str:
+                output: Optional[str] = None, gin_config: str = "",
+                default_output: str = pretext.DEFAULT_OUTPUT,
+                extra_metadata: Optional[Dict[str, Any]] = None) -> str:
   """Exports `task`'s encoder; returns the SavedModel's path.
 
   Without `output`, writes `workdir/export/<step>` and updates `latest`.
-  `gin_config` is the run's config text, kept in the metadata for people.
+  `gin_config` is the run's config text, kept in the metadata for people;
+  `default_output` the end point that calling the export returns;
+  `extra_metadata` is added to the metadata (e.g. where converted weights came
+  from).
   """
   metadata = artifacts.export_metadata(
-      task, default_output=pretext.DEFAULT_OUTPUT, step=step,
-      gin_config=gin_config)
+      task, default_output=default_output, step=step, gin_config=gin_config)
+  metadata.update(extra_metadata or {})
   encoder = float32_encoder(task)
-  root = build_module(encoder, default_output=pretext.DEFAULT_OUTPUT,
+  root = build_module(encoder, default_output=default_output,
                       preprocess_spec=task.eval_preprocess)
   if output is None:
     export_dir = artifacts.export_dir(workdir)
@@ -246,7 +251,13 @@ def float32_policy():
 
 
 def build_task(record: artifacts.TaskRecord) -> pretext.Task:
-  """The task that `record` describes (it must name its backbone)."""
+  """The task that `record` describes (it must name its backbone).
+
+  Raises:
+    ValueError: the record's backbone layout computes differently today
+      (`models.check_layout`).
+  """
+  models.check_layout(record.backbone["name"], record.layout)
   return pretext.get_task(record.task, num_classes=record.num_classes,
                           backbone=models.Backbone(**record.backbone),
                           **record.options)
@@ -262,7 +273,7 @@ def restore_task(workdir: str, checkpoint: Optional[str] = None):
   Raises:
     FileNotFoundError: not a training workdir, or no checkpoint.
     ValueError: task.json predates the backbone record (`main` reads those
-      runs' config.gin).
+      runs' config.gin), or its backbone layout computes differently today.
   """
   record = artifacts.read_task_record(workdir)
   checkpoint = checkpoint or artifacts.latest_checkpoint(workdir)
@@ -291,8 +302,23 @@ def _task_from_gin(workdir: str, record: artifacts.TaskRecord) -> pretext.Task:
   """The task of a workdir whose task.json predates the backbone record, from
   its config.gin, parsed into gin's global config (command line only)."""
   gin_config_lib.parse_gin([artifacts.config_path(workdir)], [])
+  backbone = gin_config_lib.configured_backbone()
+  models.check_layout(backbone.name, record.layout)
   return pretext.get_task(record.task, num_classes=record.num_classes,
-                          backbone=gin_config_lib.configured_backbone())
+                          backbone=backbone)
+
+
+def check_resumable(workdir: str, backbone: models.Backbone) -> None:
+  """Raises unless `backbone` computes, from the checkpoints of `workdir`,
+  what its run trained (`models.check_layout` on its task.json's layout);
+  workdirs without task.json pass.
+
+  Raises:
+    ValueError: the run's backbone layout computes differently today.
+  """
+  if tf.io.gfile.exists(os.path.join(workdir, artifacts.TASK_FILE)):
+    models.check_layout(backbone.name,
+                        artifacts.read_task_record(workdir).layout)
 
 
 def parse_args(argv=None):

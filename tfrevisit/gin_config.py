@@ -1,9 +1,17 @@
 """Gin for the command lines: parsing, flags, and the `backbone.*` bindings.
 
 Only the command lines (train, evaluate, export, quickstart) parse gin.
-Library code takes explicit values: a `models.Backbone`, task options, source
-arguments; gin fills them by calling the configurables (`train`, `evaluate`,
-`source`, the tasks, and `configured_backbone` here).
+The models take explicit values: a `models.Backbone` carries everything that
+shapes the network, filled here from the `backbone.*` bindings
+(`configured_backbone`), so task.json records all of it. Gin also fills the
+configurables of the command lines and of the tasks, sources and probes
+(`train`, `evaluate`, `source`, ...).
+
+The bindings of older versions `batch_norm.momentum`, `batch_norm.epsilon` and
+`kernel_initializer.name` still work: they set the backbone's
+`batch_norm_momentum`, `batch_norm_epsilon` and `kernel_initializer`, as do
+`backbone.batch_norm_momentum` etc. (the names to use now); binding both names
+of one setting to different values is an error.
 """
 import argparse
 import os
@@ -13,6 +21,11 @@ import gin
 
 from tfrevisit import cli
 from tfrevisit import models
+
+# The old binding of each backbone setting: (configurable, parameter).
+_OLD_BINDINGS = {"batch_norm_momentum": ("batch_norm", "momentum"),
+                 "batch_norm_epsilon": ("batch_norm", "epsilon"),
+                 "kernel_initializer": ("kernel_initializer", "name")}
 
 # The repository's configs/ (installed with `pip install -e .`).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -24,11 +37,52 @@ def configured_backbone(name: str = gin.REQUIRED,
                         filters_factor: int = gin.REQUIRED,
                         last_relu: bool = True,
                         weight_decay: Optional[float] = None,
+                        batch_norm_momentum: Optional[float] = None,
+                        batch_norm_epsilon: Optional[float] = None,
+                        kernel_initializer: Optional[str] = None,
                         **options) -> models.Backbone:
   """The `models.Backbone` that the `backbone.*` bindings describe, e.g.
   `backbone.name = "revnet50"`, `backbone.filters_factor = 16`,
-  `backbone.memory_efficient = False` (a family option)."""
-  return models.Backbone(name, filters_factor, last_relu, weight_decay, options)
+  `backbone.batch_norm_epsilon = 1e-5`, `backbone.memory_efficient = False`
+  (a family option). A None setting takes the old binding (`batch_norm.*`,
+  `kernel_initializer.name`) if bound, else `models.Backbone`'s default.
+
+  Raises:
+    ValueError: a setting bound under both names, to different values.
+  """
+  settings = {"batch_norm_momentum": batch_norm_momentum,
+              "batch_norm_epsilon": batch_norm_epsilon,
+              "kernel_initializer": kernel_initializer}
+  old = {**_old_batch_norm(), **_old_kernel_initializer()}
+  for field, value in settings.items():
+    old_value = old[field]
+    if value is not None and old_value is not None and value != old_value:
+      configurable, parameter = _OLD_BINDINGS[field]
+      raise ValueError(
+          f"backbone.{field} = {value!r} contradicts the old binding "
+          f"{configurable}.{parameter} = {old_value!r}; bind only "
+          f"backbone.{field}.")
+    if value is None:
+      settings[field] = old_value
+  return models.Backbone(
+      name, filters_factor, last_relu, weight_decay, options,
+      **{field: value for field, value in settings.items()
+         if value is not None})
+
+
+@gin.configurable("batch_norm")
+def _old_batch_norm(momentum: Optional[float] = None,
+                    epsilon: Optional[float] = None):
+  """`batch_norm.momentum` and `.epsilon`, the old names of
+  `backbone.batch_norm_momentum` and `.batch_norm_epsilon` (still read: the
+  config.gin of older runs binds them)."""
+  return {"batch_norm_momentum": momentum, "batch_norm_epsilon": epsilon}
+
+
+@gin.configurable("kernel_initializer")
+def _old_kernel_initializer(name: Optional[str] = None):
+  """`kernel_initializer.name`: the old `backbone.kernel_initializer`."""
+  return {"kernel_initializer": name}
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:

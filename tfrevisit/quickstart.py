@@ -73,6 +73,8 @@ def main(argv=None):
   rows = run(args.workdir, args.train_param, args.eval_param)
   print("\nLinear probe (L-BFGS), top-1 % on the Fashion-MNIST test split:")
   print(comparison_table(rows))
+  for line in evaluate_lib.fit_warnings(rows):
+    print(line)
   pre_logits = {r["model"]: r["top1"] for r in rows if r["end_point"] == "pre_logits"}
   verdict = ("beats" if pre_logits["rotation"] > pre_logits["random_init"]
              else "does NOT beat")

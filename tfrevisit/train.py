@@ -187,6 +187,7 @@ def train(workdir: str,
     existing = artifacts.existing_checkpoints(
         _checkpoint_paths(artifacts.checkpoint_dir(workdir)))
     if existing:
+      export_lib.check_resumable(workdir, task_.backbone)
       artifacts.restore_checkpoint(checkpoint, existing[-1]
                                    ).assert_existing_objects_matched()
       if not global_step.numpy():  # A checkpoint from before `step`.

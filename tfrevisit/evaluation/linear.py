@@ -8,30 +8,36 @@ accuracy is reported on `test`. The objective is
 
 i.e. scikit-learn's `LogisticRegression` with `C = 1 / (l2 * num_examples)`.
 
-L-BFGS runs in preconditioned coordinates q = L^T [W; b], where L L^T is the
-objective's Hessian at W = 0 estimated from a sample of the features,
-M / C + l2 (M the uncentred second moment of [x, 1], C the number of classes).
-Real network features are ill-conditioned (a few directions carry most of the
-variance, large means); in these coordinates L-BFGS needs several times fewer
-iterations (docs/benchmarks.md). The optimum is the same: only the path to it
-changes.
+Nothing in the protocol depends on the features' units, since the release fed
+raw features whose scale varies by orders of magnitude between layers:
+- L-BFGS runs in preconditioned coordinates q = P^T [W; b], P P^T the
+  objective's Hessian at W = 0 estimated from a sample of the features
+  (`preconditioner`: its Cholesky factor when N > D, else its diagonal), and
+  stops when the gradient in those coordinates is small (scale-free; see
+  `fit_logistic_regression_grid`). Real network features are ill-conditioned
+  (a few directions carry most of the variance, large means); in these
+  coordinates L-BFGS also needs several times fewer iterations
+  (docs/benchmarks.md). The optimum is the same: only the path changes.
+- the L2 grid is relative to the features' mean square, and grows by decades
+  while the best value sits at its edge (`linear_protocol`).
 
 The L2 grid is fitted as one batched L-BFGS (`fit_logistic_regression_grid`):
 G problems side by side, whose every evaluation reads the features once for
-all of them, each with its own history and stopping test. The L-BFGS is our
-own (`_lbfgs_minimize`): its line search accepts the unit step when it
-decreases the objective enough, so that it needs about one evaluation per
-iteration where tfp's Hager-Zhang search needed 2.5 to 3.
+all of them, each with its own history and stopping test. The L-BFGS is ours
+by default (`lbfgs.minimize`, about one evaluation per iteration) or
+tensorflow-probability's (`optimizer="tfp"`).
 """
 import dataclasses
 import functools
 import itertools
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gin
 import numpy as np
 import tensorflow as tf
+
+from tfrevisit.evaluation import lbfgs
 
 # (features [N, D], labels [N]) as NumPy arrays (memory-mapped arrays work).
 Split = Tuple[np.ndarray, np.ndarray]
@@ -44,13 +50,16 @@ class LogisticRegressionResult:
   Attributes:
     weights: [D, C] float32 weights.
     bias: [C] float32 bias.
-    iterations: L-BFGS iterations run.
+    iterations: L-BFGS iterations of this fit.
     evaluations: loss-and-gradient evaluations over the training set (about
       one per iteration once the unit step is accepted).
     converged: whether L-BFGS stopped on its criterion (largest entry of the
       preconditioned gradient at most the tolerance) rather than on the
       iteration budget or a line search that found no lower point.
     loss: final value of the regularised objective.
+    path_iterations: iterations from W = 0 to these weights: this fit's and
+      those of the fits it was warm-started from.
+    hit_max_iterations: whether the fit ran out of iterations unconverged.
   """
   weights: np.ndarray
   bias: np.ndarray
@@ -58,6 +67,14 @@ class LogisticRegressionResult:
   evaluations: int
   converged: bool
   loss: float
+  path_iterations: int
+  hit_max_iterations: bool
+
+  @property
+  def stopped_early(self) -> bool:
+    """Fewer than 3 L-BFGS iterations from W = 0: a fit that has barely moved
+    (features without signal, or a stopping test met too early)."""
+    return self.path_iterations < 3
 
   def predict(self, features: np.ndarray, chunk_rows: int = 65536
               ) -> np.ndarray:
@@ -117,210 +134,59 @@ _CHUNK_STATISTICS = {
     for jit in (False, True)}
 
 
-# L-BFGS settings: pairs kept, Armijo constant, relative change of the
-# objective that counts as no change, line search trials at most.
-_MEMORY = 10
-_ARMIJO = 1e-4
-_FLAT = 1e-7
-_MAX_STEP_TRIALS = 30
-
-
-def _lbfgs_direction(gradient, steps, changes, rho, gamma):
-  """The L-BFGS two-loop recursion for G problems at once.
-
-  Args:
-    gradient: [G, n].
-    steps, changes: [m, G, n] the last m position steps s and gradient
-      changes y, oldest first; unused or skipped pairs are zero.
-    rho: [m, G] 1 / (s^T y), zero for unused pairs.
-    gamma: [G] the initial inverse Hessian scale s^T y / y^T y.
-
-  Returns:
-    [G, n] the search direction -H g.
-  """
-  alphas = []
-  q = gradient
-  for i in reversed(range(_MEMORY)):
-    alpha = rho[i] * tf.reduce_sum(steps[i] * q, axis=1)
-    q -= alpha[:, None] * changes[i]
-    alphas.append(alpha)
-  r = gamma[:, None] * q
-  for i, alpha in zip(range(_MEMORY), reversed(alphas)):
-    beta = rho[i] * tf.reduce_sum(changes[i] * r, axis=1)
-    r += (alpha - beta)[:, None] * steps[i]
-  return -r
-
-
-def _line_search(value_and_gradients, position, value, direction, slope,
-                 active):
-  """Backtracking from the unit step until the Armijo condition holds.
-
-  Every problem starts at step 1 (accepted at once near the optimum, where
-  L-BFGS's steps are well scaled) and, while it fails, takes the minimiser of
-  the quadratic through f(0), f'(0) and f(step), kept in [0.1, 0.5] step.
-
-  Args:
-    value_and_gradients: [G, n] -> ([G], [G, n]).
-    position, direction: [G, n].
-    value, slope: [G] f(0) and its directional derivative (negative).
-    active: [G] problems that search; the others keep their position.
-
-  Returns:
-    (position [G, n], value [G], gradient [G, n], found [G], evaluations).
-  """
-  def trial(step, found, *_):
-    new_position = position + step[:, None] * direction
-    new_value, new_gradient = value_and_gradients(new_position)
-    decrease = new_value - value
-    # Armijo, or Hager and Zhang's approximate Wolfe condition for when the
-    # decrease is below the objective's float32 rounding.
-    approximate_wolfe = (
-        (decrease <= _FLAT * tf.abs(value))
-        & (tf.reduce_sum(new_gradient * direction, axis=1)
-           <= (2 * _ARMIJO - 1) * slope))
-    ok = found | (tf.math.is_finite(new_value)
-                  & ((decrease <= _ARMIJO * step * slope) | approximate_wolfe))
-    quadratic = -slope * step ** 2 / (2.0 * (decrease - slope * step))
-    next_step = tf.where(
-        tf.math.is_finite(quadratic),
-        tf.clip_by_value(quadratic, 0.1 * step, 0.5 * step), 0.1 * step)
-    return (tf.where(ok, step, next_step), ok, new_position, new_value,
-            new_gradient)
-
-  def body(step, found, best_position, best_value, best_gradient, trials):
-    new_step, ok, new_position, new_value, new_gradient = trial(step, found)
-    newly = ok & ~found
-    return (new_step, ok,
-            tf.where(newly[:, None], new_position, best_position),
-            tf.where(newly, new_value, best_value),
-            tf.where(newly[:, None], new_gradient, best_gradient),
-            trials + 1)
-
-  step = tf.ones_like(value)
-  found = ~active
-  _, found, position, value, gradient, trials = tf.while_loop(
-      lambda step, found, *args: (~tf.reduce_all(found))
-      & (args[-1] < _MAX_STEP_TRIALS),
-      body, (step, found, position, value, tf.zeros_like(position),
-             tf.constant(0)))
-  return position, value, gradient, found, trials
-
-
-def _lbfgs_minimize(value_and_gradients, initial_position, max_iterations,
-                    tolerance):
-  """Batched L-BFGS whose line search tries the unit step first.
-
-  Each of the G problems has its own history, stopping test and line search;
-  a stopped problem no longer moves, and the loop runs until all have stopped
-  or `max_iterations`. Pairs with s^T y <= 1e-10 y^T y are not stored (the
-  curvature condition is not enforced by the line search).
-
-  Args:
-    value_and_gradients: [G, n] -> (values [G], gradients [G, n]).
-    initial_position: [G, n] float64.
-    max_iterations: iteration budget of the batch.
-    tolerance: a problem converges when its gradient's largest absolute entry
-      is at most this.
-
-  Returns:
-    (position [G, n], iterations, evaluations, converged [G], values [G]).
-  """
-  value, gradient = value_and_gradients(initial_position)
-  converged = tf.reduce_max(tf.abs(gradient), axis=1) <= tolerance
-  history = tf.zeros(tf.concat([[_MEMORY], tf.shape(initial_position)], 0),
-                     initial_position.dtype)
-
-  def body(iteration, evaluations, position, value, gradient, steps, changes,
-           rho, gamma, converged, failed):
-    active = ~(converged | failed)
-    direction = _lbfgs_direction(gradient, steps, changes, rho, gamma)
-    slope = tf.reduce_sum(direction * gradient, axis=1)
-    # Not a descent direction (rounding): steepest descent instead.
-    descent = slope < 0
-    direction = tf.where(descent[:, None], direction, -gradient)
-    slope = tf.where(descent, slope, -tf.reduce_sum(gradient ** 2, axis=1))
-    new_position, new_value, new_gradient, found, trials = _line_search(
-        value_and_gradients, position, value, direction, slope, active)
-    moved = active & found
-    step = tf.where(moved[:, None], new_position - position, 0.0)
-    change = tf.where(moved[:, None], new_gradient - gradient, 0.0)
-    step_change = tf.reduce_sum(step * change, axis=1)
-    change_change = tf.reduce_sum(change * change, axis=1)
-    curved = moved & (step_change > 1e-10 * change_change)
-    return (
-        iteration + 1, evaluations + trials,
-        tf.where(moved[:, None], new_position, position),
-        tf.where(moved, new_value, value),
-        tf.where(moved[:, None], new_gradient, gradient),
-        tf.concat([steps[1:], tf.where(curved[:, None], step, 0.0)[None]], 0),
-        tf.concat([changes[1:], tf.where(curved[:, None], change, 0.0)[None]],
-                  0),
-        tf.concat([rho[1:], tf.where(curved, 1.0 / step_change, 0.0)[None]],
-                  0),
-        tf.where(curved, step_change / change_change, gamma),
-        converged | (moved & (tf.reduce_max(tf.abs(new_gradient), axis=1)
-                              <= tolerance)),
-        failed | (active & ~found))
-
-  iteration, evaluations, position, value, _, _, _, _, _, converged, _ = (
-      tf.while_loop(
-          lambda iteration, _, *state: (
-              (iteration < max_iterations)
-              & ~tf.reduce_all(state[-2] | state[-1])),
-          body,
-          (tf.constant(0), tf.constant(1), initial_position, value, gradient,
-           history, history, history[:, :, 0], tf.ones_like(value),
-           converged, tf.zeros_like(converged))))
-  return position, iteration, evaluations, converged, value
-
-
 def _minimize(summed_statistics, num_examples, initial_params, preconditioner,
-              l2, max_iterations, tolerance):
+              l2, max_iterations, tolerance, *, diagonal, optimizer):
   """Runs batched L-BFGS on G regularised mean cross-entropies, preconditioned.
 
-  Problem g's L-BFGS sees q_g = L_g^T params_g and the gradient L_g^-1 g_g,
-  where L_g is the lower-triangular `preconditioner[g]`. Every problem has its
-  own L-BFGS state and stopping test; all are evaluated together until all
-  have stopped.
+  Problem g's L-BFGS sees q_g = P_g^T params_g and the gradient P_g^-1 g_g:
+  P_g is the lower-triangular `preconditioner[g]` ([D + 1, D + 1]), or with
+  `diagonal` the diagonal matrix of `preconditioner[g]` ([D + 1, 1]). Every
+  problem has its own L-BFGS state and stopping test; all are evaluated
+  together until all have stopped.
 
   Args:
     summed_statistics: params [G, D + 1, C] -> (summed cross-entropies [G],
       their transposed gradients [G, C, D + 1]) over the whole training set.
     num_examples: N.
     initial_params: [G, D + 1, C] starting points, the bias as last row.
-    preconditioner: [G, D + 1, D + 1] lower-triangular L_g (see
-      `preconditioner`).
+    preconditioner: see `preconditioner`.
     l2: [G] L2 strengths.
     max_iterations, tolerance: see `fit_logistic_regression_grid`.
+    diagonal: whether `preconditioner` is diagonal.
+    optimizer: a name in `lbfgs.OPTIMIZERS`.
 
   Returns:
-    (params [G, D + 1, C], iterations (of the batch), evaluations (of the
-    batch), converged [G], objective values [G]).
+    (params [G, D + 1, C], iterations [G], evaluations [G], converged [G],
+    objective values [G]).
   """
   shape = tf.shape(initial_params)
   num_examples = tf.cast(num_examples, initial_params.dtype)
-
-  def to_params(flat_q):
-    return tf.linalg.triangular_solve(
-        preconditioner, tf.reshape(flat_q, shape), lower=True, adjoint=True)
+  if diagonal:
+    to_params = lambda q: q / preconditioner
+    to_q = lambda params: params * preconditioner
+    q_gradient_of = lambda gradient: gradient / preconditioner
+  else:
+    to_params = lambda q: tf.linalg.triangular_solve(
+        preconditioner, q, lower=True, adjoint=True)
+    to_q = lambda params: tf.matmul(preconditioner, params, transpose_a=True)
+    q_gradient_of = lambda gradient: tf.linalg.triangular_solve(
+        preconditioner, gradient, lower=True)
 
   def value_and_gradients(flat_q):
-    params = to_params(flat_q)
+    params = to_params(tf.reshape(flat_q, shape))
     summed_cross_entropy, gradient_t = summed_statistics(params)
     weights = params[:, :-1]
     loss = (summed_cross_entropy / num_examples
             + 0.5 * l2 * tf.reduce_sum(tf.square(weights), axis=[1, 2]))
     gradient = (tf.transpose(gradient_t, [0, 2, 1]) / num_examples
                 + l2[:, None, None] * tf.pad(weights, [[0, 0], [0, 1], [0, 0]]))
-    q_gradient = tf.linalg.triangular_solve(preconditioner, gradient,
-                                            lower=True)
-    return loss, tf.reshape(q_gradient, [shape[0], -1])
+    return loss, tf.reshape(q_gradient_of(gradient), [shape[0], -1])
 
-  initial_q = tf.matmul(preconditioner, initial_params, transpose_a=True)
-  position, iterations, evaluations, converged, value = _lbfgs_minimize(
-      value_and_gradients, tf.reshape(initial_q, [shape[0], -1]),
+  optimum = lbfgs.OPTIMIZERS.get(optimizer)(
+      value_and_gradients, tf.reshape(to_q(initial_params), [shape[0], -1]),
       max_iterations, tolerance)
-  return to_params(position), iterations, evaluations, converged, value
+  return (to_params(tf.reshape(optimum.position, shape)), optimum.iterations,
+          optimum.evaluations, optimum.converged, optimum.values)
 
 
 def _summed_over_chunks(read_chunk, num_chunks, jit_compile):
@@ -350,7 +216,8 @@ def _summed_over_chunks(read_chunk, num_chunks, jit_compile):
   return summed_statistics
 
 
-def _minimize_in_memory(features, labels, block_size, *options, jit_compile):
+def _minimize_in_memory(features, labels, block_size, *options, jit_compile,
+                        **settings):
   """L-BFGS over in-memory features, evaluated in cache-sized row blocks."""
   def read_block(index):
     rows = slice(index * block_size, (index + 1) * block_size)
@@ -359,7 +226,7 @@ def _minimize_in_memory(features, labels, block_size, *options, jit_compile):
   num_examples = tf.shape(labels)[0]
   num_blocks = (num_examples + block_size - 1) // block_size
   return _minimize(_summed_over_chunks(read_block, num_blocks, jit_compile),
-                   num_examples, *options)
+                   num_examples, *options, **settings)
 
 
 # Arrays of the chunked fits in progress, by key. The traced graph reads its
@@ -377,7 +244,7 @@ def _read_chunk(source_key, index):
 
 
 def _minimize_chunked(source_key, num_examples, num_chunks, *options,
-                      jit_compile):
+                      jit_compile, **settings):
   """L-BFGS whose every evaluation streams the chunks from NumPy arrays."""
   def read_chunk(index):
     features, labels = tf.numpy_function(
@@ -387,10 +254,10 @@ def _minimize_chunked(source_key, num_examples, num_chunks, *options,
             tf.ensure_shape(labels, [None]))
 
   return _minimize(_summed_over_chunks(read_chunk, num_chunks, jit_compile),
-                   num_examples, *options)
+                   num_examples, *options, **settings)
 
 
-# initial_params [G, D + 1, C], preconditioner [G, D + 1, D + 1], l2 [G],
+# initial_params [G, D + 1, C], preconditioner [G, D + 1, D + 1 or 1], l2 [G],
 # max_iterations, tolerance; the optimiser's state is float64 (see
 # `_chunk_statistics`).
 _OPTIONS_SPEC = (tf.TensorSpec([None, None, None], tf.float64),
@@ -399,24 +266,26 @@ _OPTIONS_SPEC = (tf.TensorSpec([None, None, None], tf.float64),
                  tf.TensorSpec([], tf.int32),
                  tf.TensorSpec([], tf.float64))
 _SCALAR_INT = tf.TensorSpec([], tf.int32)
+_SOURCE_SPECS = {
+    "in_memory": (tf.TensorSpec([None, None], tf.float32),
+                  tf.TensorSpec([None], tf.int32), _SCALAR_INT),
+    "chunked": (tf.TensorSpec([], tf.int64), _SCALAR_INT, _SCALAR_INT)}
+_SOURCE_MINIMIZERS = {"in_memory": _minimize_in_memory,
+                      "chunked": _minimize_chunked}
 
-# Traced once per process and XLA setting: shapes are left unknown, so that
-# every split, end point and L2 value reuses the same graph.
-_MINIMIZE_IN_MEMORY = {
-    jit: tf.function(
-        functools.partial(_minimize_in_memory, jit_compile=jit),
-        input_signature=(tf.TensorSpec([None, None], tf.float32),
-                         tf.TensorSpec([None], tf.int32),
-                         _SCALAR_INT) + _OPTIONS_SPEC,
-        autograph=False)
-    for jit in (False, True)}
-_MINIMIZE_CHUNKED = {
-    jit: tf.function(
-        functools.partial(_minimize_chunked, jit_compile=jit),
-        input_signature=(tf.TensorSpec([], tf.int64), _SCALAR_INT,
-                         _SCALAR_INT) + _OPTIONS_SPEC,
-        autograph=False)
-    for jit in (False, True)}
+
+@functools.lru_cache(maxsize=None)
+def _traced_minimizer(source, jit_compile, diagonal, optimizer):
+  """The tf.function of `_minimize_in_memory` or `_minimize_chunked`.
+
+  Traced once per process and setting: shapes are left unknown, so that every
+  split, end point and L2 value reuses the same graph.
+  """
+  return tf.function(
+      functools.partial(_SOURCE_MINIMIZERS[source], jit_compile=jit_compile,
+                        diagonal=diagonal, optimizer=optimizer),
+      input_signature=_SOURCE_SPECS[source] + _OPTIONS_SPEC, autograph=False)
+
 
 # In-memory features are processed in blocks of about this many bytes, which
 # stay in the CPU cache between the forward and the gradient matmul.
@@ -426,9 +295,13 @@ _BLOCK_BYTES = 16 << 20
 # Relative jitters tried in turn by `preconditioner`.
 _JITTERS = (1e-6, 1e-4, 1e-2, 1.0)
 
+# The preconditioners `fit_logistic_regression_grid` takes.
+PRECONDITIONERS = ("full", "diagonal", "none")
+
 
 def feature_second_moment(features: np.ndarray,
-                          max_rows: Optional[int] = None) -> np.ndarray:
+                          max_rows: Optional[int] = None,
+                          diagonal: bool = False) -> np.ndarray:
   """The uncentred second moment of [x, 1] over evenly spaced rows.
 
   Args:
@@ -436,9 +309,11 @@ def feature_second_moment(features: np.ndarray,
       rows are read).
     max_rows: rows to sample at most; default max(8192, 2 D), enough for a
       preconditioner.
+    diagonal: return only the diagonal (the mean squares of [x, 1]).
 
   Returns:
-    [D + 1, D + 1] float64 mean of [x, 1]^T [x, 1] over the sampled rows.
+    [D + 1, D + 1] float64 mean of [x, 1]^T [x, 1] over the sampled rows, or
+    its diagonal [D + 1].
   """
   if max_rows is None:
     max_rows = max(8192, 2 * features.shape[1])
@@ -446,51 +321,81 @@ def feature_second_moment(features: np.ndarray,
                                min(max_rows, len(features))).astype(np.int64))
   sample = np.asarray(features[rows], np.float32)
   sample = np.concatenate([sample, np.ones([len(rows), 1], np.float32)], 1)
+  if diagonal:
+    return np.mean(np.square(sample, dtype=np.float64), axis=0)
   return (sample.T @ sample).astype(np.float64) / len(rows)
 
 
-def _preconditioning_pays(features) -> bool:
-  """Whether N > D: with fewer examples than features, the O(D^3) factorisation
-  outweighs the O(N D C) evaluations that preconditioning saves."""
-  return len(features) > features.shape[1]
+def mean_square(second_moment: np.ndarray) -> float:
+  """The features' mean squared value, E[x_j^2] averaged over the D features,
+  from a full or diagonal `feature_second_moment` (1 for all-zero features).
+  The protocol's relative L2 is in this unit (see `linear_protocol`)."""
+  diagonal = (second_moment if second_moment.ndim == 1
+              else np.diagonal(second_moment))
+  value = float(np.mean(diagonal[:-1]))
+  return value if value > 0 else 1.0
+
+
+def default_preconditioner(features) -> str:
+  """"full" when N > D, else "diagonal": with fewer examples than features,
+  the O(D^3) factorisation outweighs the O(N D C) evaluations it saves."""
+  return "full" if len(features) > features.shape[1] else "diagonal"
 
 
 def preconditioner(second_moment: np.ndarray, num_classes: int,
                    l2) -> tf.Tensor:
-  """The Cholesky factors L of the objective's Hessian at W = 0 (per class).
+  """The preconditioner P of the objective's Hessian A at W = 0 (per class).
 
   At W = 0 every class has probability 1 / C, and the Hessian of the mean
   cross-entropy w.r.t. one class's [w; b] is M (1 / C - 1 / C^2): we use
-  A = M / C + l2 diag(1, ..., 1, 0) plus a jitter of 1e-6 of A's mean diagonal
-  that keeps A positive definite for constant features. M is summed in
-  float32, so its smallest eigenvalues can come out negative by about 1e-7 of
-  its largest (measured: -0.019 against 3.3e5 on 4096 post-ReLU features);
-  when A's factorisation fails the jitter grows 100-fold until it succeeds.
-  The jitter changes L-BFGS's path, never the optimum. The second moment M is
-  shared by all L2 values; each gets its own O(D^3 / 3) factorisation.
+  A = M / C + l2 diag(1, ..., 1, 0), M the second moment of [x, 1].
+
+  Full (M [D + 1, D + 1]): P = L, the Cholesky factor of A, computed in
+  Jacobi-scaled form, L = S^-1 chol(S A S + jitter I) with S = diag(A)^-1/2,
+  so that the jitter (1e-6, grown 100-fold while the factorisation fails:
+  M summed in float32 can have eigenvalues below zero by about 1e-7 of its
+  largest) is relative to each feature's own scale. Diagonal (M's diagonal
+  [D + 1]): P = diag(A)^1/2, O(D) instead of O(D^3 / 3) per L2 value.
+
+  Either way, multiplying the features by any constant a (or each feature by
+  its own) multiplies P's rows by the same factors, so that L-BFGS's
+  coordinates q = P^T [W; b] and its gradient P^-1 g do not change: the fit's
+  path and its stopping test do not depend on the features' units. P changes
+  L-BFGS's path, never the optimum.
 
   Args:
-    second_moment: [D + 1, D + 1] M, see `feature_second_moment`.
+    second_moment: M, see `feature_second_moment`: [D + 1, D + 1], or its
+      diagonal [D + 1].
     num_classes: C.
     l2: the L2 strength, a float or a [G] array of them.
 
   Returns:
-    [D + 1, D + 1] (or [G, D + 1, D + 1] for [G] `l2`) lower-triangular
-    float64 L with L L^T = A.
+    float64 [D + 1, D + 1] lower-triangular L (full), or [D + 1, 1] (diagonal),
+    with a leading [G] axis for [G] `l2`.
   """
-  size = len(second_moment)
-  l2 = np.asarray(l2, np.float64)[..., None, None]
-  hessian = second_moment / num_classes + l2 * np.diag(
-      np.append(np.ones(size - 1), 0.0))
-  mean_diagonal = np.trace(hessian, axis1=-2, axis2=-1)[..., None, None] / size
-  for relative_jitter in _JITTERS:
+  l2 = np.asarray(l2, np.float64)[..., None]
+  penalised = np.append(np.ones(len(second_moment) - 1), 0.0)
+  diagonal = np.diagonal(second_moment) if second_moment.ndim == 2 else (
+      second_moment)
+  hessian_diagonal = diagonal / num_classes + l2 * penalised
+  # A zero diagonal entry (a dead feature without L2) has no curvature at all.
+  hessian_diagonal = np.where(hessian_diagonal > 0, hessian_diagonal, 1.0)
+  if not np.all(np.isfinite(hessian_diagonal)):
+    raise ValueError("The features' second moment is not finite; check the "
+                     "features for NaN or inf.")
+  if second_moment.ndim == 1:
+    return tf.constant(np.sqrt(hessian_diagonal)[..., None])
+  scale = 1.0 / np.sqrt(hessian_diagonal)
+  hessian = second_moment / num_classes + l2[..., None] * np.diag(penalised)
+  scaled = hessian * scale[..., :, None] * scale[..., None, :]
+  for jitter in _JITTERS:
     try:
       factor = tf.linalg.cholesky(tf.constant(
-          hessian + relative_jitter * mean_diagonal * np.eye(size), tf.float64))
+          scaled + jitter * np.eye(len(second_moment)), tf.float64))
     except tf.errors.InvalidArgumentError:  # not positive definite
       continue
     if np.all(np.isfinite(factor.numpy())):
-      return factor
+      return factor / scale[..., :, None]
   raise ValueError("The features' second moment is not finite; check the "
                    "features for NaN or inf.")
 
@@ -508,17 +413,23 @@ def _check_inputs(features, labels, num_classes) -> np.ndarray:
   return labels
 
 
-def _initial_params(initial, num_problems, dim, num_classes) -> np.ndarray:
-  """[G, D + 1, C] starting points from `initial` (see the grid fit)."""
-  if initial is None:
-    return np.zeros([num_problems, dim + 1, num_classes])
-  if isinstance(initial, LogisticRegressionResult):
-    initial = [initial] * num_problems
+def _initial_fits(initial, num_problems):
+  """`initial` (see the grid fit) as a list of G fits, or None."""
+  if initial is None or isinstance(initial, LogisticRegressionResult):
+    return None if initial is None else [initial] * num_problems
   if len(initial) != num_problems:
     raise ValueError(f"Expected {num_problems} initial fits, got "
                      f"{len(initial)}.")
+  return list(initial)
+
+
+def _initial_params(initial_fits, num_problems, dim, num_classes
+                    ) -> np.ndarray:
+  """[G, D + 1, C] starting points: the fits' weights, or zeros."""
+  if initial_fits is None:
+    return np.zeros([num_problems, dim + 1, num_classes])
   return np.stack([np.concatenate([fit.weights, fit.bias[None]])
-                   for fit in initial])
+                   for fit in initial_fits])
 
 
 def fit_logistic_regression_grid(
@@ -527,12 +438,13 @@ def fit_logistic_regression_grid(
     num_classes: int,
     l2_grid: Sequence[float],
     max_iterations: int = 1000,
-    tolerance: float = 1e-4,
+    tolerance: float = 2e-5,
     chunk_size: Optional[int] = None,
     initial: Union[None, LogisticRegressionResult,
                    Sequence[LogisticRegressionResult]] = None,
     second_moment: Optional[np.ndarray] = None,
-    precondition: Optional[bool] = None,
+    precondition: Optional[str] = None,
+    optimizer: str = "ours",
     jit_compile: bool = False,
 ) -> List[LogisticRegressionResult]:
   """Fits one multinomial logistic regression per L2 value, side by side.
@@ -543,9 +455,18 @@ def fit_logistic_regression_grid(
   (a stopped problem no longer moves), and the fit ends when all have
   stopped. Each problem minimises mean cross-entropy + l2 / 2 * ||W||^2 (the
   bias is not penalised); the features and matmuls are float32, the optimiser
-  state float64. Standardising the features is left to the caller. The first
-  call in a process traces the optimiser graph (a few seconds); later calls of
-  any shape and G reuse it.
+  state float64. The first call in a process traces the optimiser graph (a
+  few seconds); later calls of any shape and G reuse it.
+
+  Stopping test: a problem has converged when the largest absolute entry of
+  its gradient in L-BFGS's coordinates, P^-1 g (see `preconditioner`), is at
+  most `tolerance`. It does not depend on the features' units: scaling them
+  (all by one constant, or each by its own) leaves P^-1 g unchanged. In these
+  coordinates the objective's Hessian at W = 0 is about the identity, so
+  that, near the optimum, the objective is within about
+  (D + 1) C tolerance^2 / 2 of its minimum (g^T A^-1 g / 2, the Newton
+  decrement); in particular a fit from W = 0 stops at once only when
+  W = 0 is that close to optimal.
 
   Args:
     features: [N, D] array; with `chunk_size` it may be larger than memory:
@@ -553,65 +474,75 @@ def fit_logistic_regression_grid(
       reads), of which only `chunk_size` rows are read at a time.
     labels: [N] integer class ids in [0, num_classes).
     num_classes: C.
-    l2_grid: the G L2 strengths on the weights (scikit-learn's
+    l2_grid: the G L2 strengths on the weights, absolute (scikit-learn's
       C = 1 / (l2 * N)).
-    max_iterations: L-BFGS iteration budget (of the batch).
-    tolerance: a problem stops when the largest absolute entry of its gradient
-      in L-BFGS's coordinates is below this: the preconditioned gradient
-      L^-1 g (see the module docstring), or g itself without `precondition`
-      (then it is scikit-learn's `tol` for its lbfgs solver). Near the optimum
-      the objective is then within about D * C * tolerance^2 / 2 of its
-      minimum.
+    max_iterations: L-BFGS iteration budget.
+    tolerance: see the stopping test above.
     chunk_size: if set, the losses and gradients are accumulated over chunks
       of this many rows read from `features` at every evaluation, so that only
       one chunk is in (device) memory at a time.
     initial: a previous fit to start every problem from, or one per L2 value
       (warm starts); zeros otherwise.
-    second_moment: `feature_second_moment(features)`, if already computed
-      (it does not depend on `l2`: pass it to fits that share features).
-    precondition: run L-BFGS in preconditioned coordinates; the
+    second_moment: `feature_second_moment(features)` (full, or its diagonal
+      for the diagonal preconditioner), if already computed; it does not
+      depend on `l2`: pass it to fits that share features.
+    precondition: "full" (Cholesky factors of the Hessian at zero: the
       [D + 1, D + 1] second moment costs O(max(8192, 2 D) D^2) once, the G
-      Cholesky factors O(G D^3 / 3) and 8 G (D + 1)^2 bytes, and each
-      evaluation 2 G triangular solves, O(G D^2 C). Default (None): only when
-      N > D.
+      factors O(G D^3 / 3) and 8 G (D + 1)^2 bytes, each evaluation 2 G
+      triangular solves, O(G D^2 C)), "diagonal" (its diagonal), or "none"
+      (plain L-BFGS on [W; b], whose stopping test, scikit-learn's `tol`,
+      then depends on the features' units; for comparisons). Default
+      (None): `default_preconditioner`, "full" when N > D.
+    optimizer: "ours" or "tfp" (`lbfgs.OPTIMIZERS`): the same objective,
+      coordinates and stopping test.
     jit_compile: compile the loss and gradient computation with XLA (slower on
       CPU; may help on accelerators).
 
   Returns:
-    One LogisticRegressionResult per L2 value, in `l2_grid`'s order;
-    `iterations` and `evaluations` are the batch's, shared by all.
+    One LogisticRegressionResult per L2 value, in `l2_grid`'s order.
 
   Raises:
-    ValueError: for mismatched shapes, labels outside [0, num_classes) or a
-      wrong number of initial fits.
+    ValueError: for mismatched shapes, labels outside [0, num_classes), a
+      wrong number of initial fits, an unknown preconditioner or optimizer.
   """
   labels = _check_inputs(features, labels, num_classes)
+  lbfgs.OPTIMIZERS.get(optimizer)
   l2 = np.asarray(l2_grid, np.float64)
-  initial_params = _initial_params(initial, len(l2), features.shape[1],
+  initial_fits = _initial_fits(initial, len(l2))
+  initial_params = _initial_params(initial_fits, len(l2), features.shape[1],
                                    num_classes)
   if precondition is None:
-    precondition = _preconditioning_pays(features)
-  if not precondition:
-    # One identity shared by (broadcast to) all problems.
-    factor = tf.eye(features.shape[1] + 1, batch_shape=[1], dtype=tf.float64)
+    precondition = default_preconditioner(features)
+  if precondition not in PRECONDITIONERS:
+    raise ValueError(f"precondition must be one of {PRECONDITIONERS}; got "
+                     f"{precondition!r}.")
+  diagonal = precondition != "full"
+  if precondition == "none":
+    factor = tf.ones([1, features.shape[1] + 1, 1], tf.float64)
   else:
     if second_moment is None:
-      second_moment = feature_second_moment(features)
+      second_moment = feature_second_moment(features, diagonal=diagonal)
+    elif diagonal and second_moment.ndim == 2:
+      second_moment = np.diagonal(second_moment)
+    elif not diagonal and second_moment.ndim == 1:
+      raise ValueError("The full preconditioner needs the full second moment, "
+                       "feature_second_moment(features); got its diagonal.")
     factor = preconditioner(second_moment, num_classes, l2)
   options = (tf.constant(initial_params, tf.float64), factor,
              tf.constant(l2, tf.float64), tf.constant(max_iterations),
              tf.constant(tolerance, tf.float64))
+  traced = functools.partial(_traced_minimizer, jit_compile=jit_compile,
+                             diagonal=diagonal, optimizer=optimizer)
   if chunk_size is None or chunk_size >= len(labels):
     block_size = max(1, _BLOCK_BYTES // (4 * features.shape[1]))
-    outputs = _MINIMIZE_IN_MEMORY[jit_compile](
+    outputs = traced("in_memory")(
         tf.constant(np.asarray(features, np.float32)),
-        tf.constant(labels, tf.int32),
-        tf.constant(block_size), *options)
+        tf.constant(labels, tf.int32), tf.constant(block_size), *options)
   else:
     source_key = next(_NEXT_SOURCE_KEY)
     _CHUNK_SOURCES[source_key] = (features, labels, chunk_size)
     try:
-      outputs = _MINIMIZE_CHUNKED[jit_compile](
+      outputs = traced("chunked")(
           tf.constant(source_key, tf.int64), tf.constant(len(labels)),
           tf.constant(-(-len(labels) // chunk_size)), *options)
     finally:
@@ -620,9 +551,14 @@ def fit_logistic_regression_grid(
       o.numpy() for o in outputs)
   params = params.astype(np.float32)
   return [LogisticRegressionResult(
-      weights=params[g, :-1], bias=params[g, -1], iterations=int(iterations),
-      evaluations=int(evaluations), converged=bool(converged[g]),
-      loss=float(loss[g])) for g in range(len(l2))]
+      weights=params[g, :-1], bias=params[g, -1],
+      iterations=int(iterations[g]), evaluations=int(evaluations[g]),
+      converged=bool(converged[g]), loss=float(loss[g]),
+      path_iterations=int(iterations[g]) + (
+          initial_fits[g].path_iterations if initial_fits else 0),
+      hit_max_iterations=bool(not converged[g]
+                              and iterations[g] >= max_iterations))
+          for g in range(len(l2))]
 
 
 def fit_logistic_regression(
@@ -630,24 +566,16 @@ def fit_logistic_regression(
     labels: np.ndarray,
     num_classes: int,
     l2: float,
-    max_iterations: int = 1000,
-    tolerance: float = 1e-4,
-    chunk_size: Optional[int] = None,
     initial: Optional[LogisticRegressionResult] = None,
-    second_moment: Optional[np.ndarray] = None,
-    precondition: Optional[bool] = None,
-    jit_compile: bool = False,
+    **options,
 ) -> LogisticRegressionResult:
   """Fits multinomial logistic regression with full-batch L-BFGS.
 
   `fit_logistic_regression_grid` with the single L2 value `l2`; see there for
-  the other arguments.
+  the other arguments (`options`).
   """
-  return fit_logistic_regression_grid(
-      features, labels, num_classes, [l2], max_iterations=max_iterations,
-      tolerance=tolerance, chunk_size=chunk_size, initial=initial,
-      second_moment=second_moment, precondition=precondition,
-      jit_compile=jit_compile)[0]
+  return fit_logistic_regression_grid(features, labels, num_classes, [l2],
+                                      initial=initial, **options)[0]
 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -672,17 +600,33 @@ class ProtocolResult:
   """The fits of the linear protocol.
 
   Attributes:
-    l2_grid: the L2 values, strongest first.
-    grid_fits: the fit on `train` for each of them.
+    l2_grid: the relative L2 values fitted, strongest first: the given grid
+      and the decades added at its ends (see `linear_protocol`).
+    l2_unit: the absolute L2 of relative L2 1 (the train features' mean
+      square; 1 for an absolute grid). Fit g used l2_grid[g] * l2_unit.
+    grid_fits: the fit on `train` for each L2 value.
     val_top1: each grid fit's top-1 on `val` (a fraction).
     best: index of the chosen L2 value (the first with the best `val_top1`).
     final: the refit on `trainval` with the chosen L2 value.
   """
   l2_grid: Tuple[float, ...]
+  l2_unit: float
   grid_fits: Tuple[LogisticRegressionResult, ...]
   val_top1: Tuple[float, ...]
   best: int
   final: LogisticRegressionResult
+
+  @property
+  def l2_at_edge(self) -> bool:
+    """Whether the chosen L2 is the strongest or weakest of a grid of two or
+    more values (after the grid's extension)."""
+    return len(self.l2_grid) > 1 and self.best in (0, len(self.l2_grid) - 1)
+
+
+def _decade(l2: float, factor: float) -> float:
+  """l2 * factor without the float noise of repeated products (1e-4 * 0.1
+  gives 1e-05, not 1.0000000000000001e-05)."""
+  return float(f"{l2 * factor:.12g}")
 
 
 def linear_protocol(
@@ -692,52 +636,94 @@ def linear_protocol(
     num_classes: int,
     l2_grid: Sequence[float],
     grid_batch_size: Optional[int] = None,
+    relative_l2: bool = True,
+    max_extra_decades: int = 4,
+    precondition: Optional[str] = None,
     **fit_options,
 ) -> ProtocolResult:
   """Fits the L2 grid on `train`, picks on `val`, refits on `trainval`.
 
+  The L2 values are relative to the features' scale: value l means the
+  absolute L2 l * E[x^2], E[x^2] the train features' mean square
+  (`mean_square`). Multiplying the features by a multiplies the optimal
+  weights by 1 / a and the absolute L2 that gives the same classifier by
+  a^2, as E[x^2]: so the same relative grid selects the same classifiers at
+  any scale of the features (with the scale-free preconditioner and stopping
+  test of `fit_logistic_regression_grid`).
+
   The grid, sorted from strong to weak regularisation, is fitted in batches of
   `grid_batch_size` L2 values, each batch one batched L-BFGS
   (`fit_logistic_regression_grid`) warm-started from the previous batch's
-  last (weakest) fit; the trainval refit starts from the chosen train fit.
-  The features' second moment (the preconditioner's, see
-  `feature_second_moment`) is computed once, on `train`, and shared by all
-  fits, the trainval refit included: it only steers the path, not the optimum.
+  last (weakest) fit. While the best value on `val` is the grid's strongest
+  (weakest), the grid grows by one decade at that end (L2 x 10, resp. / 10;
+  a fit warm-started from the end's fit), at most `max_extra_decades` at
+  each end; `ProtocolResult.l2_at_edge` says whether the choice still ends
+  at an edge. The trainval refit starts from the chosen train fit. The
+  features' second moment (the preconditioner's) is computed once, on
+  `train`, and shared by all fits, the trainval refit included: it only
+  steers the path, not the optimum.
 
   Args:
     train, val, trainval: (features [N, D], labels [N]) splits.
     num_classes: C.
-    l2_grid: candidate L2 strengths.
+    l2_grid: candidate L2 strengths, relative (or absolute, see
+      `relative_l2`).
     grid_batch_size: L2 values per batch; default `default_grid_batch_size`
       (the whole grid unless D is in the thousands); 1 is the sequential
       warm-started sweep.
-    **fit_options: max_iterations, tolerance, chunk_size, precondition,
+    relative_l2: whether `l2_grid` is relative to E[x^2]; False: absolute L2
+      values, as the release used them (on its features' own scale).
+    max_extra_decades: decades the grid may grow at each end (0: never).
+    precondition: see `fit_logistic_regression_grid`.
+    **fit_options: max_iterations, tolerance, chunk_size, optimizer,
       jit_compile for `fit_logistic_regression_grid`.
 
   Returns:
     The ProtocolResult.
   """
-  l2_grid = tuple(sorted(l2_grid, reverse=True))
+  l2_grid = sorted({float(l2) for l2 in l2_grid}, reverse=True)
+  if precondition is None:
+    precondition = default_preconditioner(train[0])
+  second_moment = feature_second_moment(
+      train[0], diagonal=precondition != "full")
+  unit = mean_square(second_moment) if relative_l2 else 1.0
   grid_batch_size = grid_batch_size or default_grid_batch_size(
       train[0].shape[1])
-  precondition = fit_options.get("precondition")
-  if precondition is None:
-    precondition = _preconditioning_pays(train[0])
-  fit_options.update(
-      precondition=precondition,
-      second_moment=feature_second_moment(train[0]) if precondition else None)
+
+  def fit(features_labels, l2_values, initial):
+    return fit_logistic_regression_grid(
+        *features_labels, num_classes, [unit * l2 for l2 in l2_values],
+        initial=initial, second_moment=second_moment,
+        precondition=precondition, **fit_options)
+
+  def val_top1(grid_fit):
+    return top_k_accuracy(grid_fit.predict(val[0]), val[1], 1)
+
   grid_fits = []
   for start in range(0, len(l2_grid), grid_batch_size):
-    grid_fits += fit_logistic_regression_grid(
-        *train, num_classes, l2_grid[start:start + grid_batch_size],
-        initial=grid_fits[-1] if grid_fits else None, **fit_options)
-  val_top1 = tuple(top_k_accuracy(fit.predict(val[0]), val[1], 1)
-                   for fit in grid_fits)
-  best = int(np.argmax(val_top1))
-  final = fit_logistic_regression(*trainval, num_classes, l2_grid[best],
-                                  initial=grid_fits[best], **fit_options)
-  return ProtocolResult(l2_grid=l2_grid, grid_fits=tuple(grid_fits),
-                        val_top1=val_top1, best=best, final=final)
+    grid_fits += fit(train, l2_grid[start:start + grid_batch_size],
+                     grid_fits[-1] if grid_fits else None)
+  accuracies = [val_top1(grid_fit) for grid_fit in grid_fits]
+  added = {"strong": 0, "weak": 0}
+  while len(l2_grid) > 1:
+    best = int(np.argmax(accuracies))
+    if best == 0 and added["strong"] < max_extra_decades:
+      added["strong"] += 1
+      l2_grid.insert(0, _decade(l2_grid[0], 10))
+      grid_fits.insert(0, fit(train, l2_grid[:1], grid_fits[0])[0])
+      accuracies.insert(0, val_top1(grid_fits[0]))
+    elif best == len(l2_grid) - 1 and added["weak"] < max_extra_decades:
+      added["weak"] += 1
+      l2_grid.append(_decade(l2_grid[-1], 0.1))
+      grid_fits.append(fit(train, l2_grid[-1:], grid_fits[-1])[0])
+      accuracies.append(val_top1(grid_fits[-1]))
+    else:
+      break
+  best = int(np.argmax(accuracies))
+  final = fit(trainval, [l2_grid[best]], grid_fits[best])[0]
+  return ProtocolResult(l2_grid=tuple(l2_grid), l2_unit=unit,
+                        grid_fits=tuple(grid_fits), val_top1=tuple(accuracies),
+                        best=best, final=final)
 
 
 @gin.configurable(denylist=["train", "val", "trainval", "test", "num_classes"])
@@ -748,41 +734,73 @@ def select_l2_and_fit(
     test: Split,
     num_classes: int,
     l2_grid: Sequence[float] = tuple(10.0 ** np.arange(-6, 1)),
+    relative_l2: bool = True,
+    max_extra_decades: int = 4,
     max_iterations: int = 1000,
-    tolerance: float = 1e-4,
+    tolerance: float = 2e-5,
+    optimizer: str = "ours",
     chunk_size: Optional[int] = None,
     grid_batch_size: Optional[int] = None,
-) -> Dict[str, float]:
+) -> Dict[str, Any]:
   """The paper's protocol: L2 chosen on train -> val, refit on trainval.
 
-  See `linear_protocol`: the grid is fitted as one batched L-BFGS (or a few,
-  warm-started one from the other), the trainval refit warm-started from
-  the chosen train fit.
+  See `linear_protocol` (the relative grid and its extension) and
+  `fit_logistic_regression_grid` (the stopping test).
 
   Args:
     train, val, trainval, test: (features [N, D], labels [N]) splits.
     num_classes: C.
-    l2_grid: candidate L2 strengths (see `fit_logistic_regression_grid`).
-    max_iterations, tolerance, chunk_size: passed to
+    l2_grid: candidate L2 strengths, relative to the train features' mean
+      square unless `relative_l2` is False.
+    relative_l2, max_extra_decades, grid_batch_size: see `linear_protocol`.
+    max_iterations, tolerance, optimizer, chunk_size: passed to
       `fit_logistic_regression_grid`.
-    grid_batch_size: see `linear_protocol`.
 
   Returns:
-    A row with test `top1`, `top5` (fractions), the chosen `l2`, the final
-    fit's `iterations` and `converged`, the `val_top1` of the chosen L2 and the
-    total `wall_time_s` including the sweep.
+    A row: test `top1`, `top5` (fractions); the chosen `l2` (in the grid's
+    unit) and `l2_absolute`; `l2_grid` (the values fitted, strongest first)
+    and `l2_at_edge`; the `val_top1` of the chosen L2; the final fit's
+    `iterations`, `evaluations`, `converged`, `hit_max_iterations` and
+    `stopped_early` (fewer than 3 L-BFGS iterations from zero to the final
+    weights, warm starts included); the `optimizer`; the total `wall_time_s`.
   """
   start = time.perf_counter()
   result = linear_protocol(
       train, val, trainval, num_classes, l2_grid,
-      grid_batch_size=grid_batch_size, max_iterations=max_iterations,
-      tolerance=tolerance, chunk_size=chunk_size)
+      grid_batch_size=grid_batch_size, relative_l2=relative_l2,
+      max_extra_decades=max_extra_decades, max_iterations=max_iterations,
+      tolerance=tolerance, optimizer=optimizer, chunk_size=chunk_size)
   test_logits = result.final.predict(test[0])
+  l2 = result.l2_grid[result.best]
   return dict(
       top1=top_k_accuracy(test_logits, test[1], 1),
       top5=top_k_accuracy(test_logits, test[1], 5),
-      l2=float(result.l2_grid[result.best]),
+      l2=float(l2),
+      l2_absolute=float(l2 * result.l2_unit),
+      l2_grid=[float(value) for value in result.l2_grid],
+      l2_at_edge=result.l2_at_edge,
       val_top1=result.val_top1[result.best],
       iterations=result.final.iterations,
+      evaluations=result.final.evaluations,
       converged=result.final.converged,
+      hit_max_iterations=result.final.hit_max_iterations,
+      stopped_early=result.final.stopped_early,
+      optimizer=optimizer,
       wall_time_s=time.perf_counter() - start)
+
+
+def fit_problems(row: Dict[str, Any]) -> List[str]:
+  """What a result row's diagnostics say went wrong with its fit ([] if
+  nothing, or if the row has no diagnostics)."""
+  problems = []
+  if row.get("stopped_early"):
+    problems.append("the L-BFGS fit stopped after fewer than 3 iterations "
+                    "(features without signal, or a bad tolerance?)")
+  if row.get("hit_max_iterations"):
+    problems.append(f"the final fit hit max_iterations ({row['iterations']}) "
+                    "before converging: raise select_l2_and_fit.max_iterations")
+  if row.get("l2_at_edge"):
+    grid = row["l2_grid"]
+    problems.append(f"the chosen L2 {row['l2']:g} is at the edge of the grid "
+                    f"{grid[0]:g}..{grid[-1]:g} even after its extension")
+  return problems

@@ -20,7 +20,9 @@ Registered: `linear` (the paper's L-BFGS logistic regression,
 `knn.knn_probe`), `fewshot` (n-shot ridge regression, `fewshot.fewshot_probe`),
 and `mlp` and `linear_sgd`, trained with Keras
 `fit` (SGD with momentum, step decays at given epochs) on trainval, logging
-top-1 / top-5 on test per epoch so that slow convergence can be plotted.
+top-1 / top-5 on test per epoch so that slow convergence can be plotted;
+`mlp` can choose its recipe among candidates on train -> val first
+(`mlp_probe.recipes`).
 `balanced_subset` picks the class-balanced fraction of the training labels
 for the low-data setting (any probe).
 """
@@ -253,8 +255,8 @@ PROBES.register("fewshot")(fewshot.fewshot_probe)
 
 
 def _keras_probe(fit_fn) -> Probe:
-  """A probe that fits `fit_fn` (`train_mlp`, `train_linear_sgd`) on trainval
-  and evaluates it on test; fixed hyper-parameters, so train and val go
+  """A probe that fits `fit_fn` (`train_linear_sgd`) on trainval and
+  evaluates it on test; fixed hyper-parameters, so train and val go
   unused."""
   def probe(splits, num_classes):
     # Keras fit reads the features from memory.
@@ -264,7 +266,47 @@ def _keras_probe(fit_fn) -> Probe:
   return probe
 
 
-PROBES.register("mlp")(_keras_probe(train_mlp))
+def _recipe_text(recipe: Mapping[str, Any]) -> str:
+  return ", ".join(f"{k}={v}" for k, v in sorted(recipe.items()))
+
+
+@PROBES.register("mlp")
+@gin.configurable(denylist=["splits", "num_classes"])
+def mlp_probe(splits: Mapping[str, Split], num_classes: int,
+              recipes: Optional[Sequence[Mapping[str, Any]]] = None
+              ) -> Dict[str, Any]:
+  """The MLP probe (`train_mlp`), its recipe chosen on val.
+
+  Args:
+    splits: {"train", "val", "trainval", "test"}, see the module docstring.
+    num_classes: C.
+    recipes: candidate recipes, each a dict of `train_mlp` arguments that
+      override its configuration (e.g. {"epochs": 10, "decay_epochs": [6,
+      8]}). Each is fitted on train and evaluated on val; the one with the
+      best final val top-1 (the first on ties) is refitted on trainval and
+      evaluated on test. None: the configured recipe alone, fitted on
+      trainval (nothing to choose).
+
+  Returns:
+    `history_row` of the test fit; with recipes also "recipe" (the chosen
+    one, as text), "val_top1" (its val top-1) and "val_top1_per_recipe".
+  """
+  (train_x, train_y), (test_x, test_y) = splits["trainval"], splits["test"]
+  if not recipes:
+    return history_row(train_mlp(np.asarray(train_x), train_y,
+                                 np.asarray(test_x), test_y, num_classes))
+  (fit_x, fit_y), (val_x, val_y) = splits["train"], splits["val"]
+  fit_x, val_x = np.asarray(fit_x), np.asarray(val_x)
+  val_top1 = [train_mlp(fit_x, fit_y, val_x, val_y, num_classes, **recipe).top1
+              for recipe in recipes]
+  best = int(np.argmax(val_top1))
+  row = history_row(train_mlp(np.asarray(train_x), train_y, np.asarray(test_x),
+                              test_y, num_classes, **recipes[best]))
+  return {**row, "recipe": _recipe_text(recipes[best]),
+          "val_top1": float(val_top1[best]),
+          "val_top1_per_recipe": [round(float(v), 5) for v in val_top1]}
+
+
 PROBES.register("linear_sgd")(_keras_probe(train_linear_sgd))
 
 

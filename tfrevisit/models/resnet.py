@@ -27,38 +27,42 @@ def _projection_needed(x, depth: int, stride: int) -> bool:
   return stride > 1 or x.shape[-1] != depth
 
 
-def _bottleneck(x, depth: int, stride: int, weight_decay, name: str):
+def _bottleneck(x, depth: int, stride: int, weight_decay, name: str, numerics):
   """The residual branch up to its last conv: 1x1(depth/4)-BN-ReLU,
   3x3(depth/4, stride)-BN-ReLU, 1x1(depth)."""
-  x = layers.conv2d_fixed_padding(x, depth // 4, 1, 1, weight_decay, f"{name}_conv1")
-  x = layers.batch_norm_relu(x, f"{name}_conv1")
+  x = layers.conv2d_fixed_padding(x, depth // 4, 1, 1, weight_decay,
+                                  f"{name}_conv1", numerics)
+  x = layers.batch_norm_relu(x, f"{name}_conv1", numerics=numerics)
   x = layers.conv2d_fixed_padding(x, depth // 4, 3, stride, weight_decay,
-                                  f"{name}_conv2")
-  x = layers.batch_norm_relu(x, f"{name}_conv2")
-  return layers.conv2d_fixed_padding(x, depth, 1, 1, weight_decay, f"{name}_conv3")
+                                  f"{name}_conv2", numerics)
+  x = layers.batch_norm_relu(x, f"{name}_conv2", numerics=numerics)
+  return layers.conv2d_fixed_padding(x, depth, 1, 1, weight_decay,
+                                     f"{name}_conv3", numerics)
 
 
-def _unit_v1(x, depth: int, stride: int, weight_decay, name: str):
+def _unit_v1(x, depth: int, stride: int, weight_decay, name: str, numerics):
   """1x1-BN-ReLU, 3x3(stride)-BN-ReLU, 1x1-BN, add shortcut, ReLU."""
   shortcut = x
   if _projection_needed(x, depth, stride):
     shortcut = layers.conv2d_fixed_padding(
-        x, depth, 1, stride, weight_decay, f"{name}_shortcut")
-    shortcut = layers.batch_norm_relu(shortcut, f"{name}_shortcut", relu=False)
-  residual = _bottleneck(x, depth, stride, weight_decay, name)
-  residual = layers.batch_norm_relu(residual, f"{name}_conv3", relu=False)
+        x, depth, 1, stride, weight_decay, f"{name}_shortcut", numerics)
+    shortcut = layers.batch_norm_relu(shortcut, f"{name}_shortcut", relu=False,
+                                      numerics=numerics)
+  residual = _bottleneck(x, depth, stride, weight_decay, name, numerics)
+  residual = layers.batch_norm_relu(residual, f"{name}_conv3", relu=False,
+                                    numerics=numerics)
   x = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
   return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
-def _unit_v2(x, depth: int, stride: int, weight_decay, name: str):
+def _unit_v2(x, depth: int, stride: int, weight_decay, name: str, numerics):
   """Pre-activation: BN-ReLU, then 1x1, BN-ReLU, 3x3(stride), BN-ReLU, 1x1; add."""
-  preact = layers.batch_norm_relu(x, f"{name}_preact")
+  preact = layers.batch_norm_relu(x, f"{name}_preact", numerics=numerics)
   shortcut = x
   if _projection_needed(x, depth, stride):
     shortcut = layers.conv2d_fixed_padding(
-        preact, depth, 1, stride, weight_decay, f"{name}_shortcut")
-  residual = _bottleneck(preact, depth, stride, weight_decay, name)
+        preact, depth, 1, stride, weight_decay, f"{name}_shortcut", numerics)
+  residual = _bottleneck(preact, depth, stride, weight_decay, name, numerics)
   return keras.layers.Add(name=f"{name}_add")([shortcut, residual])
 
 
@@ -66,8 +70,8 @@ _UNITS = {1: _unit_v1, 2: _unit_v2}
 
 
 def resnet50(*, version: int, filters_factor: int, last_relu: bool,
-             patch_mode: bool, num_classes, weight_decay, input_shape
-             ) -> keras.Model:
+             patch_mode: bool, num_classes, weight_decay, input_shape,
+             numerics: layers.Numerics) -> keras.Model:
   """Builds ResNet50 v1 or v2; arguments as in `tfrevisit.models.backbone`."""
   name = f"resnet50_v{version}"
   if version == 1:
@@ -79,9 +83,10 @@ def resnet50(*, version: int, filters_factor: int, last_relu: bool,
 
   images = keras.Input(input_shape, name="images")
   x = layers.conv2d_fixed_padding(
-      images, 16 * filters_factor, 7, root_stride, weight_decay, "root_conv")
+      images, 16 * filters_factor, 7, root_stride, weight_decay, "root_conv",
+      numerics)
   if version == 1:
-    x = layers.batch_norm_relu(x, "root")
+    x = layers.batch_norm_relu(x, "root", numerics=numerics)
   x = layers.root_max_pool(x)
   end_points = {"after_root": x}
   for stage, (num_units, stride) in enumerate(
@@ -89,14 +94,14 @@ def resnet50(*, version: int, filters_factor: int, last_relu: bool,
     depth = 64 * filters_factor * 2**(stage - 1)
     for unit_index in range(num_units):
       x = unit(x, depth, stride if unit_index == 0 else 1, weight_decay,
-               f"block{stage}_unit{unit_index + 1}")
+               f"block{stage}_unit{unit_index + 1}", numerics)
     end_points[f"block{stage}"] = x
   if version == 2:
-    x = layers.batch_norm_relu(x, "postnorm", relu=last_relu)
+    x = layers.batch_norm_relu(x, "postnorm", relu=last_relu, numerics=numerics)
   end_points["pre_logits"] = keras.layers.GlobalAveragePooling2D(
       name="pre_logits")(x)
   return layers.end_points_model(
-      images, end_points, num_classes, weight_decay, name)
+      images, end_points, num_classes, weight_decay, name, numerics)
 
 
 BACKBONES.register("resnet50_v1")(functools.partial(resnet50, version=1))

@@ -22,6 +22,7 @@ H/8 for after_root, block1..block4):
   block1      [B, H/4,  W/4,  64k]
   block2      [B, H/8,  W/8,  128k]  each later stage starts with average pooling
   block3      [B, H/16, W/16, 256k]  (stage stride) and zero channel padding
+                                     (C/2 zeros before and C/2 after C channels)
   block4      [B, H/32, W/32, 512k]  stage output, before the final BN
   pre_logits  [B, 512k]              final BN, ReLU unless "(-)", average pool
   logits      [B, num_classes]       only if num_classes is set
@@ -44,12 +45,15 @@ class ReversibleUnit(keras.layers.Layer):
   """One reversible unit: [B, H, W, C] -> [B, H, W, C], C even.
 
   F (the `residual_layers`) is BN-ReLU-1x1(C/8), BN-ReLU-3x3(C/8),
-  BN-ReLU-1x1(C/2) on the second half of the channels.
+  BN-ReLU-1x1(C/2) on the second half of the channels; `numerics` sets their
+  BatchNorms and kernel initializer (a `layers.Numerics`, or its dict in
+  configs; None: the defaults, as in files saved before configs recorded it).
   """
 
-  def __init__(self, weight_decay: Optional[float], **kwargs):
+  def __init__(self, weight_decay: Optional[float], numerics=None, **kwargs):
     super().__init__(**kwargs)
     self.weight_decay = weight_decay
+    self.numerics = layers.as_numerics(numerics)
     self.residual_layers = []
 
   def build(self, input_shape):
@@ -57,12 +61,17 @@ class ReversibleUnit(keras.layers.Layer):
     for index, filters, kernel_size in ((1, half // 4, 1), (2, half // 4, 3),
                                         (3, half, 1)):
       self.residual_layers += [
-          layers.batch_norm(f"bn{index}", dtype=self.dtype_policy),
+          layers.batch_norm(f"bn{index}", dtype=self.dtype_policy,
+                            numerics=self.numerics),
           keras.layers.ReLU(name=f"relu{index}", dtype=self.dtype_policy),
           layers.conv2d(filters, kernel_size, 1, self.weight_decay,
-                        f"conv{index}", dtype=self.dtype_policy)]
+                        f"conv{index}", dtype=self.dtype_policy,
+                        numerics=self.numerics)]
     x_shape = (*input_shape[:-1], half)
     for layer in self.residual_layers:
+      # Also an attribute: tf.train.Checkpoint does not follow Keras' list
+      # tracking, so layers held only in a list are left out of checkpoints.
+      setattr(self, layer.name, layer)
       layer.build(x_shape)
       x_shape = layer.compute_output_shape(x_shape)
 
@@ -123,7 +132,8 @@ class ReversibleUnit(keras.layers.Layer):
     return input_shape
 
   def get_config(self):
-    return {**super().get_config(), "weight_decay": self.weight_decay}
+    return {**super().get_config(), "weight_decay": self.weight_decay,
+            "numerics": self.numerics.to_config()}
 
 
 @keras.saving.register_keras_serializable(package="tfrevisit")
@@ -133,22 +143,25 @@ class ReversibleStage(keras.layers.Layer):
   With `memory_efficient`, a training-mode call keeps no activation inside the
   stage for the backward pass (see the module docstring); its outputs, and the
   BatchNorm moving averages (updated once, by the forward pass), are the same.
-  Inference-mode calls are plain forward passes either way.
+  Inference-mode calls are plain forward passes either way. `numerics` as in
+  `ReversibleUnit`.
   """
 
   def __init__(self, num_units: int, weight_decay: Optional[float],
-               memory_efficient: bool = True, **kwargs):
+               memory_efficient: bool = True, numerics=None, **kwargs):
     super().__init__(**kwargs)
     self.num_units = num_units
     self.weight_decay = weight_decay
     self.memory_efficient = memory_efficient
+    self.numerics = layers.as_numerics(numerics)
     self.units = [
-        ReversibleUnit(weight_decay, dtype=self.dtype_policy,
+        ReversibleUnit(weight_decay, self.numerics, dtype=self.dtype_policy,
                        name=f"unit{index + 1}")
         for index in range(num_units)]
 
   def build(self, input_shape):
     for unit in self.units:
+      setattr(self, unit.name, unit)  # For checkpoints, see ReversibleUnit.
       unit.build(input_shape)
 
   def call(self, x, training=None):
@@ -222,7 +235,8 @@ class ReversibleStage(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), "num_units": self.num_units,
             "weight_decay": self.weight_decay,
-            "memory_efficient": self.memory_efficient}
+            "memory_efficient": self.memory_efficient,
+            "numerics": self.numerics.to_config()}
 
 
 def _merge_grads(totals, grads):
@@ -235,7 +249,8 @@ class RevNetRoot(keras.layers.Layer):
   """RevNet's non-reversible root: images [B, H, W, C] -> [B, H', W', filters].
 
   A 7x7 conv with stride `stride` (TF-slim fixed padding: 3 zero pixels on
-  each side, then VALID; no bias, no weight decay, `layers.kernel_initializer`),
+  each side, then VALID; no bias, no weight decay, the kernel initializer of
+  `numerics`, as in `ReversibleUnit`),
   then zero padding by 1 and the 3x3, stride-2, VALID max-pool, as
   `layers.conv2d_fixed_padding` and
   `layers.root_max_pool` build it. H' = ceil(ceil(H / stride) / 2), W' alike.
@@ -259,7 +274,7 @@ class RevNetRoot(keras.layers.Layer):
   """
 
   def __init__(self, filters: int, stride: int, memory_efficient: bool = True,
-               num_chunks: int = DEFAULT_ROOT_CHUNKS, **kwargs):
+               num_chunks: int = DEFAULT_ROOT_CHUNKS, numerics=None, **kwargs):
     super().__init__(**kwargs)
     if num_chunks < 1 or int(num_chunks) != num_chunks:
       raise ValueError(
@@ -268,13 +283,14 @@ class RevNetRoot(keras.layers.Layer):
     self.stride = stride
     self.memory_efficient = memory_efficient
     self.num_chunks = int(num_chunks)
+    self.numerics = layers.as_numerics(numerics)
 
   def build(self, input_shape):
     self.kernel = self.add_weight(
         name="kernel",
         shape=(ROOT_KERNEL_SIZE, ROOT_KERNEL_SIZE, input_shape[-1],
                self.filters),
-        initializer=layers.kernel_initializer())
+        initializer=layers.kernel_initializer(self.numerics))
 
   def call(self, x, training=None):
     kernel = keras.ops.cast(self.kernel, self.compute_dtype)
@@ -383,7 +399,7 @@ class RevNetRoot(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), "filters": self.filters,
             "stride": self.stride, "memory_efficient": self.memory_efficient,
-            "num_chunks": self.num_chunks}
+            "num_chunks": self.num_chunks, "numerics": self.numerics.to_config()}
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -404,13 +420,16 @@ def _if_nonempty(chunk, true_fn, empty_fn):
   return tf.cond(tf.shape(chunk)[0] > 0, true_fn, empty_fn)
 
 
-@BACKBONES.register("revnet50")
+@BACKBONES.register("revnet50", layout_changes={
+    2: "stage transitions pad C/2 zero channels before and after the tensor, "
+       "not after each half"})
 def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
-             num_classes, weight_decay, input_shape,
+             num_classes, weight_decay, input_shape, numerics: layers.Numerics,
              memory_efficient: bool = True) -> keras.Model:
   """Builds RevNet50; arguments as in `tfrevisit.models.backbone`.
 
-  `memory_efficient` (gin: `backbone.memory_efficient`) turns on reversible
+  `memory_efficient` (`Backbone.options`; the binding
+  `backbone.memory_efficient` on the command line) turns on reversible
   backprop in every stage (see `ReversibleStage`) and the chunked, recomputing
   root (see `RevNetRoot`); it changes the memory and time of a training step,
   not the model or its weights.
@@ -421,7 +440,7 @@ def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
 
   images = keras.Input(input_shape, name="images")
   x = RevNetRoot(64 * filters_factor, root_stride, memory_efficient,
-                 name="root")(images)
+                 numerics=numerics, name="root")(images)
   end_points = {"after_root": x}
   for stage, (num_units, stride) in enumerate(
       zip(UNITS_PER_STAGE, stage_strides), start=1):
@@ -429,12 +448,12 @@ def revnet50(*, filters_factor: int, last_relu: bool, patch_mode: bool,
       if stride > 1:
         x = keras.layers.AveragePooling2D(
             stride, stride, padding="same", name=f"block{stage}_pool")(x)
-      x = layers.ZeroPadChannels(x.shape[-1], name=f"block{stage}_pad")(x)
-    x = ReversibleStage(num_units, weight_decay, memory_efficient,
+      x = layers.ChannelZeroPadding(x.shape[-1], name=f"block{stage}_pad")(x)
+    x = ReversibleStage(num_units, weight_decay, memory_efficient, numerics,
                         name=f"block{stage}")(x)
     end_points[f"block{stage}"] = x
-  x = layers.batch_norm_relu(x, "postnorm", relu=last_relu)
+  x = layers.batch_norm_relu(x, "postnorm", relu=last_relu, numerics=numerics)
   end_points["pre_logits"] = keras.layers.GlobalAveragePooling2D(
       name="pre_logits")(x)
   return layers.end_points_model(
-      images, end_points, num_classes, weight_decay, "revnet50")
+      images, end_points, num_classes, weight_decay, "revnet50", numerics)

@@ -72,7 +72,8 @@ class JigsawTask(base.Task):
     self.eval_preprocess = recipes.eval_patches(patch_size)
     self.encoder = self.build_encoder(embed_dim)
     self.head = patches.build_head(patches.NUM_PATCHES * embed_dim,
-                                   num_permutations, head_hidden)
+                                   num_permutations, head_hidden,
+                                   numerics=backbone.numerics)
 
   def loss(self, batch, training):
     num_permutations = self.permutations.shape[0]

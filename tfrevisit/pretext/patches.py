@@ -22,16 +22,20 @@ def patch_embeddings(encoder: keras.Model, patches: tf.Tensor, training: bool
 
 
 def build_head(input_dim: int, num_outputs: int, hidden: int = 4096,
-               dropout: float = 0.5, name: str = "head") -> keras.Model:
+               dropout: float = 0.5, name: str = "head",
+               numerics: layers.Numerics = layers.DEFAULT_NUMERICS
+               ) -> keras.Model:
   """fc(hidden)-BN-ReLU-dropout-fc(num_outputs), float32, weight decay 5e-4.
 
   Maps concatenated embeddings [N, input_dim] to logits [N, num_outputs]. As in
-  the paper's release: Glorot-uniform kernels (`layers.kernel_initializer`),
+  the paper's release: Glorot-uniform kernels (the backbone's
+  `kernel_initializer`: tasks pass `backbone.numerics`; its BatchNorm settings
+  do not apply here),
   the first fc's bias starts at 0.1, and the BatchNorm has momentum 0.997 and
   epsilon 1e-5.
   """
   dense = lambda units, layer_name, bias: keras.layers.Dense(
-      units, kernel_initializer=layers.kernel_initializer(),
+      units, kernel_initializer=layers.kernel_initializer(numerics),
       bias_initializer=keras.initializers.Constant(bias),
       kernel_regularizer=layers.kernel_regularizer(HEAD_WEIGHT_DECAY),
       dtype="float32", name=layer_name)

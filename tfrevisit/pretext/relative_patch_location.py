@@ -40,7 +40,8 @@ class RelativePatchLocationTask(base.Task):
     self.train_preprocess = recipes.patches(patch_size, patch_jitter)
     self.eval_preprocess = recipes.eval_patches(patch_size)
     self.encoder = self.build_encoder(embed_dim)
-    self.head = patches.build_head(2 * embed_dim, len(NEIGHBOURS), head_hidden)
+    self.head = patches.build_head(2 * embed_dim, len(NEIGHBOURS), head_hidden,
+                                   numerics=backbone.numerics)
 
   def loss(self, batch, training):
     pairs = neighbour_centre_pairs(

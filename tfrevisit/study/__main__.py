@@ -40,8 +40,8 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
             results_dir: str) -> str:
   """A table of cells with state and minutes (measured wall time if done,
   else the config's CPU estimate, marked ~), and the remaining time: the
-  estimates of unfinished cells, in CPU hours and, once cells are done,
-  scaled by measured / estimated over the done ones (CPU and wall)."""
+  estimates of unfinished cells, in CPU hours and, once cells that train are
+  done, scaled by measured / estimated over those (CPU and wall)."""
   lines = [f"{'cell':<48} {'state':<8} {'minutes':>8}  evals"]
   done = {"estimate": 0.0, "cpu": 0.0, "wall": 0.0}
   remaining = 0.0
@@ -50,9 +50,10 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
     estimate = study.estimated_minutes(cell)
     minutes = f"~{estimate:.0f}"
     if state == "done":
-      done["estimate"] += estimate
-      for kind in ("cpu", "wall"):
-        done[kind] += _measured_minutes(results_dir, cell, kind)
+      if cell.task != "random_init":  # no training: its cost is start-up
+        done["estimate"] += estimate
+        for kind in ("cpu", "wall"):
+          done[kind] += _measured_minutes(results_dir, cell, kind)
       minutes = f"{_measured_minutes(results_dir, cell, 'wall'):.0f}"
     else:
       remaining += estimate
@@ -130,7 +131,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  gin_config.parse_gin(args.gin, args.gin_param)
+  grid.parse_config(args.gin, args.gin_param)
   study = grid.study()
   cells = study.select(args.only)
   if not cells:

@@ -2,6 +2,10 @@
 
 Workdir of a cell (never committed):
   CELL/train/             `tfrevisit.train` workdir (checkpoints, tb/, export/)
+  CELL/eval/pretext_curve/curve.json
+                          cells with a budget: the held-out pretext accuracy
+                          of each checkpoint (`tfrevisit.study.pretext_eval`,
+                          which then deletes all checkpoints but the newest)
   CELL/eval/features/     the feature cache shared by the evaluation jobs
   CELL/eval/JOB/          one `tfrevisit.evaluate` workdir per job
   CELL/logs/STAGE.log     each stage's output, appended on every attempt
@@ -13,13 +17,11 @@ Workdir of a cell (never committed):
 The result, CELL/cell.json, is also copied to the committed results
 directory (docs/study/cells/CELL.json); the report reads only those files.
 """
-import ast
 import functools
 import glob
 import json
 import logging
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -133,12 +135,40 @@ def _run_stage(name: str, command: List[str], cell_dir: str,
     _write_json(os.path.join(cell_dir, STATE_FILE), state)
 
 
+def budget_bindings(study: grid.Study, cell: grid.Cell) -> List[str]:
+  """The gin bindings of a cell's budget: its task's recipe stretched to the
+  cell's epochs, and checkpoints every `study.checkpoint_steps[task]` steps,
+  all kept until the pretext curve has read them; [] without a budget."""
+  if cell.epochs is None:
+    return []
+  bindings = study.recipe(cell.task).stretched(cell.epochs)
+  if cell.task in study.checkpoint_steps:
+    bindings += [
+        f"train.checkpoint_every_steps = {study.checkpoint_steps[cell.task]}",
+        f"train.keep_checkpoints = {KEEP_ALL_CHECKPOINTS}"]
+  return bindings
+
+
+# More checkpoints than any budget the study can afford makes.
+KEEP_ALL_CHECKPOINTS = 1000
+
+
 def train_command(study: grid.Study, cell: grid.Cell, train_dir: str) -> List[str]:
   command = [sys.executable, "-m", "tfrevisit.train",
              "--gin", study.train_configs[cell.task], "--workdir", train_dir]
-  for binding in cell.train_bindings() + list(study.train_params):
+  for binding in (cell.train_bindings() + budget_bindings(study, cell)
+                  + list(study.train_params)):
     command += ["--gin_param", binding]
   return command
+
+
+def pretext_curve_command(train_dir: str, curve_dir: str) -> List[str]:
+  return [sys.executable, "-m", "tfrevisit.study.pretext_eval",
+          "--workdir", train_dir,
+          "--output", os.path.join(curve_dir, CURVE_FILE), "--prune"]
+
+
+CURVE_FILE = "curve.json"
 
 
 def eval_command(study: grid.Study, job: str, export: str, eval_dir: str
@@ -199,6 +229,11 @@ def run_cell(study: grid.Study, cell: grid.Cell, workdir: str,
   state = read_json(os.path.join(cell_dir, STATE_FILE), {})
   train_dir = os.path.join(cell_dir, "train")
   _run_stage(TRAIN_STAGE, train_command(study, cell, train_dir), cell_dir, state)
+  if study.has_pretext_curve(cell):
+    curve_dir = os.path.join(cell_dir, "eval", grid.PRETEXT_CURVE_JOB)
+    os.makedirs(curve_dir, exist_ok=True)
+    _run_stage(f"eval/{grid.PRETEXT_CURVE_JOB}",
+               pretext_curve_command(train_dir, curve_dir), cell_dir, state)
   export = os.path.join(train_dir, "export", "latest")
   for job in cell.evals:
     eval_dir = os.path.join(cell_dir, "eval", job)
@@ -213,17 +248,6 @@ def run_cell(study: grid.Study, cell: grid.Cell, workdir: str,
   if not keep_features:
     shutil.rmtree(os.path.join(cell_dir, "eval", "features"), ignore_errors=True)
   return result
-
-
-def gin_value(config: str, name: str, default=None):
-  """The value bound to `name` (e.g. "train.batch_size") in a gin config text."""
-  match = re.search(rf"^{re.escape(name)}\s*=\s*(.+)$", config, re.MULTILINE)
-  if not match:
-    return default
-  try:
-    return ast.literal_eval(match.group(1).strip())
-  except (ValueError, SyntaxError):
-    return match.group(1).strip()
 
 
 def last_scalar(tb_dir: str, tag: str) -> Optional[float]:
@@ -251,13 +275,16 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
   """A cell's result: its settings, training facts and evaluation rows.
 
   Returns:
-    {"cell", "task", "architecture", "filters_factor", "seed", "backbone",
-    "last_relu", "global_step", "batch_size", "epochs", "num_crops",
-    "pretext_accuracy" (training accuracy of the last logged interval, a
-    fraction), "train_wall_time_s", "eval_wall_time_s", "train_cpu_time_s",
-    "eval_cpu_time_s" (seconds, summed over attempts), "code_versions"
-    ({stage: commit} where recorded), "rows": the evaluation rows, each with
-    an "eval" (job name) column}.
+    {"cell", "task", "architecture", "filters_factor", "seed", "budget"
+    (label), "backbone", "last_relu", "global_step", "batch_size",
+    "train_epochs" (the epochs trained), "num_crops", "pretext_accuracy"
+    (training accuracy of the last logged interval, a fraction),
+    "pretext_curve" (cells with a budget: [{"step", "epoch", "accuracy"}]
+    on held-out images, see `tfrevisit.study.pretext_eval`),
+    "train_wall_time_s", "eval_wall_time_s", "train_cpu_time_s",
+    "eval_cpu_time_s" (seconds, summed over attempts; evaluation includes
+    the pretext curve), "code_versions" ({stage: commit} where recorded),
+    "rows": the evaluation rows, each with an "eval" (job name) column}.
   """
   train_dir = os.path.join(cell_dir, "train")
   metadata = read_json(os.path.join(train_dir, "export", "latest", "assets",
@@ -270,15 +297,19 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
     rows += [{"eval": job, **row} for row in job_rows]
   stages = state.get("stages", {})
   total = functools.partial(_stage_total, stages)
+  curve = read_json(os.path.join(cell_dir, "eval", grid.PRETEXT_CURVE_JOB,
+                                 CURVE_FILE))
   return {
       "cell": cell.name, "task": cell.task, "architecture": cell.architecture,
       "filters_factor": cell.filters_factor, "seed": cell.seed,
+      "budget": cell.budget,
       "backbone": arch.backbone, "last_relu": arch.last_relu,
       "global_step": metadata.get("global_step"),
-      "batch_size": gin_value(config, "train.batch_size"),
-      "epochs": gin_value(config, "train.epochs"),
-      "num_crops": gin_value(config, "exemplar.num_crops"),
+      "batch_size": grid.gin_value(config, "train.batch_size"),
+      "train_epochs": grid.gin_value(config, "train.epochs"),
+      "num_crops": grid.gin_value(config, "exemplar.num_crops"),
       "pretext_accuracy": last_scalar(os.path.join(train_dir, "tb"), "accuracy"),
+      **({"pretext_curve": curve} if curve is not None else {}),
       "train_wall_time_s": total("wall_time_s", TRAIN_STAGE),
       "eval_wall_time_s": total("wall_time_s", "eval/"),
       "train_cpu_time_s": total("cpu_time_s", TRAIN_STAGE),

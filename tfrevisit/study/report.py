@@ -2,18 +2,23 @@ r"""Writes the study's report from the committed cell results alone.
 
 `python -m tfrevisit.study.report [--results_dir docs/study/cells]
  [--workdir DIR] [--out_dir docs] [--readme README.md]
- [--gin configs/study/fashion_mnist.gin]`
+ [--plan configs/study/fashion_mnist.gin ...]`
 
 Reads results_dir/*.json (or, with --workdir, DIR/*/cell.json of a study
 workdir) and writes OUT/study/results.csv (one row per cell x end point x
-probe x label fraction, with the cell's pretext accuracy and wall times), the
-PNG plots in OUT/study/, and OUT/study.md: the Table 1 analogue, what
-training added over the untrained network, the hand-written context of
-OUT/study/notes.md if it exists (code versions, caveats), the plots and the
-evidence and verdict for each of the paper's findings. With --readme, it also
-replaces the README's summary block (between `README_BEGIN` and `README_END`)
-with the Table 1 analogue and the verdicts. With --gin (the study's config),
-both say how many of the grid's cells are done and name the missing ones.
+probe x label fraction x label subset, with the cell's budget, training
+epochs, pretext accuracies and times; `probe_epochs` is a probe's own), the
+PNG plots in OUT/study/ (NAME-BUDGET.png per training budget, and
+pretext_curves.png), and OUT/study.md: per budget side by side, the Table 1
+analogue (the layer chosen on validation accuracy and its test top-1, and
+pre_logits), the verdict of each of the paper's findings by its stated rule,
+the seed spreads, what training added over the untrained network at the
+late layers and the linear probe's diagnostics; the pilot's budgets, the
+hand-written context of OUT/study/notes.md if it exists, the captioned
+plots, each finding's rule, power and evidence, and the cells with their
+cost. With --readme, it also replaces the README's summary block (between
+`README_BEGIN` and `README_END`). Each --plan (a study config, repeatable)
+adds a line saying how many of its cells are done and which are missing.
 """
 import argparse
 import csv
@@ -23,13 +28,17 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
+import gin
+
 from tfrevisit import cli
-from tfrevisit import gin_config
+from tfrevisit.study import curves as curves_lib
 from tfrevisit.study import findings as findings_lib
 from tfrevisit.study import grid
 from tfrevisit.study import plots
-from tfrevisit.study.results import (Results, chance, flat_rows, load_cells,
-                                     mean_std, seed_mean)
+from tfrevisit.study import stats
+from tfrevisit.study.results import (Results, budget_views, chance, flat_rows,
+                                     late_layers, load_cells, mean_std,
+                                     normalise_cell, seed_mean, stopped_early)
 
 DEFAULT_OUT_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -37,8 +46,10 @@ DEFAULT_OUT_DIR = os.path.join(
 README_BEGIN = "<!-- study summary: written by tfrevisit.study.report -->"
 README_END = "<!-- end of study summary -->"
 NOTES_FILE = "study/notes.md"  # under the output directory
-STUDY_COMMAND = ("python -m tfrevisit.study --gin configs/study/fashion_mnist.gin "
-                 "--workdir DIR")
+STUDY_COMMANDS = (
+    "python -m tfrevisit.study --gin configs/study/fashion_mnist.gin --workdir DIR",
+    "python -m tfrevisit.study --gin configs/study/fashion_mnist_pilot.gin --workdir DIR",
+    "python -m tfrevisit.study --gin configs/study/fashion_mnist_converged.gin --workdir DIR")
 
 
 def _cell(seeds: Dict[int, float]) -> str:
@@ -51,33 +62,64 @@ def _cell(seeds: Dict[int, float]) -> str:
   return f"{100 * mean:.1f} ± {100 * std:.1f}, n={len(seeds)}"
 
 
-def coverage(results: Results, planned: Optional[Sequence[str]]) -> str:
+def coverage(cells: Sequence[Dict], planned: Optional[Sequence[str]],
+             label: str = "Grid") -> str:
   """One line: how many of the `planned` cell names have results, and which
   have not; "" without a plan."""
   if planned is None:
     return ""
-  done_names = {cell["cell"] for cell in results.cells}
+  done_names = {cell["cell"] for cell in cells}
   missing = [name for name in planned if name not in done_names]
   done = len(planned) - len(missing)
   if not missing:
-    return f"Grid: all {done} cells done."
-  return (f"Grid: {done} of {len(planned)} cells done; not yet run: "
-          + ", ".join(f"`{name}`" for name in missing) + ".")
+    return f"{label}: all {done} cells done."
+  shown = ", ".join(f"`{name}`" for name in missing[:30])
+  more = f" and {len(missing) - 30} more" if len(missing) > 30 else ""
+  return (f"{label}: {done} of {len(planned)} cells done; not yet run: "
+          f"{shown}{more}.")
 
 
-def table1(results: Results, k: int = 1) -> List[List[str]]:
-  """Rows of the Table 1 analogue: per task, per architecture at width k,
-  "best layer top-1 (layer) / pre_logits top-1" (linear, all labels)."""
+# Marks an entry whose L-BFGS fit stopped before its 3rd iteration.
+STOPPED_MARK = "†"
+STOPPED_NOTE = (f"{STOPPED_MARK}: the L-BFGS fit stopped before its 3rd "
+                "iteration, a probe artefact rather than a measurement.")
+
+
+def _entry(results: Results, task: str, architecture: str, k: int,
+           end_point: str) -> str:
+  """`_cell` of linear top-1 at an end point, marked if a fit stopped early."""
+  rows = [r for seed_rows in results.rows(task, architecture, k,
+                                          end_point).values() for r in seed_rows]
+  mark = STOPPED_MARK if any(stopped_early(r) for r in rows) else ""
+  return _cell(results.top1(task, architecture, k, end_point)) + mark
+
+
+def pre_logits_entry(results: Results, task: str, architecture: str,
+                     k: int = 1) -> str:
+  return _entry(results, task, architecture, k, "pre_logits")
+
+
+def best_layer_entry(results: Results, task: str, architecture: str,
+                     k: int = 1) -> str:
+  """"top-1 (layer)" of the layer chosen on val; "-" if none."""
+  best = results.best_layer(task, architecture, k)
+  if best is None:
+    return "-"
+  return f"{_entry(results, task, architecture, k, best)} ({best})"
+
+
+def table1(views: Dict[str, Results], entry, k: int = 1) -> List[List[str]]:
+  """Rows of a Table 1 analogue, budgets side by side in each entry
+  ("short · converged"): per task and architecture at width k, `entry(results,
+  task, architecture)`."""
   architectures = [a for a in grid.ARCHITECTURES
-                   if any(m[1:] == (a, k) for m in results.models())]
+                   if any(a in r.architectures(k) for r in views.values())]
+  tasks = [t for t in grid.TASKS if any(t in r.tasks() for r in views.values())]
   table = [["task"] + [grid.ARCHITECTURES[a].title for a in architectures]]
-  for task in results.tasks():
+  for task in tasks:
     row = [task]
     for architecture in architectures:
-      best = results.best_layer(task, architecture, k)
-      row.append("-" if best is None else
-                 f"{_cell(results.top1(task, architecture, k, best))} ({best}) / "
-                 f"{_cell(results.top1(task, architecture, k))}")
+      row.append(" · ".join(entry(r, task, architecture) for r in views.values()))
     table.append(row)
   return table
 
@@ -94,10 +136,10 @@ def _gain(results: Results, task: str, architecture: str, k: int,
 
 
 def gain_table(results: Results, k: int = 1) -> List[List[str]]:
-  """Rows of what training added over the untrained network (random_init),
-  per task and architecture at width k: "pre_logits gain / largest gain
-  (its layer)", in pp; [] without random_init cells."""
-  architectures = [a for a in grid.ARCHITECTURES
+  """Rows of what training added over the untrained network (random_init) at
+  the late layers, per task and architecture at width k: the gain in pp at
+  each late layer evaluated on both; [] without random_init cells."""
+  architectures = [a for a in results.architectures(k)
                    if results.layers("random_init", a, k)]
   if not architectures:
     return []
@@ -107,15 +149,10 @@ def gain_table(results: Results, k: int = 1) -> List[List[str]]:
       continue
     row = [task]
     for architecture in architectures:
-      gains = {e: _gain(results, task, architecture, k, e)
-               for e in results.layers(task, architecture, k)}
-      gains = {e: g for e, g in gains.items() if g is not None}
-      if "pre_logits" not in gains:
-        row.append("-")
-        continue
-      largest = max(gains, key=gains.get)
-      row.append(f"{100 * gains['pre_logits']:+.1f} / "
-                 f"{100 * gains[largest]:+.1f} ({largest})")
+      gains = [(e, _gain(results, task, architecture, k, e))
+               for e in late_layers(architecture)]
+      row.append(", ".join(f"{e} {100 * g:+.1f}" for e, g in gains
+                           if g is not None) or "-")
     table.append(row)
   return table
 
@@ -132,14 +169,65 @@ def _hours(cells, kind: str) -> float:
              + (c.get(f"eval_{kind}_time_s") or 0) for c in cells) / 3600
 
 
+def verdict_table(findings: Dict[str, List[findings_lib.Finding]]
+                  ) -> List[List[str]]:
+  """Rows: finding title, its verdict per budget."""
+  budgets = list(findings)
+  table = [["finding"] + budgets]
+  for index, finding in enumerate(findings[budgets[0]]):
+    table.append([finding.title] + [f"**{findings[b][index].verdict}**"
+                                    for b in budgets])
+  return table
+
+
+def diagnostics_table(views: Dict[str, Results]) -> List[List[str]]:
+  """Rows: per budget, linear probe rows and the count of each diagnostic
+  ("n (+u unknown)" where old rows lack it)."""
+  names = {"stopped_early": "stopped before 3 iterations",
+           "hit_max_iterations": "hit the iteration cap",
+           "not_converged": "not converged",
+           "l2_at_edge": "L2 at the grid's edge"}
+  table = [["budget", "L-BFGS rows"] + list(names.values())]
+  for budget, results in views.items():
+    counts = results.diagnostics()
+    row = [budget, str(len(results.linear_rows()))]
+    for name in names:
+      found = counts[name]
+      row.append(f"{found['count']}" + (f" ({found['unknown']} unknown)"
+                                        if found["unknown"] else ""))
+    table.append(row)
+  return table
+
+
+def _pretext_entry(cell: Dict) -> str:
+  parts = []
+  if cell.get("pretext_accuracy") is not None:
+    parts.append(f"{100 * cell['pretext_accuracy']:.1f}")
+  if cell.get("heldout_pretext_accuracy") is not None:
+    parts.append(f"held-out {100 * cell['heldout_pretext_accuracy']:.1f}")
+  if not parts:
+    return "-"
+  return " / ".join(parts) + f" ({100 * chance(cell):.1f})"
+
+
+def _converged_entry(cell: Dict) -> str:
+  curve = cell.get("pretext_curve")
+  if not curve:
+    return "-"
+  epochs, accuracy = curves_lib.curve_arrays(curve)
+  gain = curves_lib.late_gain(epochs, accuracy, cell.get("train_epochs"))
+  if gain is None:
+    return "too few points"
+  return f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} ({100 * gain:+.1f})"
+
+
 def _cells_table(cells) -> str:
-  rows = [["cell", "pretext acc. % (chance)", "steps", "train min",
-           "eval min", "CPU h"]]
+  rows = [["cell", "budget", "epochs", "pretext acc. % (chance)",
+           "converged (late gain, pts)", "steps", "train min", "eval min",
+           "CPU h"]]
   for cell in cells:
-    pretext = cell.get("pretext_accuracy")
-    rows.append([cell["cell"],
-                 "-" if pretext is None else
-                 f"{100 * pretext:.1f} ({100 * chance(cell):.1f})",
+    rows.append([cell["cell"], cell["budget"], f"{cell.get('train_epochs')}",
+                 _pretext_entry(cell), _converged_entry(cell),
                  str(cell.get("global_step")),
                  f"{(cell.get('train_wall_time_s') or 0) / 60:.1f}",
                  f"{(cell.get('eval_wall_time_s') or 0) / 60:.1f}",
@@ -147,82 +235,150 @@ def _cells_table(cells) -> str:
   return markdown_table(rows)
 
 
-def study_markdown(results: Results, plot_paths: Dict[str, str],
-                   notes: str = "", planned: Optional[Sequence[str]] = None) -> str:
-  """docs/study.md: the grid's coverage (of the `planned` cell names), Table
-  1 analogue, the hand-written `notes` (markdown), plots, findings, cells and
-  cost."""
-  spread = results.seed_spread()
+def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
+  """Rows: per task and architecture of cells with pretext curves, each
+  budget's late gain and the budget the rule picks (`curves.choose_budget`);
+  [] without curves."""
+  runs: Dict = {}
+  for cell in cells:
+    if cell.get("pretext_curve") and cell["seed"] == 0:
+      key = (cell["task"], cell["architecture"], cell["filters_factor"])
+      runs.setdefault(key, {})[cell["train_epochs"]] = cell
+  if not runs:
+    return []
+  table = [["task", "architecture", "budgets: late gain (pts)", "picked"]]
+  for (task, architecture, k), by_budget in sorted(runs.items()):
+    gains = ", ".join(f"{e:g} ep: {_converged_entry(c)}"
+                      for e, c in sorted(by_budget.items()))
+    picked = curves_lib.choose_budget(
+        {e: c["pretext_curve"] for e, c in by_budget.items()})
+    table.append([task, f"{grid.ARCHITECTURES[architecture].title} k={k}",
+                  gains, "none converged" if picked is None else f"{picked:g}"])
+  return table
+
+
+def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
+                   notes: str = "",
+                   plans: Optional[Dict[str, Sequence[str]]] = None) -> str:
+  """docs/study.md (see the module docstring)."""
+  views = {b: Results(c) for b, c in budget_views(cells).items()}
+  budgets = " · ".join(views)
+  findings = {b: findings_lib.all_findings(r) for b, r in views.items()}
   parts = [
       "# The study on Fashion-MNIST",
       "",
-      f"Produced by `{STUDY_COMMAND}` (seeds in the cell names, `-sN`), then "
-      "`python -m tfrevisit.study.report`. Accuracies: top-1 % on the "
-      "Fashion-MNIST test split; mean ± std over n seeds where a model has "
-      "several.",
+      "Produced by " + ", ".join(f"`{c}`" for c in STUDY_COMMANDS)
+      + " (seeds in the cell names, `-sN`; training budgets `-eE`, in "
+      "epochs), then `python -m tfrevisit.study.report`. Accuracies: top-1 % "
+      "on the Fashion-MNIST test split; mean ± std over n seeds where a model "
+      "has several. Training budgets: `short` is the first edition's recipe "
+      "(0.5-1 epoch); `converged` trains each task until its held-out "
+      "pretext accuracy stops rising (a budget per task picked by the "
+      "pilot). Entries give the budgets side by side in this order: "
+      f"{budgets}. Nothing is chosen on the test split: the best layer is "
+      "the one with the best validation top-1.",
       "",
   ]
-  if planned is not None:
-    parts += [coverage(results, planned), ""]
+  for config, planned in (plans or {}).items():
+    parts += [coverage(cells, planned, f"Grid `{config}`"), ""]
   parts += [
-      "## Table 1 analogue (k=1): best layer (which) / pre_logits, linear probe",
-      "",
-      markdown_table(table1(results)),
-      "",
-      f"Run-to-run spread s (largest std over seeds at pre_logits): "
-      f"{'-' if spread is None else f'{100 * spread:.2f} pp'}.",
-      "",
-  ]
-  gains = gain_table(results)
-  if gains:
-    parts += ["## What training added over the untrained network (k=1)", "",
-              "Linear top-1 of each trained model minus that of the same "
-              "architecture untrained (`random_init`), in pp: at pre_logits / "
-              "the largest over the layers (which).", "",
-              markdown_table(gains), ""]
+      f"## Table 1 analogue (k=1): the layer chosen on val, its test top-1 ({budgets})",
+      "", markdown_table(table1(views, best_layer_entry)), "",
+      f"## pre_logits linear top-1 (k=1; {budgets})", "",
+      markdown_table(table1(views, pre_logits_entry)), "", STOPPED_NOTE, "",
+      "## Verdicts", "",
+      "Each finding's rule, its power and its evidence are under "
+      "[Findings](#findings).", "",
+      markdown_table(verdict_table(findings)), "",
+      "## Seed spreads", "",
+      "Per-cell std over training seeds of pre_logits linear top-1, pooled "
+      "within architecture family and task type (patch tasks apart); a model "
+      "without seeds uses its group's, else its family's, else all seeded "
+      "models' (`tfrevisit.study.stats`).", ""]
+  for budget, results in views.items():
+    table = stats.SpreadTable({m: results.top1(*m) for m in results.models()})
+    parts += [f"- {budget}: " + ("; ".join(table.describe()) or "no seeds")]
+  parts += ["", "## What training added over the untrained network (k=1)", "",
+            "Linear top-1 of each trained model minus that of the same "
+            "architecture untrained (`random_init`), in pp, at the late "
+            "layers (finding 2).", ""]
+  for budget, results in views.items():
+    gains = gain_table(results)
+    if gains:
+      parts += [f"{budget}:", "", markdown_table(gains), ""]
+  parts += ["## Linear probe diagnostics", "",
+            "Rows of the L-BFGS linear probe whose fit stopped before its 3rd "
+            "iteration, hit the iteration cap, did not converge or chose an "
+            "L2 at the edge of its grid. The first edition's rows predate the "
+            "recorded diagnostics (issue 25): for them stopped early is "
+            "derived from the final fit's iteration count (a refit warm-"
+            "started from the chosen train fit; newer rows count from zero, "
+            "warm starts included), the cap and the grid's edge are "
+            "unknown.", "",
+            markdown_table(diagnostics_table(views)), ""]
+  for budget, results in views.items():
+    where = results.diagnostics()["stopped_early"]["where"]
+    if where:
+      parts += [f"Stopped early ({budget}): " + ", ".join(where) + ".", ""]
+  pilot = pilot_table(cells)
+  if pilot:
+    parts += ["## Pilot: training budgets", "",
+              "Each run's held-out pretext accuracy gained over its last 25% of "
+              "epochs; the picked budget is the smallest that converged "
+              "(gained less than 1 point).", "", markdown_table(pilot), ""]
   if notes:
     parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
-  parts += [
-      "## Plots",
-      "",
-  ]
-  parts += [f"![{name}](study/{name})\n" for name in plot_paths]
-  parts += ["## Findings", "",
-            "Rules: a difference counts only if it exceeds 2s "
-            f"({'no seeds yet' if spread is None else f'2s = {200 * spread:.2f} pp'}); "
-            "each finding states its rule.", ""]
-  for finding in findings_lib.all_findings(results):
-    parts += [f"### {finding.title}", "", f"Verdict: **{finding.verdict}**.",
-              "", f"Rule: {finding.rule}", "", finding.evidence, ""]
+  parts += ["## Plots", "",
+            "One figure per training budget (`NAME-BUDGET.png`), each group "
+            "with its caption.", ""]
+  for stem in [*plots.PLOTS, *plots.ALL_BUDGETS_PLOTS]:
+    names = [n for n in plot_paths if n.rsplit(".", 1)[0].split("-")[0] == stem]
+    if names:
+      parts += [f"![{n}](study/{os.path.basename(plot_paths[n])})" for n in names]
+      parts += ["", f"*{', '.join(names)}.* {plots.CAPTIONS[stem]}", ""]
+  parts += ["## Findings", "", findings_lib.__doc__.split("\n\n", 1)[1].strip(),
+            ""]
+  for index, finding in enumerate(next(iter(findings.values()))):
+    parts += [f"### {finding.title}", "", f"Rule: {finding.rule}", ""]
+    for budget, found in findings.items():
+      parts += [f"**{budget}: {found[index].verdict}.** Power: "
+                f"{found[index].power}", "", found[index].evidence, ""]
   parts += ["## Cells", "",
-            "Pretext accuracy is the training accuracy of the last logged "
-            "interval (`accuracy` in the cell's TensorBoard log).", "",
-            _cells_table(results.cells), "",
-            f"Total: {len(results.cells)} cells, "
-            f"{_hours(results.cells, 'wall'):.1f} hours of wall time, "
-            f"{_hours(results.cells, 'cpu'):.1f} CPU hours (user + system, "
-            "all threads) in the train and evaluation stages.", ""]
+            "Pretext accuracy: the training accuracy of the last logged "
+            "interval and, for cells with a budget, the held-out accuracy at "
+            "the last checkpoint; converged by the rule of the pilot.", "",
+            _cells_table(cells), ""]
+  for budget in sorted({c["budget"] for c in cells}):
+    chosen = [c for c in cells if c["budget"] == budget]
+    parts.append(f"- {budget}: {len(chosen)} cells, "
+                 f"{_hours(chosen, 'wall'):.1f} h wall, "
+                 f"{_hours(chosen, 'cpu'):.1f} CPU h")
+  parts += ["", f"Total: {len(cells)} cells, {_hours(cells, 'wall'):.1f} hours "
+            f"of wall time, {_hours(cells, 'cpu'):.1f} CPU hours (user + "
+            "system, all threads) in the train and evaluation stages.", ""]
   return "\n".join(parts)
 
 
-def readme_summary(results: Results,
-                   planned: Optional[Sequence[str]] = None) -> str:
-  """The README's study block: the Table 1 analogue, one verdict a line and
-  the grid's coverage (of the `planned` cell names)."""
-  lines = [markdown_table(table1(results)), "",
-           f"{len(results.cells)} cells; linear probe top-1 % on the "
-           "Fashion-MNIST test split, best layer (which) / pre_logits. "
-           "Verdicts on the paper's findings (evidence and rules in "
-           "[docs/study.md](docs/study.md)):", ""]
-  lines += [f"- {f.title}: **{f.verdict}**"
-            for f in findings_lib.all_findings(results)]
-  if planned is not None:
-    lines += ["", coverage(results, planned)]
+def readme_summary(cells: Sequence[Dict],
+                   plans: Optional[Dict[str, Sequence[str]]] = None) -> str:
+  """The README's study block: the Table 1 analogue (pre_logits, budgets
+  side by side), the verdicts per budget and the grids' coverage."""
+  views = {b: Results(c) for b, c in budget_views(cells).items()}
+  findings = {b: findings_lib.all_findings(r) for b, r in views.items()}
+  lines = [markdown_table(table1(views, pre_logits_entry)), "",
+           f"{len(cells)} cells; pre_logits linear probe top-1 % on the "
+           f"Fashion-MNIST test split per training budget ({' · '.join(views)}; "
+           f"{STOPPED_NOTE.rstrip('.')}). "
+           "Verdicts on the paper's findings (rules, power and evidence in "
+           "[docs/study.md](docs/study.md)):", "",
+           markdown_table(verdict_table(findings))]
+  for config, planned in (plans or {}).items():
+    lines += ["", coverage(cells, planned, f"Grid `{config}`")]
   return "\n".join(lines)
 
 
-def update_readme(path: str, results: Results,
-                  planned: Optional[Sequence[str]] = None) -> None:
+def update_readme(path: str, cells: Sequence[Dict],
+                  plans: Optional[Dict[str, Sequence[str]]] = None) -> None:
   """Replaces the text between README_BEGIN and README_END in `path`."""
   with open(path) as f:
     text = f.read()
@@ -231,7 +387,7 @@ def update_readme(path: str, results: Results,
     raise cli.UserError(
         f"{path} has no study summary block; add the lines {README_BEGIN!r} "
         f"and {README_END!r} where the summary goes.")
-  text = (text[:begin + len(README_BEGIN)] + "\n" + readme_summary(results, planned)
+  text = (text[:begin + len(README_BEGIN)] + "\n" + readme_summary(cells, plans)
           + "\n" + text[end:])
   with open(path, "w") as f:
     f.write(text)
@@ -249,31 +405,58 @@ def workdir_cells(workdir: str) -> List[Dict]:
   cells = []
   for path in sorted(glob.glob(os.path.join(workdir, "*", "cell.json"))):
     with open(path) as f:
-      cells.append(json.load(f))
+      cells.append(normalise_cell(json.load(f)))
   return cells
 
 
+def write_plots(cells: Sequence[Dict], study_dir: str) -> Dict[str, str]:
+  """NAME-BUDGET.png per budget and plot, then the all-budget plots;
+  {file name: path} of those drawn. Stale PNGs of the report are removed."""
+  for stale in glob.glob(os.path.join(study_dir, "*.png")):
+    os.remove(stale)
+  written = {}
+  views = {b: Results(c) for b, c in budget_views(cells).items()}
+  for stem, plot in plots.PLOTS.items():
+    for budget, results in views.items():
+      name = f"{stem}-{budget}.png"
+      if plot(results, os.path.join(study_dir, name)):
+        written[name] = os.path.join(study_dir, name)
+  for stem, plot in plots.ALL_BUDGETS_PLOTS.items():
+    name = f"{stem}.png"
+    if plot(Results(cells), os.path.join(study_dir, name)):
+      written[name] = os.path.join(study_dir, name)
+  return written
+
+
 def write_report(cells: Sequence[Dict], out_dir: str,
-                 planned: Optional[Sequence[str]] = None) -> Dict[str, str]:
-  """Writes results.csv, the plots and study.md (with the coverage of the
-  `planned` cell names); returns {name: path}."""
+                 plans: Optional[Dict[str, Sequence[str]]] = None
+                 ) -> Dict[str, str]:
+  """Writes results.csv, the plots and study.md (with the coverage of each
+  plan's cell names); returns {name: path}."""
+  cells = [normalise_cell(c) for c in cells]
   study_dir = os.path.join(out_dir, "study")
   os.makedirs(study_dir, exist_ok=True)
-  results = Results(cells)
   written = {"results.csv": os.path.join(study_dir, "results.csv")}
   write_csv(flat_rows(cells), written["results.csv"])
-  plot_paths = {}
-  for name, plot in plots.PLOTS.items():
-    path = plot(results, os.path.join(study_dir, name))
-    if path:
-      plot_paths[name] = path
+  plot_paths = write_plots(cells, study_dir)
   written.update(plot_paths)
   notes_path = os.path.join(out_dir, NOTES_FILE)
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   written["study.md"] = os.path.join(out_dir, "study.md")
   with open(written["study.md"], "w") as f:
-    f.write(study_markdown(results, plot_paths, notes, planned))
+    f.write(study_markdown(cells, plot_paths, notes, plans))
   return written
+
+
+def planned_cells(configs: Sequence[str]) -> Dict[str, List[str]]:
+  """{config: its grid's cell names}, each config parsed on its own."""
+  plans = {}
+  for config in configs:
+    gin.clear_config()
+    grid.parse_config([config])
+    plans[config] = [cell.name for cell in grid.study().cells]
+  gin.clear_config()
+  return plans
 
 
 @cli.entry_point
@@ -288,7 +471,11 @@ def main(argv=None):
                       help="writes OUT/study.md and OUT/study/.")
   parser.add_argument("--readme", default=None,
                       help="also update this README's study summary block.")
-  gin_config.add_gin_flags(parser)  # the study's config: the planned grid
+  parser.add_argument("--plan", "--gin", dest="plans", action="append",
+                      default=[], metavar="CONFIG",
+                      help="a study config whose cells not yet run are named; "
+                      "repeatable (one per grid).")
+  cli.add_verbose_flag(parser)
   args = parser.parse_args(argv)
   cells = workdir_cells(args.workdir) if args.workdir else load_cells(args.results_dir)
   if not cells:
@@ -296,15 +483,12 @@ def main(argv=None):
                         "`python -m tfrevisit.study --workdir ...` first.")
   if args.readme and not os.path.isfile(args.readme):
     raise cli.UserError(f"--readme {args.readme}: no such file.")
-  planned = None
-  if args.gin:
-    gin_config.parse_gin(args.gin, args.gin_param)
-    planned = [cell.name for cell in grid.study().cells]
+  plans = planned_cells(args.plans) if args.plans else None
   cli.begin_work()
-  for name, path in write_report(cells, args.out_dir, planned).items():
+  for name, path in write_report(cells, args.out_dir, plans).items():
     print(f"{name}: {path}")
   if args.readme:
-    update_readme(args.readme, Results(cells), planned)
+    update_readme(args.readme, cells, plans)
     print(f"README summary: {args.readme}")
   return 0
 

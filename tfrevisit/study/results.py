@@ -1,10 +1,16 @@
 """The study's results as read back from the committed cell files.
 
 A cell file (docs/study/cells/CELL.json, see `tfrevisit.study.cells.collect`)
-holds the cell's settings, pretext accuracy, wall times and evaluation rows.
-`Results` indexes their top-1 accuracies (fractions) by (task, architecture,
-k, probe, label fraction, end point) -> {seed: top1}.
+holds the cell's settings, budget, pretext accuracies, times and evaluation
+rows. `normalise_cell` reads old files alike (the first edition's cells have
+no budget: "short"; their `epochs` is the training's, `train_epochs` here, and
+the probes' own `epochs` become `probe_epochs`). `budget_views` splits the
+cells by budget; `Results` indexes one budget's top-1 accuracies (fractions)
+by (task, architecture, k, probe, label fraction, end point) -> {seed: top1},
+a low-data row's top-1 being the mean over its label subsets.
 """
+import collections
+import copy
 import glob
 import json
 import os
@@ -12,26 +18,56 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfrevisit.study import curves as curves_lib
 from tfrevisit.study import grid
 
-# End points in network order; `logits` (the pretext head) is not a
+# End points in network order (VGG: block1..block5 and fc6 since issue 26,
+# conv1 in the first edition's cells); `logits` (the pretext head) is not a
 # representation and is left out of "best layer".
 LAYER_ORDER = ("after_root", "conv1", "block1", "block2", "block3", "block4",
-               "fc6", "pre_logits", "logits")
+               "block5", "fc6", "pre_logits", "logits")
 REPRESENTATIONS = LAYER_ORDER[:-1]
+# The late layers where learning shows (finding 2), per architecture family.
+_LATE = {"vgg19": ("fc6", "pre_logits")}
+_LATE_SKIP = ("block3", "block4", "pre_logits")
 # Cell columns repeated on every row of results.csv.
 CELL_COLUMNS = ("cell", "task", "architecture", "filters_factor", "seed",
-                "pretext_accuracy", "global_step", "batch_size", "epochs",
+                "budget", "train_epochs", "pretext_accuracy",
+                "heldout_pretext_accuracy", "global_step", "batch_size",
                 "train_wall_time_s", "eval_wall_time_s", "train_cpu_time_s",
                 "eval_cpu_time_s")
+# The L-BFGS linear probe's diagnostics (issue 25) counted by the report.
+DIAGNOSTICS = ("stopped_early", "hit_max_iterations", "l2_at_edge")
+# Fewer L-BFGS iterations than this: the fit stopped early.
+MIN_ITERATIONS = 3
+
+
+def late_layers(architecture: str) -> Tuple[str, ...]:
+  return _LATE.get(grid.ARCHITECTURES[architecture].backbone, _LATE_SKIP)
+
+
+def normalise_cell(cell: Dict[str, Any]) -> Dict[str, Any]:
+  """A cell file's content in the current schema (see module docstring);
+  adds `heldout_pretext_accuracy` (the curve's last point, None without)."""
+  cell = copy.deepcopy(cell)
+  cell.setdefault("budget", grid.SHORT)
+  if "train_epochs" not in cell:
+    cell["train_epochs"] = cell.pop("epochs", None)
+  curve = cell.get("pretext_curve")
+  cell["heldout_pretext_accuracy"] = (
+      curves_lib.curve_arrays(curve)[1][-1] if curve else None)
+  for row in cell["rows"]:
+    if "epochs" in row:
+      row["probe_epochs"] = row.pop("epochs")
+  return cell
 
 
 def load_cells(results_dir: str) -> List[Dict[str, Any]]:
-  """Every results_dir/*.json cell file, sorted by cell name."""
+  """Every results_dir/*.json cell file, normalised, sorted by cell name."""
   cells = []
   for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
     with open(path) as f:
-      cells.append(json.load(f))
+      cells.append(normalise_cell(json.load(f)))
   if not cells:
     raise FileNotFoundError(f"No cell results in {results_dir}; run "
                             "`python -m tfrevisit.study` first.")
@@ -47,6 +83,32 @@ def flat_rows(cells: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
       rows.append({**{c: cell.get(c) for c in CELL_COLUMNS},
                    **{k: v for k, v in row.items() if not isinstance(v, list)}})
   return rows
+
+
+def _budget_order(label: str) -> Tuple[int, str]:
+  order = (grid.SHORT, "converged")
+  return (order.index(label) if label in order else len(order), label)
+
+
+def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
+  """{budget label: its cells}, short first, then converged, then others.
+
+  The untrained network (random_init) belongs to every budget. A "pilot"
+  cell trained for the epochs of its task's converged cells is one of them
+  too (the pilot's rung that the grid adopted).
+  """
+  adopted = {(c["task"], c["train_epochs"]) for c in cells
+             if c["budget"] == "converged"}
+  views = collections.defaultdict(list)
+  for cell in cells:
+    if cell["task"] == "random_init":
+      continue
+    views[cell["budget"]].append(cell)
+    if cell["budget"] == "pilot" and (cell["task"], cell["train_epochs"]) in adopted:
+      views["converged"].append(cell)
+  untrained = [c for c in cells if c["task"] == "random_init"]
+  labels = sorted(views, key=_budget_order) or [grid.SHORT]
+  return {label: views[label] + untrained for label in labels}
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
@@ -71,43 +133,91 @@ def chance(cell: Dict[str, Any]) -> float:
           "jigsaw": 1 / 100, "supervised": 1 / 10}[task]
 
 
+def stopped_early(row: Dict[str, Any]) -> Optional[bool]:
+  """The row's `stopped_early`, else (rows older than issue 25) its final
+  fit's `iterations` below 3, else None (unknown). The final fit is a refit
+  warm-started from the chosen train fit, so the derived flag can mark a fit
+  whose path from zero was longer."""
+  if "stopped_early" in row:
+    return bool(row["stopped_early"])
+  if row.get("iterations") is None:
+    return None
+  return row["iterations"] < MIN_ITERATIONS
+
+
+def diagnostic(row: Dict[str, Any], name: str) -> Optional[bool]:
+  """One of DIAGNOSTICS for an L-BFGS row; None when the row predates it."""
+  if name == "stopped_early":
+    return stopped_early(row)
+  return None if row.get(name) is None else bool(row[name])
+
+
 class Results:
-  """Top-1 accuracies of the cells, indexed for tables and plots."""
+  """Top-1 accuracies of one budget's cells, indexed for tables and plots."""
 
   def __init__(self, cells: Sequence[Dict[str, Any]]):
     self.cells = list(cells)
-    self._top1: Dict[Tuple, Dict[int, float]] = {}
+    self._rows: Dict[Tuple, Dict[int, List[Dict]]] = {}
     self._curves: Dict[Tuple, List[float]] = {}
     for cell in self.cells:
       model = (cell["task"], cell["architecture"], cell["filters_factor"])
       for row in cell["rows"]:
         key = model + (row["probe"], float(row["label_fraction"]),
                        row["end_point"])
-        self._top1.setdefault(key, {})[cell["seed"]] = row["top1"]
+        self._rows.setdefault(key, {}).setdefault(cell["seed"], []).append(row)
         if "test_top1_per_epoch" in row:
           self._curves[key + (cell["seed"],)] = row["test_top1_per_epoch"]
 
+  def rows(self, task, architecture, k=1, end_point="pre_logits",
+           probe="linear", fraction=1.0) -> Dict[int, List[Dict]]:
+    """{seed: [rows]} (several rows: one per label subset)."""
+    return self._rows.get(
+        (task, architecture, k, probe, float(fraction), end_point), {})
+
+  def _per_seed(self, column, *args, **kwargs) -> Dict[int, float]:
+    per_seed = {}
+    for seed, rows in self.rows(*args, **kwargs).items():
+      values = [r[column] for r in rows if r.get(column) is not None]
+      if values:
+        per_seed[seed] = float(np.mean(values))
+    return per_seed
+
   def top1(self, task, architecture, k=1, end_point="pre_logits",
            probe="linear", fraction=1.0) -> Dict[int, float]:
-    """{seed: top-1} (empty if not evaluated)."""
-    return self._top1.get(
-        (task, architecture, k, probe, float(fraction), end_point), {})
+    """{seed: test top-1} (mean over label subsets; empty if not evaluated)."""
+    return self._per_seed("top1", task, architecture, k, end_point, probe,
+                          fraction)
+
+  def val_top1(self, task, architecture, k=1, end_point="pre_logits",
+               probe="linear", fraction=1.0) -> Dict[int, float]:
+    """{seed: validation top-1 of the chosen hyper-parameters}."""
+    return self._per_seed("val_top1", task, architecture, k, end_point, probe,
+                          fraction)
+
+  def subset_std(self, task, architecture, k=1, end_point="pre_logits",
+                 probe="linear", fraction=1.0) -> Dict[int, float]:
+    """{seed: std of test top-1 over label subsets} for seeds with several."""
+    return {seed: mean_std([r["top1"] for r in rows])[1]
+            for seed, rows in self.rows(task, architecture, k, end_point, probe,
+                                        fraction).items() if len(rows) > 1}
 
   def layers(self, task, architecture, k=1, probe="linear", fraction=1.0
              ) -> List[str]:
     """The evaluated representation end points of a model, in network order."""
-    found = {key[-1] for key in self._top1
+    found = {key[-1] for key in self._rows
              if key[:5] == (task, architecture, k, probe, float(fraction))}
     return [e for e in REPRESENTATIONS if e in found]
 
-  def best_layer(self, task, architecture, k=1, probe="linear", fraction=1.0
-                 ) -> Optional[str]:
-    """The representation with the highest top-1 averaged over seeds."""
-    layers = self.layers(task, architecture, k, probe, fraction)
-    if not layers:
-      return None
-    return max(layers, key=lambda e: mean_std(list(
-        self.top1(task, architecture, k, e, probe, fraction).values()))[0])
+  def best_layer(self, task, architecture, k=1, probe="linear", fraction=1.0,
+                 among: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The representation (of `among`, default all) with the highest
+    validation top-1 averaged over seeds: chosen without the test split."""
+    layers = [e for e in self.layers(task, architecture, k, probe, fraction)
+              if among is None or e in among]
+    scored = {e: seed_mean(self.val_top1(task, architecture, k, e, probe, fraction))
+              for e in layers}
+    scored = {e: v for e, v in scored.items() if v is not None}
+    return max(scored, key=scored.get) if scored else None
 
   def models(self) -> List[Tuple[str, str, int]]:
     """(task, architecture, k) of all cells, in grid order, once each."""
@@ -120,24 +230,70 @@ class Results:
     """The tasks that have cells, in grid order."""
     return [t for t in grid.TASKS if any(m[0] == t for m in self.models())]
 
+  def architectures(self, k: int = 1) -> List[str]:
+    """The architectures with cells at width k, in grid order."""
+    return [a for a in grid.ARCHITECTURES
+            if any(m[1:] == (a, k) for m in self.models())]
+
   def widths(self, task, architecture) -> List[int]:
     return sorted({m[2] for m in self.models() if m[:2] == (task, architecture)})
 
-  def pretext(self, task, architecture, k=1) -> Dict[int, float]:
-    """{seed: pretext accuracy} of a model."""
-    return {c["seed"]: c["pretext_accuracy"] for c in self.cells
+  def _model_cells(self, task, architecture, k):
+    return [c for c in self.cells
             if (c["task"], c["architecture"], c["filters_factor"])
-            == (task, architecture, k) and c["pretext_accuracy"] is not None}
+            == (task, architecture, k)]
+
+  def pretext(self, task, architecture, k=1) -> Dict[int, float]:
+    """{seed: pretext accuracy}: held-out (the curve's last point) where
+    measured, else the training accuracy of the last logged interval."""
+    values = {}
+    for c in self._model_cells(task, architecture, k):
+      value = c.get("heldout_pretext_accuracy")
+      value = c.get("pretext_accuracy") if value is None else value
+      if value is not None:
+        values[c["seed"]] = value
+    return values
+
+  def pretext_source(self) -> str:
+    """Which pretext accuracy `pretext` gives for these cells."""
+    trained = [c for c in self.cells if c["task"] != "random_init"]
+    held_out = [c.get("heldout_pretext_accuracy") is not None for c in trained]
+    if held_out and all(held_out):
+      return "held-out"
+    return "training (last logged interval)" if not any(held_out) else (
+        "held-out where measured, else training")
+
+  def pretext_curves(self) -> Dict[Tuple[str, str, int, float, int], List[Dict]]:
+    """(task, architecture, k, train epochs, seed) -> held-out curve."""
+    return {(c["task"], c["architecture"], c["filters_factor"],
+             c["train_epochs"], c["seed"]): c["pretext_curve"]
+            for c in self.cells if c.get("pretext_curve")}
 
   def curves(self) -> Dict[Tuple, List[float]]:
     """(task, architecture, k, probe, fraction, end point, seed) -> per-epoch
     test top-1 of the SGD/MLP probes."""
     return dict(self._curves)
 
-  def seed_spread(self, end_point="pre_logits") -> Optional[float]:
-    """The largest std over seeds of linear top-1 among models with several
-    seeds (a conservative run-to-run spread), or None without seeds."""
-    stds = [mean_std(list(self.top1(*m, end_point=end_point).values()))[1]
-            for m in self.models()]
-    stds = [s for s in stds if s is not None]
-    return max(stds) if stds else None
+  def linear_rows(self) -> List[Tuple[Dict, Dict]]:
+    """(cell, row) of every L-BFGS linear probe row."""
+    return [(c, r) for c in self.cells for r in c["rows"] if r["probe"] == "linear"]
+
+  def diagnostics(self) -> Dict[str, Dict[str, Any]]:
+    """{diagnostic: {"count", "unknown", "where": ["cell end_point @fraction"]}}
+    over the linear probe rows, plus "not_converged" from `converged`."""
+    counts = {}
+    for name in DIAGNOSTICS + ("not_converged",):
+      count, unknown, where = 0, 0, []
+      for cell, row in self.linear_rows():
+        if name == "not_converged":
+          value = None if row.get("converged") is None else not row["converged"]
+        else:
+          value = diagnostic(row, name)
+        if value is None:
+          unknown += 1
+        elif value:
+          count += 1
+          where.append(f"{cell['cell']} {row['end_point']} "
+                       f"@{row['label_fraction']:g}")
+      counts[name] = {"count": count, "unknown": unknown, "where": where}
+    return counts
