@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import gin
 import keras
@@ -70,7 +70,7 @@ def train(workdir: str,
           lr_decay_factor: float = 0.1,
           momentum: float = 0.9,
           mixed_precision: Optional[str] = None,
-          strategy: Union[str, tf.distribute.Strategy] = "auto",
+          strategy: str = "auto",
           checkpoint_every_steps: int = 1000,
           keep_checkpoints: int = 3,
           log_every_steps: int = 50,
@@ -100,9 +100,8 @@ def train(workdir: str,
     decay_epochs: epochs at which the rate is multiplied by `lr_decay_factor`.
     lr_decay_factor: the decay multiplier.
     momentum: SGD momentum.
-    mixed_precision: None (float32), "mixed_float16" (GPU, with loss scaling)
-      or "mixed_bfloat16" (CPU/TPU).
-    strategy: a name in `tfrevisit.distribute.STRATEGIES`, or a strategy.
+    mixed_precision: None, "mixed_float16" (GPU) or "mixed_bfloat16" (CPU/TPU).
+    strategy: a name in `tfrevisit.distribute.STRATEGIES`.
     checkpoint_every_steps: checkpoint period in steps (and at the end).
     keep_checkpoints: how many recent checkpoints to keep.
     log_every_steps: logging and summary period in steps.
@@ -111,9 +110,7 @@ def train(workdir: str,
     steps_per_loop: steps per call of the compiled training function (one
       host round trip per call; logs, checkpoints and NaN checks happen
       between calls, and a call never crosses a checkpoint or the end).
-    jit_compile: compile each replica's forward and backward pass with XLA
-      (the gradient all-reduce and the update stay outside, see
-      `make_train_step`).
+    jit_compile: compile each replica's step with XLA.
     collective_timeout_s: multi-worker only: a collective (all-reduce) that
       waits longer than this fails (`CommunicationOptions.timeout_seconds`),
       so that the workers of a cluster with a dead worker exit with an error
@@ -133,10 +130,8 @@ def train(workdir: str,
   pretext.TASKS.get(task)  # Fail on an unknown task before any work.
   if backbone is None:
     backbone = gin_config.configured_backbone()
-  strategy_ = strategy
-  if isinstance(strategy, str):
-    strategy_ = distribute.make_strategy(
-        strategy, collective_timeout_s=collective_timeout_s)
+  strategy_ = distribute.make_strategy(
+      strategy, collective_timeout_s=collective_timeout_s)
   check_knobs(batch_size=batch_size, num_replicas=strategy_.num_replicas_in_sync,
               epochs=epochs, max_steps=max_steps, lr=lr,
               checkpoint_every_steps=checkpoint_every_steps,
@@ -144,8 +139,8 @@ def train(workdir: str,
               steps_per_loop=steps_per_loop)
   if seed is not None:
     keras.utils.set_random_seed(seed)
-  # float32 too: else a policy left by an earlier call in this process applies.
-  keras.mixed_precision.set_global_policy(mixed_precision or "float32")
+  if mixed_precision:
+    keras.mixed_precision.set_global_policy(mixed_precision)
 
   with _data_context(mock_data):
     if source is None:
@@ -273,15 +268,11 @@ def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
     optimizer: built on `task.trainable_variables`.
     strategy: the strategy whose scope built both.
     global_batch_size: images per step, all replicas together.
-    jit_compile: compile each replica's forward and backward pass (and the
-      loss scaling) with XLA; the gradient all-reduce and `apply_gradients`
-      run outside it.
+    jit_compile: compile each replica's step with XLA.
   """
   variables = task.trainable_variables
 
-  def replica_gradients(batch):
-    """One replica's forward and backward pass: (gradients of its share of
-    the scaled loss, its sums)."""
+  def replica_step(batch):
     num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
       per_image_loss, metrics = task.loss(batch, training=True)
@@ -292,29 +283,15 @@ def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
               + regularization / num_replicas)
       scaled_loss = optimizer.scale_loss(loss)
     grads = tape.gradient(scaled_loss, variables)
+    optimizer.apply_gradients(zip(grads, variables))
     sums = {name: tf.reduce_sum(value) for name, value in metrics.items()}
     sums["loss"] = tf.reduce_sum(per_image_loss)
     sums["count"] = tf.cast(tf.size(per_image_loss), tf.float32)
     sums["regularization"] = regularization / num_replicas
-    return grads, {name: tf.cast(value, tf.float32)
-                   for name, value in sums.items()}
+    return {name: tf.cast(value, tf.float32) for name, value in sums.items()}
 
   if jit_compile:
-    # XLA compiles the replica's forward and backward pass only: the gradient
-    # all-reduce in `apply_gradients` is a cross-replica `merge_call`, which
-    # cannot run inside a function nested in `strategy.run`. (Keras'
-    # `fit(jit_compile=True)` compiles all of `strategy.run` instead, which
-    # fails under a MirroredStrategy over two devices: one compiled cluster
-    # cannot read the other device's variables; Keras 3.15, TF 2.21.)
-    replica_gradients = tf.function(replica_gradients, jit_compile=True)
-
-  def replica_step(batch):
-    grads, sums = replica_gradients(batch)
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-      grads = _share_overflow(grads)
-    optimizer.apply_gradients(zip(grads, variables))
-    return sums
-
+    replica_step = tf.function(replica_step, jit_compile=True)
   names = []  # Metric names, in the order of the reduced vector.
 
   def replica_vector(batch):
@@ -344,32 +321,6 @@ def make_train_step(task: pretext.Task, optimizer: keras.optimizers.Optimizer,
     return run_steps(iterator, tf.constant(num_steps, tf.int32))
 
   return train_step
-
-
-def _share_overflow(grads):
-  """One replica's gradients, made non-finite if any replica's are.
-
-  Keras' LossScaleOptimizer under a MirroredStrategy decides whether to apply
-  a step (or to skip it and halve the loss scale) from the first replica's
-  gradients before they are all-reduced (Keras 3.15): when only another
-  replica's overflow, it applies the all-reduced inf/NaN to the weights. So
-  the replicas first agree, in one scalar all-reduce, on whether any overflowed.
-
-  Args:
-    grads: this replica's gradients (None for variables without one).
-  """
-  context = tf.distribute.get_replica_context()
-  if context is None or context.num_replicas_in_sync == 1:
-    return grads
-  present = [i for i, g in enumerate(grads) if g is not None]
-  overflowed = 1.0 - tf.cast(tf.reduce_all(
-      [tf.reduce_all(tf.math.is_finite(grads[i])) for i in present]), tf.float32)
-  any_overflowed = context.all_reduce(tf.distribute.ReduceOp.SUM, overflowed)
-  # Keras checks every gradient: one non-finite one makes it skip the step.
-  grads = list(grads)
-  grads[present[0]] *= tf.cast(
-      tf.where(any_overflowed > 0, float("nan"), 1.0), grads[present[0]].dtype)
-  return grads
 
 
 def _save(manager, step, average_statistics):
@@ -421,8 +372,6 @@ def _train_loop(step_fn, iterator, optimizer, global_step, save, manager,
           step == total_steps):
         metrics = interval.flush(batch_size)
         metrics["learning_rate"] = float(optimizer.learning_rate.numpy())
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-          metrics["loss_scale"] = float(optimizer.dynamic_scale.numpy())
         _write_summaries(writer, metrics, step)
         progress.log(step, metrics)
       if step % checkpoint_every_steps == 0 or step == total_steps:

@@ -14,8 +14,7 @@ whose plain backward pass holds the conv's output and its gradient, each
 chunks (`RevNetRoot.num_chunks`). Each setting runs in its own subprocess, so
 that peaks do not mix. One step = forward in training mode, softmax
 cross-entropy on a dense head (over `pre_logits`) plus weight decay, backward,
-SGD with momentum 0.9, on a fixed random batch; `--jit_compile` compiles the
-step with XLA (as `train.jit_compile` does).
+SGD with momentum 0.9, on a fixed random batch.
 
 Memory, in MiB, from two sources:
   alloc     TensorFlow's allocator on the compute device (`CPU:0`, or `GPU:0`
@@ -109,7 +108,7 @@ def _reset_peaks(device: str):
 
 
 def _measure(setting, filters_factor, resolution, batch_size, steps,
-             root_chunks, jit_compile=False):
+             root_chunks):
   """Runs in the worker process: returns the setting's figures as a dict."""
   device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
   keras.utils.set_random_seed(0)
@@ -123,7 +122,7 @@ def _measure(setting, filters_factor, resolution, batch_size, steps,
       (batch_size, resolution, resolution, 3), np.float32))
   labels = tf.constant(rng.integers(0, _NUM_CLASSES, batch_size))
 
-  @tf.function(jit_compile=jit_compile)
+  @tf.function
   def train_step(images, labels):
     with tf.GradientTape() as tape:
       logits = model(images, training=True)["logits"]
@@ -162,8 +161,7 @@ def _run_worker(setting, args):
              "--worker", setting, f"--filters_factor={args.filters_factor}",
              f"--resolution={args.resolution}",
              f"--batch_size={args.batch_size}", f"--steps={args.steps}",
-             f"--root_chunks={args.root_chunks}",
-             *(["--jit_compile"] if args.jit_compile else [])]
+             f"--root_chunks={args.root_chunks}"]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode:
     raise RuntimeError(f"{setting!r} failed (exit {result.returncode}):\n"
@@ -180,8 +178,6 @@ def _parse_args():
                       help="timed steps per setting, after the first")
   parser.add_argument("--root_chunks", type=int, default=0,
                       help="RevNetRoot.num_chunks; 0: the layer's default")
-  parser.add_argument("--jit_compile", action="store_true",
-                      help="compile the training step with XLA")
   parser.add_argument("--settings", nargs="+", default=list(_SETTINGS),
                       choices=list(_SETTINGS))
   parser.add_argument("--worker", choices=list(_SETTINGS),
@@ -194,12 +190,11 @@ def main():
   if args.worker:
     print(json.dumps(_measure(args.worker, args.filters_factor,
                               args.resolution, args.batch_size, args.steps,
-                              args.root_chunks, args.jit_compile)))
+                              args.root_chunks)))
     return
   chunks = args.root_chunks or revnet.DEFAULT_ROOT_CHUNKS
   print(f"k={args.filters_factor} {args.resolution}x{args.resolution} "
-        f"batch={args.batch_size}, XLA {'on' if args.jit_compile else 'off'}, "
-        f"root in {chunks} chunks, median of "
+        f"batch={args.batch_size}, root in {chunks} chunks, median of "
         f"{args.steps} steps after the first; memory in MiB")
   print(f"{'setting':20s}" + "".join(f"{column:>11s}" for column in _COLUMNS)
         + f"{'step s':>8s}{'first s':>8s}")

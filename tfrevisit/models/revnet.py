@@ -193,19 +193,6 @@ class ReversibleStage(keras.layers.Layer):
     zero-padded half into rounding noise, which the BatchNorms of F (batch
     variance 0) amplify by 1/sqrt(epsilon) into the gradients.
 
-    Precision: the reconstructed inputs differ from the forward pass's by
-    float32 rounding (about 1e-7 of their scale: the forward pass rounded
-    y1 = x1 + F(x2), so no precision of the subtraction recovers x1 exactly).
-    Where a ReLU input of F lies that close to 0, the recomputed F can fall
-    on the other side of the kink, and the gradients through that one
-    position (that unit's and everything before it) differ from plain
-    backprop's: up to 8% of a BatchNorm offset's largest gradient in 64 px
-    batches of 4 (measured in 2 of 60 seeded batches at the default init, 1
-    of 40 at He init; tests/test_revnet_memory.py). Plain backprop's gradient
-    jumps the same way when a rounding-level change of the weights moves a
-    ReLU input across 0 (1e-7 relative weight noise moved one by 2.6% after
-    two SGD steps of the same model).
-
     Args:
       x: the stage input [B, H, W, C].
       y: the stage output [B, H, W, C] of the training-mode forward pass.
