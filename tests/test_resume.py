@@ -25,6 +25,7 @@ from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit import train
 from tfrevisit.data import sources
+from tfrevisit.training import loop
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -63,7 +64,7 @@ def _train(workdir, bindings=(), kill_at=None, monkeypatch=None):
   gin.clear_config()
   gin_config.parse_gin([], TINY + list(bindings))
   if kill_at is not None:
-    original = train.make_train_step
+    original = loop.make_train_step
 
     def make_killable(*args, **kwargs):
       step_fn, calls = original(*args, **kwargs), []
@@ -74,14 +75,14 @@ def _train(workdir, bindings=(), kill_at=None, monkeypatch=None):
         calls.append(num_steps)
         return step_fn(iterator, num_steps)
       return killable
-    monkeypatch.setattr(train, "make_train_step", make_killable)
+    monkeypatch.setattr(loop, "make_train_step", make_killable)
   try:
-    return train.train(str(workdir))
+    return train.train_from_gin(str(workdir))
   except _Killed:
     return None
   finally:
     if kill_at is not None:
-      monkeypatch.setattr(train, "make_train_step", original)
+      monkeypatch.setattr(loop, "make_train_step", original)
 
 
 def _max_relative_difference(a, b):
@@ -145,9 +146,9 @@ def test_batches_after_a_skip_are_the_batches_of_an_uninterrupted_stream():
 
 
 def test_loop_calls_stop_at_checkpoints_and_at_the_end():
-  assert [train._next_loop_length(s, 10, 4, 6) for s in (0, 4, 6, 8, 9)] == [
+  assert [loop.next_loop_length(s, 10, 4, 6) for s in (0, 4, 6, 8, 9)] == [
       4, 2, 4, 2, 1]
-  assert train._next_loop_length(0, 3, 8, 1000) == 3
+  assert loop.next_loop_length(0, 3, 8, 1000) == 3
 
 
 def _tiny_task_and_batches(seed, strategy=None):
@@ -171,7 +172,7 @@ def test_steps_per_loop_gives_the_losses_and_weights_of_single_steps():
   losses, weights = {}, {}
   for steps_per_loop in (1, 4):
     task, optimizer, dataset = _tiny_task_and_batches(0)
-    step_fn = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 4)
+    step_fn = loop.make_train_step(task, optimizer, tf.distribute.get_strategy(), 4)
     iterator = iter(dataset)
     sums = [step_fn(iterator, steps_per_loop) for _ in range(8 // steps_per_loop)]
     losses[steps_per_loop] = [float(s["loss"]) for s in sums]
@@ -190,7 +191,7 @@ def test_steps_per_loop_gives_the_losses_and_weights_of_single_steps():
 
 def test_old_call_runs_one_step():
   task, optimizer, dataset = _tiny_task_and_batches(0)
-  step_fn = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 4)
+  step_fn = loop.make_train_step(task, optimizer, tf.distribute.get_strategy(), 4)
   sums = step_fn(iter(dataset))
   assert float(sums["count"]) == 4 and int(optimizer.iterations.numpy()) == 1
 
@@ -204,7 +205,7 @@ def test_jit_compile_gives_the_same_loss_and_update():
   losses, weights = {}, {}
   for jit_compile in (False, True):
     task, optimizer, dataset = _tiny_task_and_batches(0)
-    step_fn = train.make_train_step(task, optimizer, tf.distribute.get_strategy(),
+    step_fn = loop.make_train_step(task, optimizer, tf.distribute.get_strategy(),
                                     4, jit_compile=jit_compile)
     losses[jit_compile] = float(step_fn(iter(dataset))["loss"])
     weights[jit_compile] = [v.numpy() for v in task.trainable_variables]

@@ -15,6 +15,7 @@ from tfrevisit import gin_config
 from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit import train
+from tfrevisit.training import loop
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -53,7 +54,7 @@ def test_rotation_overfits_a_fixed_batch():
   task = _rotation_task()
   optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
   optimizer.build(task.trainable_variables)
-  step = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 8)
+  step = loop.make_train_step(task, optimizer, tf.distribute.get_strategy(), 8)
   iterator = iter(tf.data.Dataset.from_tensors(_rotation_batch(8)).repeat())
   losses = [float(step(iterator)["loss"]) / 8 for _ in range(25)]
   assert losses[-1] < 0.5 * losses[0], losses
@@ -74,7 +75,7 @@ def test_mirrored_step_averages_over_the_global_batch(two_cpu_strategy):
   per_replica = strategy.experimental_local_results(next(iter(dataset)))
   assert [int(b["image"].shape[0]) for b in per_replica] == [4, 4]
 
-  step = train.make_train_step(task, optimizer, strategy, global_batch_size=8)
+  step = loop.make_train_step(task, optimizer, strategy, global_batch_size=8)
   sums = step(iterator)
   halves = [task.loss({k: v[i:i + 4] for k, v in batch.items()}, training=True)[0]
             for i in (0, 4)]
@@ -94,7 +95,7 @@ def _snapshot(checkpoint):
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
   snapshots = []
-  original_loop = train._train_loop  # pylint: disable=protected-access
+  original_loop = loop.train_loop
 
   def spy(step_fn, iterator, optimizer, global_step, save, manager, total_steps,
           **kwargs):
@@ -104,17 +105,17 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     snapshots.append(("end", int(optimizer.iterations.numpy()), _snapshot(manager.checkpoint)))
     return metrics
 
-  monkeypatch.setattr(train, "_train_loop", spy)
+  monkeypatch.setattr(loop, "train_loop", spy)
   workdir = str(tmp_path / "run")
   bindings = SMALL_ROTATION + ["train.checkpoint_every_steps = 2", "train.export = False"]
   gin_config.parse_gin([], bindings + ["train.max_steps = 4"])
-  train.train(workdir)
+  train.train_from_gin(workdir)
   checkpoints = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
   assert checkpoints.model_checkpoint_path.endswith("ckpt-4")
 
   gin.clear_config()
   gin_config.parse_gin([], bindings + ["train.max_steps = 6"])
-  train.train(workdir)
+  train.train_from_gin(workdir)
   (_, _, saved), (_, start_step, restored), (_, end_step, _) = (
       snapshots[1], snapshots[2], snapshots[3])
   assert (start_step, end_step) == (4, 6)
@@ -130,7 +131,7 @@ def test_resuming_a_revnet_run_of_layout_one_is_refused(tmp_path, capsys):
   bindings = SMALL_ROTATION + ['backbone.name = "revnet50"',
                                "train.max_steps = 1", "train.export = False"]
   gin_config.parse_gin([], bindings)
-  train.train(workdir)
+  train.train_from_gin(workdir)
   gin.clear_config()
   task_file = os.path.join(workdir, "task.json")
   info = json.load(open(task_file))
@@ -147,7 +148,7 @@ def test_resuming_a_revnet_run_of_layout_one_is_refused(tmp_path, capsys):
 def test_workdir_holds_config_summaries_and_encoder(tmp_path):
   workdir = str(tmp_path / "run")
   gin_config.parse_gin([], SMALL_ROTATION + ["train.max_steps = 2"])
-  metrics = train.train(workdir)
+  metrics = train.train_from_gin(workdir)
   assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["images_per_sec"] > 0
   config = open(os.path.join(workdir, "config.gin")).read()
   assert "train.batch_size = 8" in config and "backbone.filters_factor = 1" in config
@@ -158,7 +159,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
   workdir = str(tmp_path / "run")
   gin_config.parse_gin([], SMALL_ROTATION + ["train.max_steps = 3", "train.lr = 1e30"])
   with pytest.raises(FloatingPointError, match="last good checkpoint"):
-    train.train(workdir)
+    train.train_from_gin(workdir)
 
 
 @pytest.mark.parametrize("bad_binding,error", [
@@ -217,8 +218,8 @@ def test_paper_config_runs_one_step_on_mock_data(tmp_path, config):
 def test_paper_config_full_width_builds(config):
   gin_config.parse_gin([os.path.join(REPO, "configs", f"{config}.gin")], [])
   backbone = gin_config.configured_backbone()
-  task = pretext.get_task(gin.query_parameter("train.task"), backbone=backbone,
-                          num_classes=1000)
+  task = gin_config.configured_task(gin.query_parameter("train.task"),
+                                    backbone=backbone, num_classes=1000)
   assert task.encoder.output["pre_logits"].shape[-1] == 512 * backbone.filters_factor
 
 

@@ -1,11 +1,14 @@
 """Gin for the command lines: parsing, flags, and the `backbone.*` bindings.
 
 Only the command lines (train, evaluate, export, quickstart) parse gin.
-The models take explicit values: a `models.Backbone` carries everything that
-shapes the network, filled here from the `backbone.*` bindings
-(`configured_backbone`), so task.json records all of it. Gin also fills the
-configurables of the command lines and of the tasks, sources and probes
-(`train`, `evaluate`, `source`, ...).
+The library takes explicit values: a `models.Backbone` carries everything
+that shapes the network, filled here from the `backbone.*` bindings
+(`configured_backbone`), so task.json records all of it. The tasks and the
+data sources import no gin either: they are registered here under their
+configurable names (`rotation`, ..., `source`) without being wrapped, and the
+command lines build them with their bindings (`configured_task`,
+`configured_source`). Gin also fills the configurables of the command lines
+(`train`, `evaluate`, ...).
 
 The bindings of older versions `batch_norm.momentum`, `batch_norm.epsilon` and
 `kernel_initializer.name` still work: they set the backbone's
@@ -14,18 +17,30 @@ The bindings of older versions `batch_norm.momentum`, `batch_norm.epsilon` and
 of one setting to different values is an error.
 """
 import argparse
+import inspect
 import os
 from typing import Optional, Sequence
 
 import gin
 
 from tfrevisit import cli
+from tfrevisit import data
 from tfrevisit import models
+from tfrevisit import pretext
 
 # The old binding of each backbone setting: (configurable, parameter).
 _OLD_BINDINGS = {"batch_norm_momentum": ("batch_norm", "momentum"),
                  "batch_norm_epsilon": ("batch_norm", "epsilon"),
                  "kernel_initializer": ("kernel_initializer", "name")}
+
+# Library objects configurable by gin, by configurable name. `gin.register`
+# leaves them unchanged: only the `configured_*` builders below apply bindings.
+_LIBRARY_CONFIGURABLES = {
+    "source": data.get_source,
+    **{name: pretext.TASKS.get(name) for name in pretext.TASKS.names()},
+}
+for _name, _configurable in _LIBRARY_CONFIGURABLES.items():
+  gin.register(_name)(_configurable)
 
 # The repository's configs/ (installed with `pip install -e .`).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -68,6 +83,42 @@ def configured_backbone(name: str = gin.REQUIRED,
       name, filters_factor, last_relu, weight_decay, options,
       **{field: value for field, value in settings.items()
          if value is not None})
+
+
+def configured_source() -> data.Source:
+  """The data source that the `source.*` bindings describe (`data.get_source`),
+  e.g. `source.name = "imagenet2012"`, `source.data_dir = "/data"`."""
+  return gin.get_configurable(data.get_source)()
+
+
+def configured_task(name: str, *, backbone: models.Backbone,
+                    num_classes: int) -> pretext.Task:
+  """Task `name` (`pretext.get_task`) with the options its bindings give,
+  e.g. `rotation.image_size = 32`; the others take the task's defaults.
+
+  Raises:
+    ValueError: an unknown task, listing the known ones.
+  """
+  return gin.get_configurable(pretext.TASKS.get(name))(
+      backbone=backbone, num_classes=num_classes)
+
+
+def check_required(name: str) -> None:
+  """Raises gin's error for the `gin.REQUIRED` parameters of configurable
+  `name` that no binding sets, as calling it would, before a command builds
+  anything else (so that it names what to bind first).
+
+  Raises:
+    RuntimeError: "Required bindings for `name` not provided in config: [...]"
+      (a user error for `cli.entry_point`).
+  """
+  bound = gin.get_bindings(name)
+  missing = [parameter for parameter, value in inspect.signature(
+      gin.get_configurable(name)).parameters.items()
+             if value.default is gin.REQUIRED and parameter not in bound]
+  if missing:
+    raise RuntimeError(f"Required bindings for `{name}` not provided in "
+                       f"config: {missing}")
 
 
 @gin.configurable("batch_norm")

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from tfrevisit import artifacts
-from tfrevisit import export
+from tfrevisit import restore
 from tfrevisit.evaluation import probes as probes_lib
 from tfrevisit.evaluation import sgd_images
 
@@ -126,7 +126,7 @@ def load_encoder(hub_module: Optional[str], workdir: Optional[str] = None
       `train_finetune.workdir`).
   """
   if workdir:
-    task, _ = export.restore_task(workdir)
+    task, _ = restore.restore_task(workdir)
     return task.encoder
   path = artifacts.keras_encoder_path(hub_module or "")
   if not os.path.exists(path):
