@@ -1,4 +1,4 @@
-"""The trainer: steps, distribution, resume, bad input and the paper configs."""
+"""The trainer: resume, its workdir, bad input and the paper configs."""
 import glob
 import json
 import os
@@ -6,14 +6,12 @@ import subprocess
 import sys
 
 import gin
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfrevisit import gin_config
 from tfrevisit import models
-from tfrevisit import pretext
 from tfrevisit import train
 from tfrevisit.training import loop
 
@@ -28,62 +26,6 @@ SMALL_ROTATION = [
     'backbone.name = "resnet50_v2"', "backbone.filters_factor = 1",
     "rotation.image_size = 32",
 ]
-
-
-def _images(batch_size, size=32, seed=0):
-  """Smooth random images in [-1, 1] whose rotations are distinguishable."""
-  rng = np.random.default_rng(seed)
-  coarse = rng.uniform(-1, 1, (batch_size, 4, 4, 3)).astype(np.float32)
-  return tf.image.resize(coarse, (size, size), method="bilinear")
-
-
-def _rotation_batch(batch_size, size=32):
-  images = _images(batch_size, size)
-  rotated = tf.stack([tf.image.rot90(images, k) for k in range(4)], axis=1)
-  labels = tf.tile(tf.range(4)[None], [batch_size, 1])
-  return {"image": rotated, "label": labels}
-
-
-def _rotation_task():
-  return pretext.get_task("rotation", backbone=models.Backbone("resnet50_v2", 1),
-                          num_classes=10, image_size=32)
-
-
-def test_rotation_overfits_a_fixed_batch():
-  keras.utils.set_random_seed(0)
-  task = _rotation_task()
-  optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
-  optimizer.build(task.trainable_variables)
-  step = loop.make_train_step(task, optimizer, tf.distribute.get_strategy(), 8)
-  iterator = iter(tf.data.Dataset.from_tensors(_rotation_batch(8)).repeat())
-  losses = [float(step(iterator)["loss"]) / 8 for _ in range(25)]
-  assert losses[-1] < 0.5 * losses[0], losses
-
-
-def test_mirrored_step_averages_over_the_global_batch(two_cpu_strategy):
-  strategy = two_cpu_strategy
-  keras.utils.set_random_seed(0)
-  with strategy.scope():
-    task = _rotation_task()
-    # lr=0: the weights stay put, so the loss can be recomputed afterwards.
-    optimizer = keras.optimizers.SGD(0.0, momentum=0.9)
-    optimizer.build(task.trainable_variables)
-  batch = _rotation_batch(8)
-  dataset = strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors(batch).repeat())
-  iterator = iter(dataset)
-  per_replica = strategy.experimental_local_results(next(iter(dataset)))
-  assert [int(b["image"].shape[0]) for b in per_replica] == [4, 4]
-
-  step = loop.make_train_step(task, optimizer, strategy, global_batch_size=8)
-  sums = step(iterator)
-  halves = [task.loss({k: v[i:i + 4] for k, v in batch.items()}, training=True)[0]
-            for i in (0, 4)]
-  expected_mean = float(np.mean(np.concatenate(halves)))
-  assert float(sums["count"]) == 8
-  np.testing.assert_allclose(float(sums["loss"]) / 8, expected_mean, rtol=1e-4)
-  regularization = float(task.regularization_loss())
-  np.testing.assert_allclose(float(sums["regularization"]), regularization, rtol=1e-4)
 
 
 def _snapshot(checkpoint):

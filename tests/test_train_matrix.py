@@ -28,7 +28,6 @@ import tensorflow as tf
 
 from tfrevisit import distribute
 from tfrevisit import gin_config
-from tfrevisit import pretext
 from tfrevisit import train
 from tfrevisit.bench import device_check
 from tfrevisit.models import revnet
