@@ -19,6 +19,7 @@ SNIPPET = re.compile(r"^<!-- (\w+): (\S+) -->\n```python\n(.*?)^```$",
 RUNNERS = {
     "finetune": "test_keras_export.py",
     "load": "test_hub_image_signature.py",
+    "library": "test_pretext.py",
 }
 
 
@@ -57,10 +58,11 @@ def snippets(kind):
   return found
 
 
-def run(kind, name, export_dir, namespace):
+def run(kind, name, namespace, export_dir=None):
   """Runs snippet `kind`:`name` in `namespace` (updated in place and
   returned), with its placeholder export path replaced by `export_dir`."""
   source, code = snippets(kind)[name]
-  code = code.replace(EXPORT_PLACEHOLDER, export_dir)
+  if export_dir is not None:
+    code = code.replace(EXPORT_PLACEHOLDER, export_dir)
   exec(compile(code, f"{source}:{kind}:{name}", "exec"), namespace)  # pylint: disable=exec-used
   return namespace

@@ -142,6 +142,16 @@ def test_every_marked_snippet_is_run():
       assert f'doc_snippets.snippets("{kind}")' in f.read()
 
 
+@pytest.mark.parametrize("path", doc_snippets.doc_files(),
+                         ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_python_block_is_marked(path):
+  """A ```python block without a marker would be run by no test."""
+  with open(path) as f:
+    text = f.read()
+  blocks = len(re.findall(r"^```python$", text, re.M))
+  assert blocks == len(doc_snippets.SNIPPET.findall(text))
+
+
 def test_readme_carries_the_command_ci_runs():
   """.ci/run's own extraction (its awk program) finds the test command."""
   with open(os.path.join(ROOT, ".ci", "run")) as f:

@@ -86,9 +86,9 @@ def test_doc_load_snippets_run_on_an_export(tmp_path):
   export.save_module(_module(spec), path, metadata={"preprocess": spec})
   pixels = _uint8_images(32, 32)  # Already 32x32: only the value range maps.
   expected_inputs = pixels.numpy() / 127.5 - 1
-  tour = doc_snippets.run("load", "tour", path, {"uint8_images": pixels})
-  namespace = doc_snippets.run("load", "savedmodel", path,
-                               {"uint8_images": pixels})
+  tour = doc_snippets.run("load", "tour", {"uint8_images": pixels}, path)
+  namespace = doc_snippets.run("load", "savedmodel", {"uint8_images": pixels},
+                               path)
   for names in (tour, namespace):
     np.testing.assert_allclose(names["inputs"], expected_inputs, atol=1e-4)
     assert set(names["layers"]) == {"block1", "pre_logits", "logits"}
@@ -97,7 +97,7 @@ def test_doc_load_snippets_run_on_an_export(tmp_path):
   # [0, 1] images whose round(image * 255) are the pixels: `default` is the
   # pre_logits of the same preprocessed inputs.
   namespace["images_0_1"] = tf.cast(pixels, tf.float32) / 255.0
-  doc_snippets.run("load", "image_feature_vector", path, namespace)
+  doc_snippets.run("load", "image_feature_vector", namespace, path)
   np.testing.assert_allclose(namespace["features"],
                              namespace["layers"]["pre_logits"], atol=1e-5)
   assert isinstance(namespace["layer"], hub.KerasLayer)

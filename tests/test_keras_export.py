@@ -133,8 +133,8 @@ def test_keras_file_of_revnet_and_vgg_trains_like_the_original(tmp_path, name):
 
 def _run_snippet(name, export_dir):
   images, labels = _data()
-  return doc_snippets.run("finetune", name, export_dir,
-                          {"images": images, "labels": labels})
+  return doc_snippets.run("finetune", name, {"images": images, "labels": labels},
+                          export_dir)
 
 
 def test_doc_snippets_are_the_three_loaders():
