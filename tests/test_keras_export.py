@@ -150,14 +150,14 @@ _SNIPPETS = [("keras_file", "encoder"), ("tfsm_layer", "layer"),
 
 @pytest.mark.parametrize("name,layer_key", _SNIPPETS)
 def test_doc_snippet_fine_tunes_a_tiny_export(tiny_export_dir, name,
-                                                 layer_key):
+                                              layer_key):
   _assert_snippet_fine_tunes(tiny_export_dir, name, layer_key)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,layer_key", _SNIPPETS)
 def test_doc_snippet_fine_tunes_a_trained_export(export_dir, name,
-                                                    layer_key):
+                                                 layer_key):
   _assert_snippet_fine_tunes(export_dir, name, layer_key)
 
 
