@@ -310,6 +310,10 @@ def test_unknown_probe_fails_before_any_work(tiny_export, tmp_path):
   assert not os.path.exists(tmp_path / "features")
 
 
+# A random 32 crop of the image resized to 40: the release's augmentation, small.
+CROP_PREPROCESS = "resize_small(40)|crop(32)|value_range(-1, 1)"
+
+
 def _recording_featurizer(monkeypatch, seen):
   """Makes the on-the-fly probe record every batch of images it featurizes."""
   original = linear_on_images._featurizer  # pylint: disable=protected-access

@@ -68,15 +68,19 @@ def test_weight_decay_is_half_squared_norm(ring_splits):
 
 def test_same_seed_same_history(ring_splits):
   (train_x, train_y), (test_x, test_y) = ring_splits
-  runs = [keras_probes.train_mlp(train_x, train_y, test_x, test_y, 2, hidden_units=8,
-                           epochs=2, seed=3).history for _ in range(2)]
+  runs = [
+      keras_probes.train_mlp(train_x, train_y, test_x, test_y, 2,
+                             hidden_units=8, epochs=2, seed=3).history
+      for _ in range(2)
+  ]
   assert runs[0]["loss"] == runs[1]["loss"]
 
 
 def test_probe_rejects_bad_labels(ring_splits):
   (train_x, train_y), (test_x, test_y) = ring_splits
   with pytest.raises(ValueError, match="num_classes"):
-    keras_probes.train_linear_sgd(train_x, train_y + 5, test_x, test_y, 2, epochs=1)
+    keras_probes.train_linear_sgd(train_x, train_y + 5, test_x, test_y, 2,
+                                  epochs=1)
 
 
 def test_mlp_recipe_is_chosen_on_val_then_refitted_on_trainval(ring_splits):
@@ -92,9 +96,11 @@ def test_mlp_recipe_is_chosen_on_val_then_refitted_on_trainval(ring_splits):
   learns = dict(epochs=6, decay_epochs=[5], learning_rate=0.1)
   row = keras_probes.mlp_probe(ProbeInputs(2, features=splits),
                               recipes=[stalled, learns])
-  assert row["val_top1_per_recipe"][0] < 0.75 < 0.95 < row["val_top1_per_recipe"][1]
+  assert row["val_top1_per_recipe"][0] < 0.75 < 0.95 < row[
+      "val_top1_per_recipe"][1]
   assert row["recipe"] == "decay_epochs=[5], epochs=6, learning_rate=0.1"
-  assert row["val_top1"] == pytest.approx(row["val_top1_per_recipe"][1], abs=1e-5)
+  assert row["val_top1"] == pytest.approx(row["val_top1_per_recipe"][1],
+                                          abs=1e-5)
   # The test fit ran the chosen recipe (6 epochs) on trainval.
   assert row["epochs"] == 6 and len(row["test_top1_per_epoch"]) == 6
   assert row["top1"] > 0.95

@@ -102,9 +102,9 @@ def test_results_go_to_tensorboard_at_the_export_step(evaluated):
 
 
 def test_network_order_puts_unknown_names_last():
-  assert layer_plots.network_order(["logits", "x", "block10", "block2", "after_root",
-                              "pre_logits", "block2"]) == [
-      "after_root", "block2", "pre_logits", "logits", "x", "block10"]
+  assert layer_plots.network_order([
+      "logits", "x", "block10", "block2", "after_root", "pre_logits", "block2"
+  ]) == ["after_root", "block2", "pre_logits", "logits", "x", "block10"]
 
 
 def test_tensorboard_tags_name_the_model(tmp_path):

@@ -20,8 +20,9 @@ def test_select_l2_picks_best_validation_value():
   unit = np.mean(np.square(train[0], dtype=np.float64))
   val_top1 = [
       logistic_regression.top_k_accuracy(
-          logistic_regression.fit_logistic_regression(*train, 3, l2 * unit).predict(val[0]),
-          val[1], 1) for l2 in grid]
+          logistic_regression.fit_logistic_regression(
+              *train, 3, l2 * unit).predict(val[0]), val[1], 1) for l2 in grid
+  ]
   assert np.argmax(val_top1) == 1 and val_top1[1] > max(val_top1[::2]) + 0.02
   row = linear.select_l2_and_fit(train, val, trainval, test, 3, l2_grid=grid)
   assert row["l2"] == 1.0 and row["l2_grid"] == [100.0, 1.0, 1e-3]

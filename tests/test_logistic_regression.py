@@ -1,4 +1,5 @@
-"""Tests for the logistic-regression fit against NumPy, SciPy, tfp, scikit-learn."""
+"""Tests for the logistic-regression fit against NumPy, SciPy, tfp and
+scikit-learn."""
 import numpy as np
 import pytest
 from sklearn import linear_model
@@ -27,7 +28,8 @@ def test_matches_scikit_learn(splits):
         C=1 / (l2 * len(labels)), tol=1e-8, max_iter=1000).fit(
             features.astype(np.float64), labels)
   assert ours.converged
-  ours_top1 = logistic_regression.top_k_accuracy(ours.predict(test_features), test_labels, 1)
+  ours_top1 = logistic_regression.top_k_accuracy(ours.predict(test_features),
+                                                 test_labels, 1)
   theirs_top1 = theirs.score(test_features, test_labels)
   assert abs(ours_top1 - theirs_top1) < 0.005
   np.testing.assert_allclose(ours.weights, theirs.coef_.T, atol=1e-4)
@@ -99,7 +101,8 @@ def test_top_k_accuracy_against_sorting():
   labels = rng.integers(0, 7, 200)
   ranks = (logits > logits[np.arange(200), labels][:, None]).sum(1)
   for k in (1, 3, 5):
-    assert logistic_regression.top_k_accuracy(logits, labels, k) == np.mean(ranks < k)
+    assert logistic_regression.top_k_accuracy(logits, labels,
+                                              k) == np.mean(ranks < k)
   assert logistic_regression.top_k_accuracy(logits[:, :3], labels % 3, 5) == 1.0
 
 
@@ -108,7 +111,8 @@ def test_bad_labels_and_shapes_raise(problem):
   with pytest.raises(ValueError, match="num_classes"):
     logistic_regression.fit_logistic_regression(features, labels, 3, 1e-2)
   with pytest.raises(ValueError, match="Flatten or pool"):
-    logistic_regression.fit_logistic_regression(features[:, :, None], labels, 4, 1e-2)
+    logistic_regression.fit_logistic_regression(features[:, :, None], labels, 4,
+                                                1e-2)
 
 
 def test_fashion_mnist_subset_matches_scikit_learn():
@@ -116,13 +120,15 @@ def test_fashion_mnist_subset_matches_scikit_learn():
   test_features, test_labels = fashion_mnist("test")
   train_features, train_labels = train_features[:3000], train_labels[:3000]
   l2 = 1e-2
-  ours = logistic_regression.fit_logistic_regression(train_features, train_labels, 10, l2)
+  ours = logistic_regression.fit_logistic_regression(train_features,
+                                                     train_labels, 10, l2)
   # Multi-threaded BLAS stalls badly on a busy 2-core machine.
   with threadpoolctl.threadpool_limits(1):
     theirs = linear_model.LogisticRegression(
         C=1 / (l2 * len(train_labels)), max_iter=1000).fit(
             train_features.astype(np.float64), train_labels)
-  ours_top1 = logistic_regression.top_k_accuracy(ours.predict(test_features), test_labels, 1)
+  ours_top1 = logistic_regression.top_k_accuracy(ours.predict(test_features),
+                                                 test_labels, 1)
   assert ours_top1 > 0.78
   assert abs(ours_top1 - theirs.score(test_features, test_labels)) < 0.005
 
@@ -132,8 +138,10 @@ def test_fashion_mnist_linear_probe_reaches_known_accuracy():
   """Logistic regression on raw pixels: about 84% (Fashion-MNIST benchmarks)."""
   train_features, train_labels = fashion_mnist("train")
   test_features, test_labels = fashion_mnist("test")
-  fit = logistic_regression.fit_logistic_regression(train_features, train_labels, 10, 1e-4)
-  top1 = logistic_regression.top_k_accuracy(fit.predict(test_features), test_labels, 1)
+  fit = logistic_regression.fit_logistic_regression(train_features,
+                                                    train_labels, 10, 1e-4)
+  top1 = logistic_regression.top_k_accuracy(fit.predict(test_features),
+                                            test_labels, 1)
   assert 0.835 < top1 < 0.86
 
 
@@ -156,8 +164,8 @@ def test_grid_fit_matches_separate_fits_and_scipy(grid_problem, precondition):
 
 def test_grid_problems_stop_independently(grid_problem):
   features, labels = grid_problem
-  solved = logistic_regression.fit_logistic_regression(features, labels, 3, 1e-2,
-                                          tolerance=1e-6)
+  solved = logistic_regression.fit_logistic_regression(features, labels, 3,
+                                                       1e-2, tolerance=1e-6)
   # The first problem starts at its optimum, the second far from its own.
   grid = logistic_regression.fit_logistic_regression_grid(
       features, labels, 3, [1e-2, 1e-3], tolerance=1e-6,
@@ -197,8 +205,8 @@ def test_own_lbfgs_reaches_tfp_lbfgs_optimum(grid_problem):
 def test_fit_on_tiny_features_is_the_scaled_fit(protocol_splits):
   (features, labels), scale, l2 = protocol_splits[0], 1e-6, 1e-3
   unit = logistic_regression.fit_logistic_regression(features, labels, 10, l2)
-  tiny = logistic_regression.fit_logistic_regression(features * np.float32(scale), labels,
-                                        10, l2 * scale ** 2)
+  tiny = logistic_regression.fit_logistic_regression(
+      features * np.float32(scale), labels, 10, l2 * scale**2)
   assert tiny.converged and tiny.iterations > 3
   assert tiny.iterations == pytest.approx(unit.iterations, abs=2)
   np.testing.assert_allclose(tiny.weights * scale, unit.weights, atol=2e-4)
@@ -209,10 +217,9 @@ def test_fit_on_tiny_features_is_the_scaled_fit(protocol_splits):
 def test_tfp_lbfgs_reaches_the_same_optimum_as_ours(protocol_splits):
   (features, labels), test = protocol_splits[0], protocol_splits[3]
   grid = [1e-2, 1e-4]
-  ours, theirs = (
-      logistic_regression.fit_logistic_regression_grid(features, labels, 10, grid,
-                                          tolerance=1e-5, optimizer=optimizer)
-      for optimizer in ("ours", "tfp"))
+  ours, theirs = (logistic_regression.fit_logistic_regression_grid(
+      features, labels, 10, grid, tolerance=1e-5, optimizer=optimizer)
+                  for optimizer in ("ours", "tfp"))
   for mine, tfps in zip(ours, theirs):
     assert mine.converged and tfps.converged
     assert abs(mine.loss - tfps.loss) <= 1e-5 * tfps.loss
@@ -240,8 +247,11 @@ def test_raw_and_standardised_features_reach_the_same_predictions(
   raw = (features + 5.0, test[0] + 5.0)
   mean, std = raw[0].mean(0), raw[0].std(0)
   standardised = tuple((x - mean) / std for x in raw)
-  fits = [logistic_regression.fit_logistic_regression(x, labels, 10, 1e-7, tolerance=1e-5)
-          for x, _ in (raw, standardised)]
+  fits = [
+      logistic_regression.fit_logistic_regression(x, labels, 10, 1e-7,
+                                                  tolerance=1e-5)
+      for x, _ in (raw, standardised)
+  ]
   assert all(fit.converged for fit in fits)
   predictions = [fit.predict(x).argmax(1)
                  for fit, x in zip(fits, (raw[1], standardised[1]))]

@@ -27,14 +27,16 @@ def test_an_indefinite_second_moment_still_preconditions_to_the_optimum(problem)
   features, labels = problem
   # A second moment summed in float32 can have slightly negative eigenvalues:
   # here -0.1, enough to make M / C + l2 I indefinite at l2 = 1e-2.
-  values, vectors = np.linalg.eigh(preconditioning.feature_second_moment(features))
+  values, vectors = np.linalg.eigh(
+      preconditioning.feature_second_moment(features))
   values[0] = -0.1
   moment = (vectors * values) @ vectors.T
   hessian = moment / 4 + 1e-2 * np.diag([1.0] * features.shape[1] + [0.0])
   with pytest.raises(np.linalg.LinAlgError):
     np.linalg.cholesky(hessian + 1e-6 * np.trace(hessian) / len(hessian)
                        * np.eye(len(hessian)))
-  assert np.all(np.isfinite(preconditioning.preconditioner(moment, 4, 1e-2).numpy()))
+  assert np.all(
+      np.isfinite(preconditioning.preconditioner(moment, 4, 1e-2).numpy()))
   fits = [logistic_regression.fit_logistic_regression(features, labels, 4, 1e-2,
                                          tolerance=1e-7, second_moment=moment,
                                          precondition=precondition)
@@ -45,9 +47,10 @@ def test_an_indefinite_second_moment_still_preconditions_to_the_optimum(problem)
 
 def test_preconditioning_is_diagonal_by_default_with_fewer_examples_than_features():
   (features, labels), = gaussian_splits((30,), 50, 3, seed=3)
-  default = logistic_regression.fit_logistic_regression(features, labels, 3, 1e-2)
-  diagonal = logistic_regression.fit_logistic_regression(features, labels, 3, 1e-2,
-                                            precondition="diagonal")
+  default = logistic_regression.fit_logistic_regression(features, labels, 3,
+                                                        1e-2)
+  diagonal = logistic_regression.fit_logistic_regression(
+      features, labels, 3, 1e-2, precondition="diagonal")
   full = logistic_regression.fit_logistic_regression(features, labels, 3, 1e-2,
                                         precondition="full")
   assert default.evaluations == diagonal.evaluations
@@ -76,4 +79,5 @@ def test_batched_preconditioner_stacks_the_single_ones(problem):
   stacked = preconditioning.preconditioner(moment, 4, np.array(GRID)).numpy()
   for l2, factor in zip(GRID, stacked):
     np.testing.assert_allclose(
-        factor, preconditioning.preconditioner(moment, 4, l2).numpy(), rtol=1e-12)
+        factor,
+        preconditioning.preconditioner(moment, 4, l2).numpy(), rtol=1e-12)

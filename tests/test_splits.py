@@ -17,7 +17,9 @@ def test_protocol_splits_hold_out_part_of_train():
   assert len(held_out) == 5 and len(rest) == 15
   assert sorted(np.concatenate([held_out, rest])) == list(range(20))
   np.testing.assert_array_equal(table1["train"][0][:, 0], 2 * rest)
-  assert table1["trainval"][0] is x and table1["test"][1].tolist() == [0, 1, 2, 3, 4]
+  assert table1["trainval"][0] is x and table1["test"][1].tolist() == [
+      0, 1, 2, 3, 4
+  ]
   table2 = splits_lib.protocol_splits(splits, "table2", 0.25, seed=0)
   assert table2["test"][1].tolist() == [0, 1, 2]
   assert table2["trainval"][1].tolist() == list(range(20)) + list(range(5))
@@ -34,8 +36,6 @@ def test_standardize_keeps_the_scale_of_units_constant_on_train():
       "test": (features_lib.StackedRows([test]), np.zeros(1))})
   np.testing.assert_allclose(splits["train"][0][:], [[0, -1], [0, 1]])
   np.testing.assert_allclose(splits["test"][0][:], [[5, 0]])
-# A random 32 crop of the image resized to 40: the release's augmentation, small.
-CROP_PREPROCESS = "resize_small(40)|crop(32)|value_range(-1, 1)"
 
 
 def test_low_data_subsets_val_to_the_label_fraction_too():
@@ -54,13 +54,16 @@ def test_low_data_subsets_val_to_the_label_fraction_too():
     assert set(x[:, 0]) <= set(per_split[name][0][:, 0])
   # The fit sees exactly those labels: trainval = train subset + val subset.
   np.testing.assert_array_equal(
-      subset["trainval"][0], np.concatenate([subset["train"][0], subset["val"][0]]))
+      subset["trainval"][0],
+      np.concatenate([subset["train"][0], subset["val"][0]]))
   np.testing.assert_array_equal(
-      subset["trainval"][1], np.concatenate([subset["train"][1], subset["val"][1]]))
+      subset["trainval"][1],
+      np.concatenate([subset["train"][1], subset["val"][1]]))
   assert subset["test"] is per_split["test"]
   other = splits_lib.label_subset(per_split, 0.1, seed=4, num_classes=5)
   assert set(other["val"][0][:, 0]) != set(subset["val"][0][:, 0])
-  assert splits_lib.label_subset(per_split, 1.0, seed=3, num_classes=5) is per_split
+  assert splits_lib.label_subset(per_split, 1.0, seed=3,
+                                 num_classes=5) is per_split
 
 
 def test_balanced_subset_has_exact_per_class_counts():

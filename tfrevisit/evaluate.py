@@ -13,19 +13,19 @@ table is printed at the end, and the accuracies go to TensorBoard (DIR/tb, at
 the export's global step). `--plots` also draws DIR/plots/*.png
 (`evaluation.layer_plots`).
 
-Probes are looked up by name in `tfrevisit.evaluation.probes.PROBES`, which
-also defines their one interface (`probe(inputs) -> row`, the inputs what the
-probe needs: feature splits or images): `linear` (the paper's protocol: L-BFGS
+Probes are looked up by name in `tfrevisit.evaluation.probes.PROBES`, which also
+defines their one interface (`probe(inputs) -> row`, the inputs what the probe
+needs: feature splits or images): `linear` (the paper's protocol: L-BFGS
 logistic regression, L2 chosen on train -> val, refit on trainval, top-1/top-5
 on test), `mlp` and `linear_sgd` (Keras `fit` on trainval, evaluated on test
-every epoch), `linear_sgd_images` (the release's SGD evaluation: the
-linear layer trained on the fly on randomly cropped images through the frozen
-encoder, `evaluation.linear_on_images`), `knn`, `fewshot`, and `finetune` (the encoder and a
-linear head trained end to end, `evaluation.finetune`). Features are fed raw,
-as in the paper's release (`evaluate.standardize = True` standardises them with the training
-split's statistics). `evaluate.protocol` picks the paper's Table 2 protocol
-(default) or its Table 1 protocol; rows never report the split that chose
-the hyper-parameters.
+every epoch), `linear_sgd_images` (the release's SGD evaluation: the linear
+layer trained on the fly on randomly cropped images through the frozen encoder,
+`evaluation.linear_on_images`), `knn`, `fewshot`, and `finetune` (the encoder
+and a linear head trained end to end, `evaluation.finetune`). Features are fed
+raw, as in the paper's release (`evaluate.standardize = True` standardises them
+with the training split's statistics). `evaluate.protocol` picks the paper's
+Table 2 protocol (default) or its Table 1 protocol; rows never report the split
+that chose the hyper-parameters.
 """
 import argparse
 import functools
@@ -96,16 +96,8 @@ def evaluate(export_dir: str, workdir: str,
       (one row per subset, with its `subset_seed`); default (`seed`,).
     model_name: a `model` column for the rows (e.g. to compare models).
   """
-  for probe in probes:
-    probes_lib.PROBES.get(probe)
-  if protocol not in splits_lib.PROTOCOL_SPLITS:
-    raise ValueError(f"Unknown evaluate.protocol {protocol!r}; valid choices: "
-                     f"{', '.join(splits_lib.PROTOCOL_SPLITS)}.")
-  module, metadata = features_lib.load_module(export_dir)
-  preprocess = preprocess or metadata.get("preprocess")
-  if not preprocess:
-    raise ValueError(f"{export_dir} carries no preprocessing spec (not exported "
-                     "by tfrevisit); set evaluate.preprocess.")
+  _check_choices(probes, protocol)
+  module, preprocess = _load_export(export_dir, preprocess)
   source = data.get_source()
   splits = None
   if any(probes_lib.needs(probe) == inputs_lib.FEATURES for probe in probes):
@@ -156,6 +148,25 @@ def evaluate(export_dir: str, workdir: str,
                        **row})
           result_files.write_results(rows, workdir)
   return rows
+
+
+def _check_choices(probes: Sequence[str], protocol: str) -> None:
+  """Raises a ValueError for an unknown probe or protocol, before any work."""
+  for probe in probes:
+    probes_lib.PROBES.get(probe)
+  if protocol not in splits_lib.PROTOCOL_SPLITS:
+    raise ValueError(f"Unknown evaluate.protocol {protocol!r}; valid choices: "
+                     f"{', '.join(splits_lib.PROTOCOL_SPLITS)}.")
+
+
+def _load_export(export_dir: str, preprocess: Optional[str]):
+  """(the loaded export, `preprocess` or else the export's own spec)."""
+  module, metadata = features_lib.load_module(export_dir)
+  preprocess = preprocess or metadata.get("preprocess")
+  if not preprocess:
+    raise ValueError(f"{export_dir} carries no preprocessing spec (not "
+                     "exported by tfrevisit); set evaluate.preprocess.")
+  return module, preprocess
 
 
 def _cached_features(module, source: data.Source, preprocess: str,

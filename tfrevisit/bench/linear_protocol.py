@@ -102,8 +102,8 @@ def run_ours(splits, num_classes, l2_grid, tolerance, max_iterations,
       splits["train"], splits["val"], splits["trainval"], num_classes,
       l2_grid, max_extra_decades=0, tolerance=tolerance,
       max_iterations=max_iterations, optimizer=optimizer)
-  top1 = logistic_regression.top_k_accuracy(result.final.predict(splits["test"][0]),
-                               splits["test"][1], 1)
+  top1 = logistic_regression.top_k_accuracy(
+      result.final.predict(splits["test"][0]), splits["test"][1], 1)
   seconds = time.perf_counter() - start
   fits = {f"train l2={l2:g}": (fit.weights, fit.bias)
           for l2, fit in zip(result.l2_grid, result.grid_fits)}

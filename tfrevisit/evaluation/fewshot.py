@@ -11,7 +11,7 @@ scores. Each n is drawn several times with different seeds; rows report the
 mean and standard deviation of the accuracies.
 """
 import dataclasses
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 

@@ -38,7 +38,8 @@ class ProbeResult:
 def _dense(units, weight_decay, name):
   # Keras' L2(l) adds l * ||W||^2; weight decay wd means wd / 2 * ||W||^2.
   # No regulariser at all without decay (the release's linear layer).
-  regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+  regularizer = keras.regularizers.L2(weight_decay /
+                                      2) if weight_decay else None
   return keras.layers.Dense(units, kernel_regularizer=regularizer, name=name)
 
 

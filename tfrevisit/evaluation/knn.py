@@ -10,7 +10,7 @@ training rows, keeping a running top-k per test row, so memory holds
 [test_chunk, train_chunk] similarities at most, never [N_test, N_train]:
 1.28M x 2048 training features are read once, chunk by chunk.
 """
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf

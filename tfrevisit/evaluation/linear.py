@@ -82,23 +82,24 @@ def linear_protocol(
 
   The L2 values are relative to the features' scale: value l means the
   absolute L2 l * E[x^2], E[x^2] the train features' mean square
-  (`preconditioning.mean_square`). Multiplying the features by a multiplies the optimal
-  weights by 1 / a and the absolute L2 that gives the same classifier by
-  a^2, as E[x^2]: so the same relative grid selects the same classifiers at
-  any scale of the features (with the scale-free preconditioner and stopping
-  test of `logistic_regression.fit_logistic_regression_grid`).
+  (`preconditioning.mean_square`). Multiplying the features by a multiplies
+  the optimal weights by 1 / a and the absolute L2 that gives the same
+  classifier by a^2, as E[x^2]: so the same relative grid selects the same
+  classifiers at any scale of the features (with the scale-free
+  preconditioner and stopping test of
+  `logistic_regression.fit_logistic_regression_grid`).
 
   The grid, sorted from strong to weak regularisation, is fitted in batches of
   `grid_batch_size` L2 values, each batch one batched L-BFGS
-  (`logistic_regression.fit_logistic_regression_grid`) warm-started from the previous batch's
-  last (weakest) fit. While the best value on `val` is the grid's strongest
-  (weakest), the grid grows by one decade at that end (L2 x 10, resp. / 10;
-  a fit warm-started from the end's fit), at most `max_extra_decades` at
-  each end; `ProtocolResult.l2_at_edge` says whether the choice still ends
-  at an edge. The trainval refit starts from the chosen train fit. The
-  features' second moment (the preconditioner's) is computed once, on
-  `train`, and shared by all fits, the trainval refit included: it only
-  steers the path, not the optimum.
+  (`logistic_regression.fit_logistic_regression_grid`) warm-started from the
+  previous batch's last (weakest) fit. While the best value on `val` is the
+  grid's strongest (weakest), the grid grows by one decade at that end (L2 x 10,
+  resp. / 10; a fit warm-started from the end's fit), at most
+  `max_extra_decades` at each end; `ProtocolResult.l2_at_edge` says whether the
+  choice still ends at an edge. The trainval refit starts from the chosen train
+  fit. The features' second moment (the preconditioner's) is computed once, on
+  `train`, and shared by all fits, the trainval refit included: it only steers
+  the path, not the optimum.
 
   Args:
     train, val, trainval: (features [N, D], labels [N]) splits.
@@ -134,7 +135,8 @@ def linear_protocol(
         precondition=precondition, **fit_options)
 
   def val_top1(grid_fit):
-    return logistic_regression.top_k_accuracy(grid_fit.predict(val[0]), val[1], 1)
+    return logistic_regression.top_k_accuracy(grid_fit.predict(val[0]), val[1],
+                                              1)
 
   grid_fits = []
   for start in range(0, len(l2_grid), grid_batch_size):

@@ -77,8 +77,9 @@ def train_linear_sgd_on_images(
   num_train, train_ds, eval_ds = inputs_lib.image_datasets(context, batch_size)
   steps_per_epoch = num_train // batch_size
   if not steps_per_epoch:
-    raise ValueError(f"{num_train} training examples make no batch of "
-                     f"{batch_size}; lower train_linear_sgd_on_images.batch_size.")
+    raise ValueError(
+        f"{num_train} training examples make no batch of {batch_size}; lower "
+        "train_linear_sgd_on_images.batch_size.")
   featurize = _featurizer(context)
   num_features = int(featurize(next(iter(eval_ds))[0]).shape[1])
   model = FrozenEncoderLinear(featurize, num_features, num_classes)

@@ -136,15 +136,15 @@ def fit_logistic_regression_grid(
   state float64. The first call in a process traces the optimiser graph (a
   few seconds); later calls of any shape and G reuse it.
 
-  Stopping test: a problem has converged when the largest absolute entry of
-  its gradient in L-BFGS's coordinates, P^-1 g (see `preconditioning.preconditioner`), is at
-  most `tolerance`. It does not depend on the features' units: scaling them
-  (all by one constant, or each by its own) leaves P^-1 g unchanged. In these
-  coordinates the objective's Hessian at W = 0 is about the identity, so
-  that, near the optimum, the objective is within about
-  (D + 1) C tolerance^2 / 2 of its minimum (g^T A^-1 g / 2, the Newton
-  decrement); in particular a fit from W = 0 stops at once only when
-  W = 0 is that close to optimal.
+  Stopping test: a problem has converged when the largest absolute entry of its
+  gradient in L-BFGS's coordinates, P^-1 g (see
+  `preconditioning.preconditioner`), is at most `tolerance`. It does not depend
+  on the features' units: scaling them (all by one constant, or each by its own)
+  leaves P^-1 g unchanged. In these coordinates the objective's Hessian at W = 0
+  is about the identity, so that, near the optimum, the objective is within
+  about (D + 1) C tolerance^2 / 2 of its minimum (g^T A^-1 g / 2, the Newton
+  decrement); in particular a fit from W = 0 stops at once only when W = 0 is
+  that close to optimal.
 
   Args:
     features: [N, D] array; with `chunk_size` it may be larger than memory:
@@ -161,9 +161,9 @@ def fit_logistic_regression_grid(
       one chunk is in (device) memory at a time.
     initial: a previous fit to start every problem from, or one per L2 value
       (warm starts); zeros otherwise.
-    second_moment: `preconditioning.feature_second_moment(features)` (full, or its diagonal
-      for the diagonal preconditioner), if already computed; it does not
-      depend on `l2`: pass it to fits that share features.
+    second_moment: `preconditioning.feature_second_moment(features)` (full,
+      or its diagonal for the diagonal preconditioner), if already computed;
+      it does not depend on `l2`: pass it to fits that share features.
     precondition: "full" (Cholesky factors of the Hessian at zero: the
       [D + 1, D + 1] second moment costs O(max(8192, 2 D) D^2) once, the G
       factors O(G D^3 / 3) and 8 G (D + 1)^2 bytes, each evaluation 2 G

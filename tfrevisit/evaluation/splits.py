@@ -21,7 +21,8 @@ Split = Tuple[Any, np.ndarray]
 
 
 # The splits each protocol reads, and the one its rows report on.
-PROTOCOL_SPLITS = {"table2": ("train", "val", "test"), "table1": ("train", "val")}
+PROTOCOL_SPLITS = {"table2": ("train", "val", "test"),
+                   "table1": ("train", "val")}
 REPORTED_SPLIT = {"table2": "test", "table1": "val"}
 # The source splits an image probe trains on: the features' "trainval".
 IMAGE_TRAIN_SPLITS = {"table2": ("train", "val"), "table1": ("train",)}
@@ -39,7 +40,8 @@ def protocol_splits(per_split: Dict[str, Split], protocol: str,
   (train_x, train_y), (val_x, val_y) = per_split["train"], per_split["val"]
   if protocol == "table2":
     return {"train": per_split["train"], "val": per_split["val"],
-            "trainval": (train_x.stack(val_x), np.concatenate([train_y, val_y])),
+            "trainval": (train_x.stack(val_x),
+                         np.concatenate([train_y, val_y])),
             "test": per_split["test"]}
   order = np.random.RandomState(seed).permutation(len(train_y))
   num_held_out = max(1, round(held_out_fraction * len(train_y)))
@@ -85,7 +87,8 @@ def label_subset(splits: Dict[str, Split], fraction: float, seed: int,
     index = balanced_subset(y, fraction, seed, num_classes)
     subset[name] = (x[index], y[index])
   (train_x, train_y), (val_x, val_y) = subset["train"], subset["val"]
-  subset["trainval"] = (_stack(train_x, val_x), np.concatenate([train_y, val_y]))
+  subset["trainval"] = (_stack(train_x, val_x),
+                        np.concatenate([train_y, val_y]))
   return subset
 
 def balanced_subset(labels: np.ndarray, fraction: float, seed: int,
