@@ -369,7 +369,7 @@ def test_split_examples_concatenate_truncate_and_subset():
   labels = lambda split: [ex["label"] for ex in
                           source.as_dataset(split).as_numpy_iterator()]
   examples = inputs.SplitExamples(source, ("train", "val"),
-                                      max_examples=4, index=np.array([1, 5]))
+                                  max_examples=4, index=np.array([1, 5]))
   assert examples.num_examples() == 2
   kept = [ex["label"] for ex in examples.as_dataset().as_numpy_iterator()]
   assert kept == [labels("train")[1], labels("val")[1]]

@@ -33,9 +33,9 @@ SHORT_LINEAR_SCHEDULE = dict(epochs=8, decay_epochs=(6,), batch_size=50,
 def test_mlp_beats_linear_on_rings(ring_splits):
   (train_x, train_y), (test_x, test_y) = ring_splits
   mlp = keras_probes.train_mlp(train_x, train_y, test_x, test_y, num_classes=2,
-                         hidden_units=64, dropout=0.1, **SHORT_SCHEDULE)
+                               hidden_units=64, dropout=0.1, **SHORT_SCHEDULE)
   linear = keras_probes.train_linear_sgd(train_x, train_y, test_x, test_y,
-                                   num_classes=2, **SHORT_LINEAR_SCHEDULE)
+                                         num_classes=2, **SHORT_LINEAR_SCHEDULE)
   assert mlp.top1 > 0.95
   assert linear.top1 < 0.7
   predicted = mlp.model.predict(test_x, verbose=0).argmax(1)
@@ -46,8 +46,8 @@ def test_mlp_beats_linear_on_rings(ring_splits):
 def test_history_has_one_entry_per_epoch(ring_splits):
   (train_x, train_y), (test_x, test_y) = ring_splits
   result = keras_probes.train_linear_sgd(train_x, train_y, test_x, test_y, 2,
-                                   epochs=3, decay_epochs=(1, 2),
-                                   batch_size=512)
+                                         epochs=3, decay_epochs=(1, 2),
+                                         batch_size=512)
   for key in ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5"):
     assert len(result.history[key]) == 3
   assert result.top1 == result.history["val_top1"][-1]
@@ -59,7 +59,7 @@ def test_history_has_one_entry_per_epoch(ring_splits):
 def test_weight_decay_is_half_squared_norm(ring_splits):
   (train_x, train_y), (test_x, test_y) = ring_splits
   result = keras_probes.train_mlp(train_x, train_y, test_x, test_y, 2,
-                            hidden_units=8, weight_decay=0.01, epochs=1)
+                                  hidden_units=8, weight_decay=0.01, epochs=1)
   kernels = [layer.kernel.numpy() for layer in result.model.layers
              if hasattr(layer, "kernel")]
   expected = 0.01 / 2 * sum(np.sum(kernel**2) for kernel in kernels)
@@ -95,7 +95,7 @@ def test_mlp_recipe_is_chosen_on_val_then_refitted_on_trainval(ring_splits):
   stalled = dict(epochs=1, decay_epochs=[1], learning_rate=1e-7)
   learns = dict(epochs=6, decay_epochs=[5], learning_rate=0.1)
   row = keras_probes.mlp_probe(ProbeInputs(2, features=splits),
-                              recipes=[stalled, learns])
+                               recipes=[stalled, learns])
   assert row["val_top1_per_recipe"][0] < 0.75 < 0.95 < row[
       "val_top1_per_recipe"][1]
   assert row["recipe"] == "decay_epochs=[5], epochs=6, learning_rate=0.1"

@@ -22,7 +22,7 @@ def test_matches_scikit_learn(splits):
   (features, labels), (test_features, test_labels) = splits
   l2 = 1e-2
   ours = logistic_regression.fit_logistic_regression(features, labels, 4, l2,
-                                        tolerance=1e-6)
+                                                     tolerance=1e-6)
   with threadpoolctl.threadpool_limits(1):
     theirs = linear_model.LogisticRegression(
         C=1 / (l2 * len(labels)), tol=1e-8, max_iter=1000).fit(
@@ -41,8 +41,8 @@ def test_solution_is_a_stationary_point(problem, precondition):
   features, labels = problem
   l2, tolerance = 1e-3, 1e-5
   fit = logistic_regression.fit_logistic_regression(features, labels, 4, l2,
-                                       tolerance=tolerance,
-                                       precondition=precondition)
+                                                    tolerance=tolerance,
+                                                    precondition=precondition)
   weight_gradient, bias_gradient = numpy_objective_gradient(
       fit.weights, fit.bias, features, labels, l2)
   gradient = np.concatenate([weight_gradient, bias_gradient[None]])
@@ -69,9 +69,10 @@ def test_chunked_memory_mapped_matches_in_memory(problem, tmp_path):
   mapped = np.memmap(tmp_path / "features.f32", np.float32, "r",
                      shape=features.shape)
   whole = logistic_regression.fit_logistic_regression(features, labels, 4, 1e-2,
-                                         tolerance=1e-6)
+                                                      tolerance=1e-6)
   chunked = logistic_regression.fit_logistic_regression(mapped, labels, 4, 1e-2,
-                                           tolerance=1e-6, chunk_size=400)
+                                                        tolerance=1e-6,
+                                                        chunk_size=400)
   assert chunked.converged
   np.testing.assert_allclose(chunked.weights, whole.weights, atol=1e-4)
   np.testing.assert_allclose(chunked.bias, whole.bias, atol=1e-4)
@@ -82,7 +83,7 @@ def test_warm_start_from_solution_stops_at_once(problem):
   features, labels = problem
   first = logistic_regression.fit_logistic_regression(features, labels, 4, 1e-2)
   again = logistic_regression.fit_logistic_regression(features, labels, 4, 1e-2,
-                                         initial=first)
+                                                      initial=first)
   assert again.iterations <= 1
   np.testing.assert_allclose(again.weights, first.weights, atol=1e-5)
 
@@ -193,7 +194,7 @@ def test_own_lbfgs_reaches_tfp_lbfgs_optimum(grid_problem):
       value_and_gradients, tf.zeros([27], tf.float64), tolerance=1e-10,
       max_iterations=2000)
   ours = logistic_regression.fit_logistic_regression(features, labels, 3, l2,
-                                        tolerance=1e-6)
+                                                     tolerance=1e-6)
   assert theirs.converged and ours.converged
   np.testing.assert_allclose(ours.loss, theirs.objective_value, rtol=1e-7)
   np.testing.assert_allclose(ours.weights,
@@ -234,10 +235,10 @@ def test_unknown_optimizer_and_preconditioner_raise(problem):
   features, labels = problem
   with pytest.raises(ValueError, match="valid choices: ours, tfp"):
     logistic_regression.fit_logistic_regression(features, labels, 4, 1e-2,
-                                   optimizer="scipy")
+                                                optimizer="scipy")
   with pytest.raises(ValueError, match="precondition must be one of"):
     logistic_regression.fit_logistic_regression(features, labels, 4, 1e-2,
-                                   precondition=True)
+                                                precondition=True)
 
 
 def test_raw_and_standardised_features_reach_the_same_predictions(

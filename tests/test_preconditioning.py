@@ -13,9 +13,8 @@ def test_preconditioning_changes_the_path_not_the_optimum(problem):
   features, labels = problem
   # Ill-conditioned like network features: large means, decaying scales.
   features = (features + 3.0) * np.geomspace(1.0, 0.01, features.shape[1])
-  fits = [logistic_regression.fit_logistic_regression(features, labels, 4, 1e-3,
-                                         tolerance=1e-7,
-                                         precondition=precondition)
+  fits = [logistic_regression.fit_logistic_regression(
+      features, labels, 4, 1e-3, tolerance=1e-7, precondition=precondition)
           for precondition in ("none", "full")]
   assert all(fit.converged for fit in fits)
   assert fits[1].iterations < fits[0].iterations / 3
@@ -37,10 +36,13 @@ def test_an_indefinite_second_moment_still_preconditions_to_the_optimum(problem)
                        * np.eye(len(hessian)))
   assert np.all(
       np.isfinite(preconditioning.preconditioner(moment, 4, 1e-2).numpy()))
-  fits = [logistic_regression.fit_logistic_regression(features, labels, 4, 1e-2,
-                                         tolerance=1e-7, second_moment=moment,
-                                         precondition=precondition)
-          for precondition in ("none", "full")]
+  fits = [
+      logistic_regression.fit_logistic_regression(features, labels, 4, 1e-2,
+                                                  tolerance=1e-7,
+                                                  second_moment=moment,
+                                                  precondition=precondition)
+      for precondition in ("none", "full")
+  ]
   assert all(fit.converged for fit in fits)
   np.testing.assert_allclose(fits[1].loss, fits[0].loss, rtol=1e-7)
 
@@ -52,7 +54,7 @@ def test_preconditioning_is_diagonal_by_default_with_fewer_examples_than_feature
   diagonal = logistic_regression.fit_logistic_regression(
       features, labels, 3, 1e-2, precondition="diagonal")
   full = logistic_regression.fit_logistic_regression(features, labels, 3, 1e-2,
-                                        precondition="full")
+                                                     precondition="full")
   assert default.evaluations == diagonal.evaluations
   np.testing.assert_array_equal(default.weights, diagonal.weights)
   assert full.evaluations != diagonal.evaluations

@@ -177,7 +177,7 @@ def train_finetune(
   """
   keras.utils.set_random_seed(context.seed)
   num_train, train_ds, eval_ds = inputs_lib.image_datasets(context,
-                                                          batch_size)
+                                                           batch_size)
   steps_per_epoch = num_train // batch_size
   if not steps_per_epoch:
     raise ValueError(f"{num_train} training examples make no batch of "

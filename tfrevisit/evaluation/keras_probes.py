@@ -236,15 +236,15 @@ def mlp_probe(inputs: ProbeInputs,
   splits, num_classes = inputs.features, inputs.num_classes
   (train_x, train_y), (test_x, test_y) = splits["trainval"], splits["test"]
   if not recipes:
-    return history_row(fit(np.asarray(train_x), train_y,
-                                 np.asarray(test_x), test_y, num_classes))
+    return history_row(fit(np.asarray(train_x), train_y, np.asarray(test_x),
+                           test_y, num_classes))
   (fit_x, fit_y), (val_x, val_y) = splits["train"], splits["val"]
   fit_x, val_x = np.asarray(fit_x), np.asarray(val_x)
   val_top1 = [fit(fit_x, fit_y, val_x, val_y, num_classes, **recipe).top1
               for recipe in recipes]
   best = int(np.argmax(val_top1))
   row = history_row(fit(np.asarray(train_x), train_y, np.asarray(test_x),
-                              test_y, num_classes, **recipes[best]))
+                        test_y, num_classes, **recipes[best]))
   return {**row, "recipe": _recipe_text(recipes[best]),
           "val_top1": float(val_top1[best]),
           "val_top1_per_recipe": [round(float(v), 5) for v in val_top1]}
