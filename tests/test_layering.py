@@ -13,7 +13,7 @@ import pytest
 import tfrevisit
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(tfrevisit.__file__))
-_GIN_FREE_PACKAGES = ("models",)
+_GIN_FREE_PACKAGES = ("models", "evaluation")
 
 
 def _sources(package):

@@ -14,6 +14,8 @@ The bindings of older versions `batch_norm.momentum`, `batch_norm.epsilon` and
 of one setting to different values is an error.
 """
 import argparse
+import functools
+import inspect
 import os
 from typing import Optional, Sequence
 
@@ -21,6 +23,14 @@ import gin
 
 from tfrevisit import cli
 from tfrevisit import models
+from tfrevisit.evaluation import fewshot
+from tfrevisit.evaluation import finetune
+from tfrevisit.evaluation import keras_probes
+from tfrevisit.evaluation import knn
+from tfrevisit.evaluation import layer_plots
+from tfrevisit.evaluation import linear
+from tfrevisit.evaluation import linear_on_images
+from tfrevisit.evaluation import probes
 
 # The old binding of each backbone setting: (configurable, parameter).
 _OLD_BINDINGS = {"batch_norm_momentum": ("batch_norm", "momentum"),
@@ -108,3 +118,41 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--gin_param", action="append", default=[],
                       help="gin binding such as 'train.batch_size = 8'; repeatable.")
   cli.add_verbose_flag(parser)
+
+
+# --- Evaluation (tfrevisit/evaluation): configurable names as before issue
+# 30. The functions are registered, not wrapped: they stay plain, and the
+# command lines call their configured versions (`configured_probe`,
+# `gin.get_configurable`).
+_FEATURE_ARGUMENTS = ["train_features", "train_labels", "eval_features",
+                      "eval_labels", "num_classes"]
+_EVALUATION_CONFIGURABLES = (
+    (linear.select_l2_and_fit,
+     ["train", "val", "trainval", "test", "num_classes"]),
+    (keras_probes.train_mlp, _FEATURE_ARGUMENTS),
+    (keras_probes.train_linear_sgd, _FEATURE_ARGUMENTS),
+    (keras_probes.mlp_probe, ["inputs", "fit"]),
+    (knn.knn_probe, ["inputs"]),
+    (fewshot.fewshot_probe, ["inputs"]),
+    (linear_on_images.train_linear_sgd_on_images, ["context", "num_classes"]),
+    (finetune.train_finetune, ["context", "num_classes"]),
+    (layer_plots.write_plots, ["rows", "workdir"]),
+)
+for _function, _denylist in _EVALUATION_CONFIGURABLES:
+  gin.register(_function.__name__, denylist=_denylist)(_function)
+
+
+def _configured(function):
+  """`function` with its gin bindings if it is registered, else itself."""
+  registered = any(function is f for f, _ in _EVALUATION_CONFIGURABLES)
+  return gin.get_configurable(function) if registered else function
+
+
+def configured_probe(name: str) -> probes.Probe:
+  """Probe `name` of `probes.PROBES` with its gin bindings: its own
+  (`knn_probe.ks`) and those of the function it trains with, its `fit`
+  argument (`train_mlp.epochs`, `select_l2_and_fit.max_iterations`)."""
+  probe = probes.PROBES.get(name)
+  fit = inspect.signature(probe).parameters.get("fit")
+  options = {"fit": _configured(fit.default)} if fit else {}
+  return functools.partial(_configured(probe), **options)
