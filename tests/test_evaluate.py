@@ -14,8 +14,9 @@ from tfrevisit import export
 from tfrevisit import models
 from tfrevisit.data import sources
 from tfrevisit.evaluation import features as features_lib
-from tfrevisit.evaluation import linear
-from tfrevisit.evaluation import sgd_images
+from tfrevisit.evaluation import logistic_regression
+from tfrevisit.evaluation import inputs
+from tfrevisit.evaluation import linear_on_images
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -128,9 +129,9 @@ def test_chunked_linear_fit_on_stacked_rows_matches_in_memory(tmp_path):
   labels = np.random.default_rng(1).integers(0, 3, 100)
   rows = features_lib.StackedRows(blocks)
   mean, std = features_lib.column_mean_std(rows)
-  in_memory = linear.fit_logistic_regression(
+  in_memory = logistic_regression.fit_logistic_regression(
       (np.concatenate(blocks) - mean) / std, labels, 3, 1e-2, tolerance=1e-7)
-  chunked = linear.fit_logistic_regression(
+  chunked = logistic_regression.fit_logistic_regression(
       rows.standardized(mean, std), labels, 3, 1e-2, tolerance=1e-7,
       chunk_size=30)
   np.testing.assert_allclose(chunked.weights, in_memory.weights, atol=1e-4)
@@ -270,24 +271,6 @@ def test_table1_protocol_reports_val_and_never_reads_test(tiny_export,
       "train", "val"]
 
 
-def test_protocol_splits_hold_out_part_of_train():
-  rows = np.arange(40, dtype=np.float32).reshape(20, 2)
-  x = features_lib.StackedRows([rows])
-  splits = {"train": (x, np.arange(20)),
-            "val": (features_lib.StackedRows([rows[:5]]), np.arange(5)),
-            "test": (features_lib.StackedRows([rows[:3]]), np.arange(3))}
-  table1 = evaluate.protocol_splits(splits, "table1", 0.25, seed=0)
-  held_out, rest = table1["val"][1], table1["train"][1]
-  assert len(held_out) == 5 and len(rest) == 15
-  assert sorted(np.concatenate([held_out, rest])) == list(range(20))
-  np.testing.assert_array_equal(table1["train"][0][:, 0], 2 * rest)
-  assert table1["trainval"][0] is x and table1["test"][1].tolist() == [0, 1, 2, 3, 4]
-  table2 = evaluate.protocol_splits(splits, "table2", 0.25, seed=0)
-  assert table2["test"][1].tolist() == [0, 1, 2]
-  assert table2["trainval"][1].tolist() == list(range(20)) + list(range(5))
-  assert table2["trainval"][0].shape == (25, 2)
-
-
 def test_evaluate_streams_chunks_of_the_feature_cache(tiny_export, tmp_path):
   _, path = tiny_export
   rows = evaluate.main([
@@ -327,23 +310,13 @@ def test_unknown_probe_fails_before_any_work(tiny_export, tmp_path):
   assert not os.path.exists(tmp_path / "features")
 
 
-def test_standardize_keeps_the_scale_of_units_constant_on_train():
-  """A ReLU unit dead on train (all zeros) but alive on test is shifted, not
-  divided by ~0."""
-  train = np.array([[0.0, 1.0], [0.0, 3.0]], np.float32)
-  test = np.array([[5.0, 2.0]], np.float32)
-  splits = evaluate.standardized_splits({
-      "train": (features_lib.StackedRows([train]), np.zeros(2)),
-      "test": (features_lib.StackedRows([test]), np.zeros(1))})
-  np.testing.assert_allclose(splits["train"][0][:], [[0, -1], [0, 1]])
-  np.testing.assert_allclose(splits["test"][0][:], [[5, 0]])
 # A random 32 crop of the image resized to 40: the release's augmentation, small.
 CROP_PREPROCESS = "resize_small(40)|crop(32)|value_range(-1, 1)"
 
 
 def _recording_featurizer(monkeypatch, seen):
   """Makes the on-the-fly probe record every batch of images it featurizes."""
-  original = sgd_images._featurizer  # pylint: disable=protected-access
+  original = linear_on_images._featurizer  # pylint: disable=protected-access
 
   def featurizer(context):
     featurize = original(context)
@@ -352,7 +325,7 @@ def _recording_featurizer(monkeypatch, seen):
       tf.py_function(lambda x: seen.append(x.numpy()) or 0, [images], tf.int32)
       return featurize(images)
     return record
-  monkeypatch.setattr(sgd_images, "_featurizer", featurizer)
+  monkeypatch.setattr(linear_on_images, "_featurizer", featurizer)
 
 
 def test_linear_sgd_images_sees_new_crops_every_epoch(tiny_export,
@@ -364,11 +337,11 @@ def test_linear_sgd_images_sees_new_crops_every_epoch(tiny_export,
                                 num_classes=4)
   seen = []
   _recording_featurizer(monkeypatch, seen)
-  context = sgd_images.ImageProbeContext(
+  context = inputs.ImageProbeContext(
       module=module, source=source, preprocess=CROP_PREPROCESS,
       end_point="block4", train_splits=("train",), eval_split="test",
       eval_batch_size=6)
-  result = sgd_images.train_linear_sgd_on_images(
+  result = linear_on_images.train_linear_sgd_on_images(
       context, 4, epochs=2, decay_epochs=[1], batch_size=8)
   assert len(result.history["val_top1"]) == 2
   # 0.1 x 8 / 256, decayed once; only the linear layer is trained.
@@ -395,12 +368,12 @@ def test_split_examples_concatenate_truncate_and_subset():
   source = _source(num_examples=10)
   labels = lambda split: [ex["label"] for ex in
                           source.as_dataset(split).as_numpy_iterator()]
-  examples = sgd_images.SplitExamples(source, ("train", "val"),
-                                      max_examples=4, index=np.array([1, 5]))
+  examples = inputs.SplitExamples(source, ("train", "val"),
+                                  max_examples=4, index=np.array([1, 5]))
   assert examples.num_examples() == 2
   kept = [ex["label"] for ex in examples.as_dataset().as_numpy_iterator()]
   assert kept == [labels("train")[1], labels("val")[1]]
-  every = sgd_images.SplitExamples(source, ("train", "val"))
+  every = inputs.SplitExamples(source, ("train", "val"))
   assert every.num_examples() == 20
   assert sorted(ex["label"] for ex in every.as_dataset(
       shuffle_files=True, seed=0).as_numpy_iterator()) == sorted(
@@ -432,28 +405,3 @@ def test_evaluate_linear_sgd_images_end_to_end(tiny_export, tmp_path):
   assert (row["protocol"], row["reported_split"]) == ("table2", "test")
   # Only probes on images: no feature cache.
   assert not os.path.exists(os.path.join(workdir, "features"))
-
-
-def test_low_data_subsets_val_to_the_label_fraction_too():
-  def split(n):  # features that name their row, balanced labels
-    return (np.arange(n, dtype=np.float32)[:, None] + 1000 * n,
-            np.arange(n) % 5)
-  per_split = {"train": split(400), "val": split(100), "test": split(50)}
-  per_split["trainval"] = (
-      np.concatenate([per_split["train"][0], per_split["val"][0]]),
-      np.concatenate([per_split["train"][1], per_split["val"][1]]))
-  subset = evaluate.label_subset(per_split, 0.1, seed=3, num_classes=5)
-  # 10%: 40 train and 10 val labels, class-balanced (8 and 2 per class).
-  for name, size in (("train", 40), ("val", 10)):
-    x, y = subset[name]
-    assert len(y) == size and np.all(np.bincount(y, minlength=5) == size // 5)
-    assert set(x[:, 0]) <= set(per_split[name][0][:, 0])
-  # The fit sees exactly those labels: trainval = train subset + val subset.
-  np.testing.assert_array_equal(
-      subset["trainval"][0], np.concatenate([subset["train"][0], subset["val"][0]]))
-  np.testing.assert_array_equal(
-      subset["trainval"][1], np.concatenate([subset["train"][1], subset["val"][1]]))
-  assert subset["test"] is per_split["test"]
-  other = evaluate.label_subset(per_split, 0.1, seed=4, num_classes=5)
-  assert set(other["val"][0][:, 0]) != set(subset["val"][0][:, 0])
-  assert evaluate.label_subset(per_split, 1.0, seed=3, num_classes=5) is per_split

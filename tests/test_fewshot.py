@@ -5,6 +5,7 @@ import pytest
 from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import fewshot
 from tfrevisit.evaluation import probes
+from tfrevisit.evaluation.inputs import ProbeInputs
 
 NUM_CLASSES = 6
 DIM = 8
@@ -65,8 +66,9 @@ def test_registered_probe_reports_mean_and_std_over_draws(data):
   splits = {"trainval": (features_lib.StackedRows([train_x]), train_y),
             "test": (features_lib.StackedRows([test_x[:15], test_x[15:]]), test_y)}
   assert probes.PROBES.get("fewshot") is fewshot.fewshot_probe
-  row = fewshot.fewshot_probe(splits, NUM_CLASSES, shots=(2, 10), num_draws=3,
-                              l2_reg=4.0, chunk_size=7)
+  row = fewshot.fewshot_probe(ProbeInputs(NUM_CLASSES, features=splits),
+                              shots=(2, 10), num_draws=3, l2_reg=4.0,
+                              chunk_size=7)
   assert row["shots"] == [2, 10]
   for position, shots in enumerate((2, 10)):
     top1, top5 = [], []

@@ -14,7 +14,7 @@ from tfrevisit import gin_config
 from tfrevisit.data import sources
 from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import finetune
-from tfrevisit.evaluation import sgd_images
+from tfrevisit.evaluation import inputs
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -54,8 +54,8 @@ def _export_dir(tmp_path_factory, shallow_backbones):
 
 def _context(export_dir, **kwargs):
   module, _ = features_lib.load_module(export_dir)
-  return sgd_images.ImageProbeContext(
-      module=module, hub_module=export_dir,
+  return inputs.ImageProbeContext(
+      module=module, export_dir=export_dir,
       source=sources.RandomSource(image_shape=(SIZE + 8, SIZE + 8, 3),
                                   num_examples=24, num_classes=NUM_CLASSES),
       preprocess=PREPROCESS, end_point="pre_logits", train_splits=("train",),

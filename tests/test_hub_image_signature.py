@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
+import doc_snippets
 from tfrevisit import export
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
@@ -57,7 +58,7 @@ def test_saved_image_signature_takes_any_size_in_0_1(tmp_path):
   for size in ((45, 37), (32, 32)):
     _assert_preprocess_then_representation(loaded, signature,
                                            _uint8_images(*size))
-  # The README's tf_keras + hub.KerasLayer use.
+  # The tf_keras + hub.KerasLayer use of docs/export.md.
   layer = hub.KerasLayer(path, signature="image_feature_vector",
                          output_key="default")
   model = tf_keras.Sequential([tf_keras.Input([40, 50, 3]), layer])
@@ -73,3 +74,30 @@ def test_patch_models_average_the_nine_patches():
   outputs = module.image_feature_vector.get_concrete_function().structured_outputs
   assert outputs["default"].shape.as_list() == [None, 4]  # D stays static
   assert outputs["block1"].shape.as_list() == [None, 9, None, None, 4]
+
+
+def test_doc_load_snippets_run_on_an_export(tmp_path):
+  """Every `<!-- load: NAME -->` snippet of README.md and docs/*.md runs on an
+  export and gives what its comments say."""
+  assert sorted(doc_snippets.snippets("load")) == [
+      "image_feature_vector", "savedmodel", "tour"]
+  spec = "resize_small(32)|central_crop(32)|value_range(-1, 1)"
+  path = str(tmp_path / "model")
+  export.save_module(_module(spec), path, metadata={"preprocess": spec})
+  pixels = _uint8_images(32, 32)  # Already 32x32: only the value range maps.
+  expected_inputs = pixels.numpy() / 127.5 - 1
+  tour = doc_snippets.run("load", "tour", {"uint8_images": pixels}, path)
+  namespace = doc_snippets.run("load", "savedmodel", {"uint8_images": pixels},
+                               path)
+  for names in (tour, namespace):
+    np.testing.assert_allclose(names["inputs"], expected_inputs, atol=1e-4)
+    assert set(names["layers"]) == {"block1", "pre_logits", "logits"}
+  np.testing.assert_allclose(namespace["logits"], namespace["layers"]["logits"])
+  assert isinstance(namespace["layer"], keras.layers.TFSMLayer)
+  # [0, 1] images whose round(image * 255) are the pixels: `default` is the
+  # pre_logits of the same preprocessed inputs.
+  namespace["images_0_1"] = tf.cast(pixels, tf.float32) / 255.0
+  doc_snippets.run("load", "image_feature_vector", namespace, path)
+  np.testing.assert_allclose(namespace["features"],
+                             namespace["layers"]["pre_logits"], atol=1e-5)
+  assert isinstance(namespace["layer"], hub.KerasLayer)

@@ -1,7 +1,6 @@
 """Fine-tuning an export: Keras 3 `.keras`, Keras 3 `TFSMLayer`, tf_keras +
-`hub.KerasLayer`; and the README snippets that show each."""
+`hub.KerasLayer`; and the docs' snippets that show each (docs/export.md)."""
 import os
-import re
 
 import gin
 import keras
@@ -11,6 +10,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
+import doc_snippets
 from tfrevisit import artifacts
 from tfrevisit import export
 from tfrevisit import gin_config
@@ -20,7 +20,6 @@ from tfrevisit import train
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 SIZE = 32
 NUM_CLASSES = 3
 SMALL_RUN = [
@@ -102,7 +101,7 @@ def test_export_writes_the_keras_file_with_the_same_outputs(export_dir):
 
 @pytest.mark.slow
 def test_hub_layer_in_a_keras3_model_fails(export_dir):
-  # What the README warns about: hub.KerasLayer is a tf_keras layer.
+  # What docs/export.md warns about: hub.KerasLayer is a tf_keras layer.
   layer = hub.KerasLayer(export_dir, trainable=True)
   with pytest.raises((ValueError, TypeError)):
     keras.Sequential([keras.Input([SIZE, SIZE, 3]), layer])
@@ -132,26 +131,17 @@ def test_keras_file_of_revnet_and_vgg_trains_like_the_original(tmp_path, name):
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
 
-def _readme_snippets():
-  """The README's fine-tuning snippets, by their `<!-- finetune: NAME -->`
-  marker."""
-  with open(README) as f:
-    text = f.read()
-  return dict(re.findall(
-      r"<!-- finetune: (\S+) -->\s*```python\n(.*?)```", text, re.S))
-
-
 def _run_snippet(name, export_dir):
-  code = _readme_snippets()[name].replace("DIR/export/latest", export_dir)
   images, labels = _data()
-  namespace = {"images": images, "labels": labels}
-  exec(compile(code, f"README:{name}", "exec"), namespace)  # pylint: disable=exec-used
-  return namespace
+  return doc_snippets.run("finetune", name, {"images": images, "labels": labels},
+                          export_dir)
 
 
-def test_readme_snippets_are_the_three_loaders():
-  assert sorted(_readme_snippets()) == ["hub_tf_keras", "keras_file",
-                                        "tfsm_layer"]
+def test_doc_snippets_are_the_three_loaders():
+  """Every `<!-- finetune: NAME -->` snippet of README.md and docs/*.md is one
+  of the three that the tests below run."""
+  assert sorted(doc_snippets.snippets("finetune")) == [
+      "hub_tf_keras", "keras_file", "tfsm_layer"]
 
 
 _SNIPPETS = [("keras_file", "encoder"), ("tfsm_layer", "layer"),
@@ -159,20 +149,20 @@ _SNIPPETS = [("keras_file", "encoder"), ("tfsm_layer", "layer"),
 
 
 @pytest.mark.parametrize("name,layer_key", _SNIPPETS)
-def test_readme_snippet_fine_tunes_a_tiny_export(tiny_export_dir, name,
-                                                 layer_key):
+def test_doc_snippet_fine_tunes_a_tiny_export(tiny_export_dir, name,
+                                              layer_key):
   _assert_snippet_fine_tunes(tiny_export_dir, name, layer_key)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,layer_key", _SNIPPETS)
-def test_readme_snippet_fine_tunes_a_trained_export(export_dir, name,
-                                                    layer_key):
+def test_doc_snippet_fine_tunes_a_trained_export(export_dir, name,
+                                                 layer_key):
   _assert_snippet_fine_tunes(export_dir, name, layer_key)
 
 
 def _assert_snippet_fine_tunes(export_dir, name, layer_key):
-  """The loader's README snippet fits on `images`, `labels`: every conv kernel
+  """The loader's docs snippet fits on `images`, `labels`: every conv kernel
   and every BN moving statistic (training mode) must move away from the
   export's, and the weight decay be in `model.losses`."""
   before = _snapshot_of_export(export_dir)

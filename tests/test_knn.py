@@ -6,6 +6,7 @@ from sklearn import neighbors
 from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import knn
 from tfrevisit.evaluation import probes
+from tfrevisit.evaluation.inputs import ProbeInputs
 
 NUM_CLASSES = 6
 TEMPERATURE = 0.07
@@ -73,7 +74,7 @@ def test_registered_probe_reports_each_k(data):
   (train_x, train_y), (test_x, test_y) = data
   splits = {"trainval": (features_lib.StackedRows([train_x]), train_y),
             "test": (test_x, test_y)}
-  row = probes.PROBES.get("knn")(splits, NUM_CLASSES)
+  row = probes.PROBES.get("knn")(ProbeInputs(NUM_CLASSES, features=splits))
   assert row["ks"] == [20, 90]  # 200 clipped to the 90 training rows
   for index, k in enumerate(row["ks"]):
     votes, _ = _brute_force_votes(train_x, train_y, test_x, k)

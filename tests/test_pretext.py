@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import doc_snippets
 from tfrevisit import models
 from tfrevisit import pretext
 from tfrevisit.data import get_preprocess_fn
@@ -133,6 +134,15 @@ def test_rotation_on_revnet_trains_without_gin():
   assert np.isfinite(losses).all()
   after = task.encoder.trainable_variables
   assert any(not np.allclose(b, a.numpy()) for b, a in zip(before, after))
+
+
+def test_doc_library_snippet_builds_a_task_without_gin():
+  """The `<!-- library: NAME -->` snippet of README.md and docs/*.md."""
+  assert sorted(doc_snippets.snippets("library")) == ["task_without_gin"]
+  task = doc_snippets.run("library", "task_without_gin", {})["task"]
+  assert task.name == "rotation"
+  assert task.backbone == models.Backbone("revnet50", filters_factor=2)
+  assert task.options == {"image_size": 32}
 
 
 def test_task_options_are_checked():

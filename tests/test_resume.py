@@ -57,8 +57,9 @@ def _weights(workdir):
 
 
 def _train(workdir, bindings=(), kill_at=None, monkeypatch=None):
-  """Runs `train.train` on TINY + `bindings`; `kill_at`: raise after that many
-  training calls (as if the process had been killed: no checkpoint)."""
+  """Runs `train.train_from_gin` on TINY + `bindings`; `kill_at`: raise after
+  that many training calls (as if the process had been killed: no
+  checkpoint)."""
   gin.clear_config()
   gin_config.parse_gin([], TINY + list(bindings))
   if kill_at is not None:

@@ -7,6 +7,8 @@ import inspect
 import json
 import os
 import subprocess
+import sys
+import time
 
 import gin
 import numpy as np
@@ -814,3 +816,62 @@ def test_report_names_the_grid_cells_not_yet_run(tmp_path):
           "`rotation-revnet50-k1-s0`.")
   assert line in (tmp_path / "study.md").read_text()
   assert line in readme.read_text()
+
+
+def test_running_children_cpu_matches_os_times_of_a_busy_child():
+  """/proc polling against os.times(): a child that burned CPU and exited is
+  counted by os.times() once waited for; while it runs, the poll sees it."""
+  child = subprocess.Popen(
+      [sys.executable, "-c", "import time\nt = time.process_time()\n"
+       "while time.process_time() - t < 0.6: pass\ntime.sleep(2)"])
+  try:
+    time_before = os.times()
+    deadline = time.time() + 10
+    polled = 0.0
+    while polled < 0.6 and time.time() < deadline:
+      time.sleep(0.1)
+      polled = cells_lib._running_children_cpu_s()
+  finally:
+    child.wait()
+  after = os.times()
+  waited = (after.children_user + after.children_system
+            - time_before.children_user - time_before.children_system)
+  assert 0.6 <= polled <= waited + 0.05
+
+
+def test_a_killed_attempt_counts_its_last_polled_cpu_time(tmp_path,
+                                                          monkeypatch):
+  config = _tiny_study(tmp_path, architectures=("vgg19",))
+  monkeypatch.setattr(cells_lib.subprocess, "run", _FakeCommands())
+  cell_dir = tmp_path / "work" / "rotation-vgg19-k1-s0"
+  (cell_dir / "logs").mkdir(parents=True)
+  (cell_dir / "logs" / "train.log").write_text("step 1\n")
+  (cell_dir / "logs" / "train.cpu").write_text("30.0\n")
+  # eval/linear was killed before its first poll: no .cpu file.
+  (cell_dir / "logs" / "eval_linear.log").write_text("\n")
+  stage = {"done": False, "wall_time_s": 0.0, "cpu_time_s": 4.0,
+           "started": time.time()}
+  (cell_dir / "state.json").write_text(json.dumps({"stages": {
+      "train": stage, "eval/linear": dict(stage)}}))
+  assert runner.main(_args(config, tmp_path)) == 0
+  stages = json.load(open(cell_dir / "state.json"))["stages"]
+  assert stages["train"]["cpu_time_s"] >= 34.0
+  assert "unrecorded_cpu_attempts" not in stages["train"]
+  assert stages["eval/linear"]["unrecorded_cpu_attempts"] == 1
+  assert not (cell_dir / "logs" / "train.cpu").exists()
+  cell = json.load(open(cell_dir / "cell.json"))
+  assert cell["unrecorded_cpu_attempts"] == 1
+  assert "`rotation-vgg19-k1-s0` (1)" in report._unrecorded_cpu([cell])
+
+
+def test_a_running_stage_writes_its_cpu_time_every_poll(tmp_path, monkeypatch):
+  monkeypatch.setattr(cells_lib, "CPU_POLL_S", 0.1)
+  cpu_path = tmp_path / "train.cpu"
+  child_cpu = []
+  with cells_lib._polling_children_cpu(str(cpu_path)):
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                    "while time.process_time() - t < 0.5: pass\n"
+                    "time.sleep(0.5)"], check=True)
+    child_cpu.append(float(cpu_path.read_text()))
+  assert child_cpu[0] >= 0.4
+  assert not cpu_path.exists()

@@ -18,7 +18,7 @@ from tfrevisit import cli
 from tfrevisit import evaluate as evaluate_lib
 from tfrevisit import gin_config
 from tfrevisit import train as train_lib
-from tfrevisit.evaluation import results as results_lib
+from tfrevisit.evaluation import result_files
 
 TRAIN_CONFIG = os.path.join(gin_config.CONFIG_DIR, "quickstart", "rotation.gin")
 EVAL_CONFIG = os.path.join(gin_config.CONFIG_DIR, "eval", "quickstart", "linear.gin")
@@ -54,7 +54,7 @@ def run(workdir: str, train_bindings=(), eval_bindings=()) -> List[Dict]:
     gin_config.parse_gin([EVAL_CONFIG], list(eval_bindings))
     rows += evaluate_lib.evaluate(path, os.path.join(workdir, f"eval_{model}"),
                                   model_name=model)
-  results_lib.write_results(rows, workdir)
+  result_files.write_results(rows, workdir)
   return rows
 
 
@@ -79,7 +79,7 @@ def main(argv=None):
   verdict = ("beats" if pre_logits["rotation"] > pre_logits["random_init"]
              else "does NOT beat")
   print(f"\nAt pre_logits the rotation model {verdict} random initialisation. "
-        f"All rows: {os.path.join(args.workdir, results_lib.JSON_NAME)}")
+        f"All rows: {os.path.join(args.workdir, result_files.JSON_NAME)}")
   return rows
 
 

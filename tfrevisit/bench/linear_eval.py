@@ -4,8 +4,9 @@ Both fit the same penalised multinomial logistic regression (scikit-learn's
 C = 1 / (l2 * N)) on the same synthetic float32 features (Gaussian class means
 plus unit noise, with a decaying spectrum, see `make_features`), starting from
 zeros, with the same iteration cap; ours stops on its scale-free test (the
-preconditioned gradient, see `linear.fit_logistic_regression_grid`) at
-`--tolerance`, scikit-learn on its gradient at `--sklearn_tolerance` (default
+preconditioned gradient, see
+`logistic_regression.fit_logistic_regression_grid`) at `--tolerance`,
+scikit-learn on its gradient at `--sklearn_tolerance` (default
 the same). Ours runs with each of `--optimizers` (our L-BFGS, tfp's). scikit-learn
 gets a float64 copy (its fast path) made outside the timing. Each solver runs
 `--repeats` times, interleaved (scikit-learn once per BLAS thread count), and
@@ -31,7 +32,7 @@ from sklearn import exceptions
 from sklearn import linear_model
 import threadpoolctl
 
-from tfrevisit.evaluation import linear
+from tfrevisit.evaluation import logistic_regression
 
 
 def make_features(num_train, num_test, dim, num_classes, separation,
@@ -60,8 +61,9 @@ def make_features(num_train, num_test, dim, num_classes, separation,
 def trace_ours(jit_compile):
   """Fits a tiny problem so that the one-time graph tracing is done; seconds."""
   start = time.perf_counter()
-  linear.fit_logistic_regression(np.eye(2, dtype=np.float32), np.arange(2), 2,
-                                 l2=1.0, jit_compile=jit_compile)
+  logistic_regression.fit_logistic_regression(np.eye(2, dtype=np.float32),
+                                              np.arange(2), 2, l2=1.0,
+                                              jit_compile=jit_compile)
   return time.perf_counter() - start
 
 
@@ -78,12 +80,12 @@ def run_ours(train, test, num_classes, l2, tolerance, max_iterations,
              precondition=None, jit_compile=False, optimizer="ours"):
   """Returns (seconds, iterations, test top-1, weights, bias)."""
   start = time.perf_counter()
-  fit = linear.fit_logistic_regression(
+  fit = logistic_regression.fit_logistic_regression(
       *train, num_classes=num_classes, l2=l2, tolerance=tolerance,
       max_iterations=max_iterations, precondition=precondition,
       jit_compile=jit_compile, optimizer=optimizer)
   wall_time = time.perf_counter() - start
-  top1 = linear.top_k_accuracy(fit.predict(test[0]), test[1], 1)
+  top1 = logistic_regression.top_k_accuracy(fit.predict(test[0]), test[1], 1)
   return wall_time, fit.iterations, top1, fit.weights, fit.bias
 
 
@@ -124,8 +126,9 @@ def main():
                       help="BLAS thread counts to run scikit-learn with; its "
                       "fastest run counts (OpenBLAS's threads can stall when "
                       "the cores are shared).")
-  parser.add_argument("--precondition", choices=linear.PRECONDITIONERS,
-                      default=None, help="ours; default: full when N > D")
+  parser.add_argument("--precondition",
+                      choices=logistic_regression.PRECONDITIONERS, default=None,
+                      help="ours; default: full when N > D")
   parser.add_argument("--optimizers", nargs="+", default=["ours", "tfp"],
                       choices=["ours", "tfp"])
   parser.add_argument("--jit_compile", action="store_true",

@@ -39,6 +39,8 @@ from tfrevisit import data
 from tfrevisit.bench import linear_eval
 from tfrevisit.evaluation import features as features_lib
 from tfrevisit.evaluation import linear
+from tfrevisit.evaluation import logistic_regression
+from tfrevisit.evaluation import preconditioning
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -56,13 +58,13 @@ def train_quickstart(workdir):
   return export
 
 
-def load_features(hub_module, workdir, end_point, max_examples):
+def load_features(export_dir, workdir, end_point, max_examples):
   """Cached max-pooled features of one end point for train, val and test.
 
   Returns:
     {split: (features [N, D] float32, labels [N])}.
   """
-  module, metadata = features_lib.load_module(hub_module)
+  module, metadata = features_lib.load_module(export_dir)
   source = data.get_source("fashion_mnist")
   splits = {}
   for split in _SPLITS:
@@ -70,7 +72,7 @@ def load_features(hub_module, workdir, end_point, max_examples):
         module, source, split, metadata["preprocess"],
         os.path.join(workdir, "features", split), batch_size=256,
         max_examples=max_examples,
-        settings={"hub_module": os.path.realpath(hub_module)})
+        settings={"hub_module": os.path.realpath(export_dir)})
     splits[split] = (np.asarray(features[end_point]), labels)
   return splits
 
@@ -100,8 +102,8 @@ def run_ours(splits, num_classes, l2_grid, tolerance, max_iterations,
       splits["train"], splits["val"], splits["trainval"], num_classes,
       l2_grid, max_extra_decades=0, tolerance=tolerance,
       max_iterations=max_iterations, optimizer=optimizer)
-  top1 = linear.top_k_accuracy(result.final.predict(splits["test"][0]),
-                               splits["test"][1], 1)
+  top1 = logistic_regression.top_k_accuracy(
+      result.final.predict(splits["test"][0]), splits["test"][1], 1)
   seconds = time.perf_counter() - start
   fits = {f"train l2={l2:g}": (fit.weights, fit.bias)
           for l2, fit in zip(result.l2_grid, result.grid_fits)}
@@ -175,8 +177,8 @@ def compare(name, splits, num_classes, args):
   """Runs both protocols on `splits`, prints the timings and the checks."""
   splits = with_trainval(splits)
   splits64 = {k: (f.astype(np.float64), y) for k, (f, y) in splits.items()}
-  unit = linear.mean_square(
-      linear.feature_second_moment(splits["train"][0], diagonal=True))
+  unit = preconditioning.mean_square(
+      preconditioning.feature_second_moment(splits["train"][0], diagonal=True))
   print(f"{name}: mean square of the train features {unit:.4g} (the unit "
         "of the relative L2)")
   options = dict(l2_grid=args.l2_grid, tolerance=args.tolerance,
@@ -244,11 +246,11 @@ def main():
   parser.add_argument("--variants", nargs="+", default=["raw", "standardized"])
   args = parser.parse_args()
 
-  hub_module = args.hub_module or train_quickstart(args.workdir)
-  splits = load_features(hub_module, args.workdir, args.end_point,
+  export_dir = args.hub_module or train_quickstart(args.workdir)
+  splits = load_features(export_dir, args.workdir, args.end_point,
                          args.max_examples)
   num_classes = int(splits["train"][1].max()) + 1
-  print(f"{hub_module}, end point {args.end_point}: "
+  print(f"{export_dir}, end point {args.end_point}: "
         + ", ".join(f"{k} {v[0].shape}" for k, v in splits.items())
         + f"; l2 grid {args.l2_grid}, tolerance {args.tolerance:g}, "
         f"max_iterations {args.max_iterations}")

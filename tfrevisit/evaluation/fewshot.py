@@ -11,10 +11,11 @@ scores. Each n is drawn several times with different seeds; rows report the
 mean and standard deviation of the accuracies.
 """
 import dataclasses
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
-import gin
 import numpy as np
+
+from tfrevisit.evaluation.inputs import ProbeInputs
 
 BIAS_CONSTANT = 100.0
 
@@ -96,16 +97,14 @@ def _accuracies(classifiers: Sequence[AffineClassifier], features: Any,
   return correct / len(labels)
 
 
-@gin.configurable(denylist=["splits", "num_classes"])
-def fewshot_probe(splits: Mapping[str, Tuple[Any, np.ndarray]],
-                  num_classes: int, shots: Sequence[int] = (1, 5, 10, 25),
+def fewshot_probe(inputs: ProbeInputs, shots: Sequence[int] = (1, 5, 10, 25),
                   num_draws: int = 5, l2_reg: float = 2.0**10, seed: int = 0,
                   chunk_size: int = 16384) -> Dict[str, Any]:
   """n-shot ridge classifiers drawn from trainval, evaluated on test.
 
   Args:
-    splits: the probes' splits (`probes.PROBES`); reads trainval and test.
-    num_classes: C.
+    inputs: the feature splits (`ProbeInputs.features`; reads trainval and
+      test) and C.
     shots: the examples per class, n.
     num_draws: seeded draws of the n-shot set per n.
     l2_reg: the ridge regulariser (big_vision's default, 2^10).
@@ -116,6 +115,7 @@ def fewshot_probe(splits: Mapping[str, Tuple[Any, np.ndarray]],
     The row: `top1`, `top1_std`, `top5` (means and standard deviation over
     the draws) for the first of `shots`, and per-shot lists of them for all.
   """
+  splits, num_classes = inputs.features, inputs.num_classes
   (train_x, train_y), (test_x, test_y) = splits["trainval"], splits["test"]
   classifiers: List[AffineClassifier] = []
   for n in shots:

@@ -26,20 +26,20 @@ features are averaged.
 """
 import dataclasses
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
-import gin
 import keras
 import numpy as np
 
 from tfrevisit import artifacts
 from tfrevisit import restore
-from tfrevisit.evaluation import probes as probes_lib
-from tfrevisit.evaluation import sgd_images
+from tfrevisit.evaluation import inputs as inputs_lib
+from tfrevisit.evaluation import keras_probes
+from tfrevisit.evaluation.inputs import ImageProbeContext, ProbeInputs
 
 
 @dataclasses.dataclass
-class FineTuneResult(probes_lib.ProbeResult):
+class FineTuneResult(keras_probes.ProbeResult):
   """A `ProbeResult` with `encoder_relative_change`: ||w - w0|| / ||w0|| over
   the encoder's trainable weights w (w0: before fine-tuning)."""
   encoder_relative_change: float = 0.0
@@ -115,7 +115,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
                        (images for images, _ in self.train.take(self.num_batches)))
 
 
-def load_encoder(hub_module: Optional[str], workdir: Optional[str] = None
+def load_encoder(export_dir: Optional[str], workdir: Optional[str] = None
                  ) -> keras.Model:
   """The encoder to fine-tune: `workdir`'s latest checkpoint if given, else
   the export's encoder.keras.
@@ -128,7 +128,7 @@ def load_encoder(hub_module: Optional[str], workdir: Optional[str] = None
   if workdir:
     task, _ = restore.restore_task(workdir)
     return task.encoder
-  path = artifacts.keras_encoder_path(hub_module or "")
+  path = artifacts.keras_encoder_path(export_dir or "")
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"{path} is missing: the export predates encoder.keras. Re-export it "
@@ -137,9 +137,8 @@ def load_encoder(hub_module: Optional[str], workdir: Optional[str] = None
   return keras.saving.load_model(path)
 
 
-@gin.configurable(denylist=["context", "num_classes"])
 def train_finetune(
-    context: sgd_images.ImageProbeContext,
+    context: ImageProbeContext,
     num_classes: int,
     workdir: Optional[str] = None,
     epochs: int = 30,
@@ -149,11 +148,11 @@ def train_finetune(
     momentum: float = 0.9,
     head_weight_decay: float = 0.0,
     batch_norm_batches: int = 10,
-) -> probes_lib.ProbeResult:
+) -> keras_probes.ProbeResult:
   """Fine-tunes the encoder with a linear head on `context.end_point`.
 
   Args:
-    context: the export, data and end point (`sgd_images.ImageProbeContext`).
+    context: the export, data and end point (`inputs.ImageProbeContext`).
     num_classes: C.
     workdir: a training workdir whose latest checkpoint to fine-tune instead
       of the export's encoder.keras.
@@ -177,17 +176,18 @@ def train_finetune(
     ValueError: the training set makes no batch.
   """
   keras.utils.set_random_seed(context.seed)
-  num_train, train_ds, eval_ds = sgd_images.datasets(context, batch_size)
+  num_train, train_ds, eval_ds = inputs_lib.image_datasets(context,
+                                                           batch_size)
   steps_per_epoch = num_train // batch_size
   if not steps_per_epoch:
     raise ValueError(f"{num_train} training examples make no batch of "
                      f"{batch_size}; lower train_finetune.batch_size.")
-  model = FineTuneClassifier(load_encoder(context.hub_module, workdir),
+  model = FineTuneClassifier(load_encoder(context.export_dir, workdir),
                              context.end_point, num_classes, head_weight_decay)
   initial = [np.array(v) for v in model.encoder.trainable_weights]
   callbacks = ([PreciseBatchNorm(train_ds, batch_norm_batches)]
                if batch_norm_batches else [])
-  result = probes_lib.fit_sgd(
+  result = keras_probes.fit_sgd(
       model, train_ds, eval_ds, epochs, steps_per_epoch,
       base_learning_rate * batch_size / 256, decay_epochs, momentum,
       callbacks=callbacks)
@@ -204,12 +204,13 @@ def relative_change(before: Sequence[np.ndarray], after: Sequence[Any]
   return float(np.sqrt(delta / norm))
 
 
-@probes_lib.PROBES.register("finetune", needs_images=True)
-def finetune_probe(context: sgd_images.ImageProbeContext, num_classes: int
+def finetune_probe(inputs: ProbeInputs,
+                   fit: Callable[..., FineTuneResult] = train_finetune
                    ) -> Dict[str, Any]:
-  """`train_finetune`; a row like `linear_sgd_images`', plus how far the
+  """The `finetune` probe: `fit` (the configured `train_finetune`) on
+  `inputs.images`; a row like `linear_sgd_images`', plus how far the
   encoder's trainable weights moved (`encoder_relative_change`)."""
-  result = train_finetune(context, num_classes)
-  return {**probes_lib.history_row(result),
+  result = fit(inputs.images, inputs.num_classes)
+  return {**keras_probes.history_row(result),
           "num_features": int(result.model.logits.kernel.shape[0]),
           "encoder_relative_change": result.encoder_relative_change}

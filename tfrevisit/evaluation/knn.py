@@ -10,11 +10,12 @@ training rows, keeping a running top-k per test row, so memory holds
 [test_chunk, train_chunk] similarities at most, never [N_test, N_train]:
 1.28M x 2048 training features are read once, chunk by chunk.
 """
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
-import gin
 import numpy as np
 import tensorflow as tf
+
+from tfrevisit.evaluation.inputs import ProbeInputs
 
 
 def _normalized(rows: Any, start: int, stop: int) -> tf.Tensor:
@@ -93,16 +94,15 @@ def top_k_accuracy(votes: np.ndarray, labels: np.ndarray, k: int) -> float:
   return float(np.mean(np.any(ranked == labels[:, None], axis=1)))
 
 
-@gin.configurable(denylist=["splits", "num_classes"])
-def knn_probe(splits: Mapping[str, Tuple[Any, np.ndarray]], num_classes: int,
+def knn_probe(inputs: ProbeInputs,
               ks: Sequence[int] = (20, 200), temperature: float = 0.07,
               train_chunk: int = 16384, test_chunk: int = 1024
               ) -> Dict[str, Any]:
   """Weighted kNN: neighbours from trainval, accuracy on test.
 
   Args:
-    splits: the probes' splits (`probes.PROBES`); reads trainval and test.
-    num_classes: C.
+    inputs: the feature splits (`ProbeInputs.features`; reads trainval and
+      test) and C.
     ks: the numbers of neighbours to evaluate (each at most N; larger ones
       are clipped to N).
     temperature: T of the vote weights exp(cosine similarity / T).
@@ -112,6 +112,7 @@ def knn_probe(splits: Mapping[str, Tuple[Any, np.ndarray]], num_classes: int,
     The row: `top1`, `top5` for the first of `ks`, and `ks`, `top1_per_k`,
     `top5_per_k` for all of them.
   """
+  splits, num_classes = inputs.features, inputs.num_classes
   (train_x, train_y), (test_x, test_y) = splits["trainval"], splits["test"]
   ks = [min(int(k), len(train_y)) for k in ks]
   similarities, indices = nearest_neighbours(train_x, test_x, max(ks),

@@ -13,10 +13,14 @@ Workdir of a cell (never committed):
                           system, all threads) per stage, summed over
                           attempts (an attempt whose runner was killed
                           counts its wall time until its log's last write,
-                          and no CPU time), and each stage's code version
+                          and its CPU time as last polled, at most
+                          `CPU_POLL_S` before the kill), and each stage's
+                          code version
+  CELL/logs/STAGE.cpu     while a stage runs: its CPU seconds so far
 The result, CELL/cell.json, is also copied to the committed results
 directory (docs/study/cells/CELL.json); the report reads only those files.
 """
+import contextlib
 import functools
 import glob
 import json
@@ -26,6 +30,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -36,6 +41,8 @@ log = logging.getLogger("tfrevisit.study")
 RESULT_FILE = "cell.json"
 STATE_FILE = "state.json"
 TRAIN_STAGE = "train"
+# How often a running stage's CPU time is written to its .cpu file, seconds.
+CPU_POLL_S = 60.0
 # The repository root, so that subprocesses import this same tfrevisit.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -90,12 +97,69 @@ def _children_cpu_s() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
+def _process_cpu_s(pid: str) -> float:
+  """User + system CPU seconds of process `pid`, all its threads and its
+  waited-for children (0 for a process that is gone)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+  except OSError:
+    return 0.0
+  # After the command name: utime, stime, cutime, cstime are fields 12-15.
+  return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _running_children_cpu_s() -> Optional[float]:
+  """CPU seconds of this process's running children (None without /proc)."""
+  paths = glob.glob("/proc/self/task/*/children")
+  if not paths:
+    return None
+  pids = [pid for path in paths for pid in open(path).read().split()]
+  return sum(_process_cpu_s(pid) for pid in pids)
+
+
+@contextlib.contextmanager
+def _polling_children_cpu(cpu_path: str):
+  """Writes the CPU seconds of this process's running children to `cpu_path`
+  every `CPU_POLL_S` while the block runs (one stage at a time runs), so that
+  a killed runner loses at most one interval of its stage's CPU time."""
+  stop = threading.Event()
+
+  def poll():
+    while not stop.wait(CPU_POLL_S):
+      cpu = _running_children_cpu_s()
+      if cpu:  # None: no /proc; 0: between commands, keep the last value.
+        with open(cpu_path, "w") as f:
+          f.write(f"{cpu}\n")
+
+  thread = threading.Thread(target=poll, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
+    if os.path.exists(cpu_path):
+      os.remove(cpu_path)
+
+
 def _count_killed_attempt(stage: Dict[str, Any], log_path: str) -> None:
-  """Adds the wall time of an attempt whose runner was killed (it left
-  "started" behind): from its start to its log's last write."""
+  """Adds the times of an attempt whose runner was killed (it left "started"
+  behind): wall time from its start to its log's last write, CPU time as last
+  polled (the stage's .cpu file). An attempt killed before its first poll
+  counts in "unrecorded_cpu_attempts"."""
   started = stage.pop("started", None)
-  if started is not None and os.path.exists(log_path):
+  if started is None:
+    return
+  if os.path.exists(log_path):
     stage["wall_time_s"] += max(0.0, os.path.getmtime(log_path) - started)
+  cpu_path = log_path[:-len(".log")] + ".cpu"
+  if os.path.exists(cpu_path):
+    with open(cpu_path) as f:
+      stage["cpu_time_s"] += float(f.read())
+    os.remove(cpu_path)
+  else:
+    stage["unrecorded_cpu_attempts"] = stage.get("unrecorded_cpu_attempts", 0) + 1
 
 
 def _run_stage(name: str, command: List[str], cell_dir: str,
@@ -122,7 +186,8 @@ def _run_stage(name: str, command: List[str], cell_dir: str,
   stage["started"] = start
   _write_json(os.path.join(cell_dir, STATE_FILE), state)
   try:
-    with open(log_path, "a") as out:
+    with open(log_path, "a") as out, _polling_children_cpu(
+        log_path[:-len(".log")] + ".cpu"):
       out.write(f"\n$ {' '.join(command)}\n")
       out.flush()
       subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -283,7 +348,8 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
     on held-out images, see `tfrevisit.study.pretext_eval`),
     "train_wall_time_s", "eval_wall_time_s", "train_cpu_time_s",
     "eval_cpu_time_s" (seconds, summed over attempts; evaluation includes
-    the pretext curve), "code_versions" ({stage: commit} where recorded),
+    the pretext curve), "unrecorded_cpu_attempts" (killed attempts whose CPU
+    time is missing from those sums), "code_versions" ({stage: commit} where recorded),
     "rows": the evaluation rows, each with an "eval" (job name) column}.
   """
   train_dir = os.path.join(cell_dir, "train")
@@ -314,6 +380,7 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
       "eval_wall_time_s": total("wall_time_s", "eval/"),
       "train_cpu_time_s": total("cpu_time_s", TRAIN_STAGE),
       "eval_cpu_time_s": total("cpu_time_s", "eval/"),
+      "unrecorded_cpu_attempts": int(total("unrecorded_cpu_attempts", "")),
       "code_versions": {name: stage["code"] for name, stage in stages.items()
                         if stage.get("code")},
       "rows": rows,

@@ -169,6 +169,18 @@ def _hours(cells, kind: str) -> float:
              + (c.get(f"eval_{kind}_time_s") or 0) for c in cells) / 3600
 
 
+def _unrecorded_cpu(cells) -> str:
+  """A sentence naming the cells with killed attempts whose CPU time is not
+  in the totals (their wall time is), or ""."""
+  missing = {c["cell"]: c["unrecorded_cpu_attempts"] for c in cells
+             if c.get("unrecorded_cpu_attempts")}
+  if not missing:
+    return ""
+  listed = ", ".join(f"`{name}` ({n})" for name, n in sorted(missing.items()))
+  return (" Not in the CPU hours: killed attempts (runner stopped before its "
+          f"first CPU poll) of {listed}; their wall time is counted.")
+
+
 def verdict_table(findings: Dict[str, List[findings_lib.Finding]]
                   ) -> List[List[str]]:
   """Rows: finding title, its verdict per budget."""
@@ -355,7 +367,8 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
                  f"{_hours(chosen, 'cpu'):.1f} CPU h")
   parts += ["", f"Total: {len(cells)} cells, {_hours(cells, 'wall'):.1f} hours "
             f"of wall time, {_hours(cells, 'cpu'):.1f} CPU hours (user + "
-            "system, all threads) in the train and evaluation stages.", ""]
+            "system, all threads) in the train and evaluation stages."
+            + _unrecorded_cpu(cells), ""]
   return "\n".join(parts)
 
 

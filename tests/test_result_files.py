@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrevisit.evaluation import results
+from tfrevisit.evaluation import result_files
 
 ROWS = [
     dict(end_point="block3", probe="linear", setting="100%",
@@ -18,9 +18,9 @@ ROWS = [
 
 
 def test_json_round_trip(tmp_path):
-  json_path, _ = results.write_results(ROWS, str(tmp_path))
+  json_path, _ = result_files.write_results(ROWS, str(tmp_path))
   assert json_path == os.path.join(str(tmp_path), "results.json")
-  rows = results.read_results(str(tmp_path))
+  rows = result_files.read_results(str(tmp_path))
   assert rows[1] == ROWS[1]
   assert rows[0]["top1"] == pytest.approx(0.4123)
   assert rows[0]["iterations"] == 212
@@ -28,7 +28,7 @@ def test_json_round_trip(tmp_path):
 
 
 def test_csv_has_all_columns_and_blanks(tmp_path):
-  _, csv_path = results.write_results(ROWS, str(tmp_path / "new" / "dir"))
+  _, csv_path = result_files.write_results(ROWS, str(tmp_path / "new" / "dir"))
   with open(csv_path) as f:
     rows = list(csv.DictReader(f))
   assert list(rows[0]) == ["end_point", "probe", "setting", "top1", "top5",
@@ -38,33 +38,33 @@ def test_csv_has_all_columns_and_blanks(tmp_path):
 
 
 def test_failed_write_keeps_previous_files(tmp_path, monkeypatch):
-  results.write_results(ROWS[:1], str(tmp_path))
+  result_files.write_results(ROWS[:1], str(tmp_path))
 
   def fail(*args, **kwargs):
     raise OSError("disk full")
   monkeypatch.setattr(tf.io.gfile, "rename", fail)
   with pytest.raises(OSError, match="disk full"):
-    results.write_results(ROWS, str(tmp_path))
+    result_files.write_results(ROWS, str(tmp_path))
   monkeypatch.undo()
-  assert len(results.read_results(str(tmp_path))) == 1
+  assert len(result_files.read_results(str(tmp_path))) == 1
   assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.json"]
 
 
 def test_unserialisable_value_is_named(tmp_path):
   with pytest.raises(TypeError, match="ndarray"):
-    results.write_results([dict(top1=np.zeros(3))], str(tmp_path))
+    result_files.write_results([dict(top1=np.zeros(3))], str(tmp_path))
 
 
 def test_read_errors_name_the_fix(tmp_path):
   with pytest.raises(FileNotFoundError, match="run the evaluation"):
-    results.read_results(str(tmp_path))
+    result_files.read_results(str(tmp_path))
   (tmp_path / "results.json").write_text("[{\"top1\": 0.")
   with pytest.raises(ValueError, match="delete it and rerun"):
-    results.read_results(str(tmp_path))
+    result_files.read_results(str(tmp_path))
 
 
 def test_table_shows_percentages():
-  table = results.format_table(ROWS)
+  table = result_files.format_table(ROWS)
   lines = table.splitlines()
   assert len(lines) == 2 + len(ROWS)
   assert lines[0].split() == ["end_point", "probe", "setting", "top1", "%",
@@ -76,12 +76,12 @@ def test_table_shows_percentages():
 
 
 def test_table_column_selection():
-  table = results.format_table(ROWS, columns=["end_point", "top1"])
+  table = result_files.format_table(ROWS, columns=["end_point", "top1"])
   assert table.splitlines()[-1].split() == ["pre_logits", "50.00"]
 
 
 def test_table_shortens_lists_and_shows_std_in_percent():
   row = {"probe": "fewshot", "top1": 0.4337, "top1_std": 0.03906,
          "top1_per_shot": [0.43373333, 0.5700666666666667], "shots": [1, 5]}
-  assert results.format_table([row]).splitlines()[-1].split() == [
+  assert result_files.format_table([row]).splitlines()[-1].split() == [
       "fewshot", "43.37", "3.91", "[0.4337,", "0.5701]", "[1,", "5]"]

@@ -1,30 +1,26 @@
-"""The release's SGD linear evaluation: a linear layer trained on the fly.
+"""What `evaluate` gives a probe: `ProbeInputs`, the one argument of every
+probe (`probes.PROBES`).
 
-Instead of cached features, each training step reads images, preprocesses them
-in training mode (the export's spec `resize_small(256)|crop(224)|...` then
-takes a random 224 crop, as the release did), and computes the end point's
-pooled features through the frozen encoder; so the features differ from
-epoch to epoch. The reported split is preprocessed in eval mode (central crop)
-and evaluated after every epoch. Slower than `linear_sgd` on cached features,
-which stays the fast option.
-
-Probes that need images are registered with `needs_images=True`; `evaluate`
-calls them as `probe(context, num_classes) -> row` with an `ImageProbeContext`
-instead of feature splits.
+A probe registered with `needs="features"` gets the feature splits of one
+end point (`ProbeInputs.features`, see `splits`); one registered with
+`needs="images"` gets an `ImageProbeContext` (`ProbeInputs.images`): the
+export, the data and the end point, from which it reads images itself
+(`image_datasets`: augmented training batches, the reported split in eval
+mode).
 """
 import dataclasses
 import functools
-import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import gin
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tfrevisit import data
-from tfrevisit.evaluation import features as features_lib
-from tfrevisit.evaluation import probes as probes_lib
+from tfrevisit.evaluation import splits as splits_lib
+
+# What a probe may need (its `needs` in `probes.PROBES`).
+FEATURES = "features"
+IMAGES = "images"
 
 
 @dataclasses.dataclass
@@ -46,7 +42,7 @@ class ImageProbeContext:
       fraction, `probes.balanced_subset`); None keeps all.
     eval_batch_size: batch size of the evaluation passes.
     seed: seeds initialisation, order and augmentation.
-    hub_module: the export's directory (`finetune` reads its encoder.keras).
+    export_dir: the export's directory (`finetune` reads its encoder.keras).
   """
   module: Any
   source: data.Source
@@ -61,7 +57,7 @@ class ImageProbeContext:
   train_index: Optional[np.ndarray] = None
   eval_batch_size: int = 64
   seed: int = 0
-  hub_module: Optional[str] = None
+  export_dir: Optional[str] = None
 
 
 def end_point_names(module) -> list:
@@ -75,6 +71,42 @@ def training_labels(context: ImageProbeContext) -> np.ndarray:
                            context.max_examples).as_dataset()
   batches = examples.map(lambda example: example["label"]).batch(4096)
   return np.concatenate(list(batches.as_numpy_iterator()))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeInputs:
+  """The one argument of every probe: `probe(inputs, **options) -> row`.
+
+  Attributes:
+    num_classes: C.
+    features: for probes that need "features": {"train", "val", "trainval",
+      "test"} -> `splits.Split` of one end point, under the protocol and the
+      label fraction (`splits.protocol_splits`, `splits.label_subset`);
+      the rows report on "test". None otherwise.
+    images: for probes that need "images": the `ImageProbeContext`, its
+      `train_index` the label fraction. None otherwise.
+  """
+  num_classes: int
+  features: Optional[Dict[str, splits_lib.Split]] = None
+  images: Optional[ImageProbeContext] = None
+
+
+def with_label_fraction(context: ImageProbeContext,
+                        per_split: Optional[Dict[str, splits_lib.Split]],
+                        fraction: float, seed: int) -> ImageProbeContext:
+  """`context` restricted to a label fraction: a class-balanced, seeded
+  subset of trainval's indices into the training examples (train then val,
+  table2); image probes have fixed hyper-parameters, so no split chooses.
+  `per_split`: the features' protocol splits, whose trainval labels are the
+  training examples' (None: read them from the source)."""
+  if fraction >= 1:
+    return context
+  if per_split:
+    labels = per_split["trainval"][1]
+  else:
+    labels = training_labels(context)
+  return dataclasses.replace(context, train_index=splits_lib.balanced_subset(
+      labels, fraction, seed, context.source.num_classes))
 
 
 class SplitExamples:
@@ -125,33 +157,8 @@ class SplitExamples:
         lambda i, _: tf.gather(keep, i)).map(lambda _, example: example)
 
 
-class FrozenEncoderLinear(keras.Model):
-  """Images [B, h, w, 3] (or [B, P, h, w, 3] patches) -> logits [B, C]:
-  the frozen encoder's pooled end point [B, F], then a trainable Dense layer.
 
-  The encoder's variables belong to the SavedModel, not to this model, so
-  `fit` trains only `logits`.
-  """
-
-  def __init__(self, featurize, num_features: int, num_classes: int):
-    super().__init__(name="linear_probe_on_images")
-    self._featurize = [featurize]  # A list: not tracked by Keras.
-    self.logits = keras.layers.Dense(num_classes, name="logits")
-    self.logits.build((None, num_features))
-
-  def call(self, images):
-    return self.logits(self._featurize[0](images))
-
-
-def _featurizer(context: ImageProbeContext):
-  """A tf.function: preprocessed images -> the end point's features [B, F]."""
-  featurize = features_lib.make_featurizer(
-      context.module, context.pooling_mode, context.feature_target,
-      context.patch_combine, end_points=[context.end_point])
-  return lambda images: featurize(images)[context.end_point]
-
-
-def datasets(context: ImageProbeContext, batch_size: int):
+def image_datasets(context: ImageProbeContext, batch_size: int):
   """(training examples, repeated and augmented; eval examples, one pass)."""
   train = SplitExamples(context.source, context.train_splits,
                         context.max_examples, context.train_index)
@@ -164,55 +171,3 @@ def datasets(context: ImageProbeContext, batch_size: int):
                               context.eval_batch_size, training=False)
   return train.num_examples(), as_pairs(train_ds), as_pairs(eval_ds)
 
-
-@gin.configurable(denylist=["context", "num_classes"])
-def train_linear_sgd_on_images(
-    context: ImageProbeContext,
-    num_classes: int,
-    epochs: int = 70,
-    decay_epochs: Sequence[int] = (30, 50),
-    batch_size: int = 2048,
-    base_learning_rate: float = 0.1,
-    momentum: float = 0.9,
-) -> probes_lib.ProbeResult:
-  """Trains a linear layer on features recomputed from augmented images.
-
-  As the release: learning rate base_learning_rate x batch_size / 256, no
-  weight decay, SGD with momentum, x0.1 at each decay epoch; by default its
-  public schedule (70 epochs, decays at 30 and 50, batch 2048).
-
-  Args:
-    context: the encoder, data and end point (`ImageProbeContext`).
-    num_classes: C.
-    epochs: training epochs; one epoch is floor(N / batch_size) steps.
-    decay_epochs: learning rate x0.1 at these epochs.
-    batch_size: training examples per SGD step.
-    base_learning_rate: the learning rate per 256 examples of a batch.
-    momentum: SGD momentum.
-
-  Returns:
-    The ProbeResult; `history["val_top1"]` is the reported split's top-1
-    after each epoch.
-  """
-  keras.utils.set_random_seed(context.seed)
-  num_train, train_ds, eval_ds = datasets(context, batch_size)
-  steps_per_epoch = num_train // batch_size
-  if not steps_per_epoch:
-    raise ValueError(f"{num_train} training examples make no batch of "
-                     f"{batch_size}; lower train_linear_sgd_on_images.batch_size.")
-  featurize = _featurizer(context)
-  num_features = int(featurize(next(iter(eval_ds))[0]).shape[1])
-  model = FrozenEncoderLinear(featurize, num_features, num_classes)
-  result = probes_lib.fit_sgd(
-      model, train_ds, eval_ds, epochs, steps_per_epoch,
-      base_learning_rate * batch_size / 256, decay_epochs, momentum)
-  return result
-
-
-@probes_lib.PROBES.register("linear_sgd_images", needs_images=True)
-def linear_sgd_images_probe(context: ImageProbeContext, num_classes: int
-                            ) -> Dict[str, Any]:
-  """`train_linear_sgd_on_images`; a row like `linear_sgd`'s."""
-  result = train_linear_sgd_on_images(context, num_classes)
-  return {**probes_lib.history_row(result),
-          "num_features": int(result.model.logits.kernel.shape[0])}

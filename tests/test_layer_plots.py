@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from tfrevisit import artifacts
 from tfrevisit import evaluate
-from tfrevisit.evaluation import plots
-from tfrevisit.evaluation import results
+from tfrevisit.evaluation import layer_plots
+from tfrevisit.evaluation import result_files
 
 PREPROCESS = "resize_small(8)|central_crop(8)|value_range(-1, 1)"
 
@@ -102,14 +102,14 @@ def test_results_go_to_tensorboard_at_the_export_step(evaluated):
 
 
 def test_network_order_puts_unknown_names_last():
-  assert plots.network_order(["logits", "x", "block10", "block2", "after_root",
-                              "pre_logits", "block2"]) == [
-      "after_root", "block2", "pre_logits", "logits", "x", "block10"]
+  assert layer_plots.network_order([
+      "logits", "x", "block10", "block2", "after_root", "pre_logits", "block2"
+  ]) == ["after_root", "block2", "pre_logits", "logits", "x", "block10"]
 
 
 def test_tensorboard_tags_name_the_model(tmp_path):
   row = {"model": "rot", "probe": "linear", "end_point": "block4",
          "label_fraction": 1.0, "top1": 0.5}
   logdir = str(tmp_path / "tb")
-  results.write_tensorboard([row], logdir)
+  result_files.write_tensorboard([row], logdir)
   assert _scalars(logdir) == {"rot/linear/block4/top1": (0, 0.5)}

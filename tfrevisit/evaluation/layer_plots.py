@@ -1,4 +1,6 @@
-"""Pictures of an evaluation (PNG, matplotlib's Agg backend).
+"""Pictures of one evaluation, per layer (PNG, matplotlib's Agg backend).
+
+(The study's figures, across models, are `tfrevisit.study.plots`.)
 
 `write_plots(rows, workdir)` draws, into WORKDIR/plots:
   accuracy_<probe>.png  top-1 per end point in network order, one line per
@@ -12,7 +14,6 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 # pylint: disable=g-import-not-at-top
-import gin
 import matplotlib
 
 matplotlib.use("Agg")
@@ -91,7 +92,6 @@ def tsne(features, labels: np.ndarray, path: str, title: str,
   return _save(fig, path)
 
 
-@gin.configurable(denylist=["rows", "workdir"])
 def write_plots(rows: Sequence[Row], workdir: str,
                 tsne_end_point: Optional[str] = None,
                 tsne_points: int = 2000) -> List[str]:

@@ -1,4 +1,8 @@
-"""Evaluation results: rows -> DIR/results.json, DIR/results.csv and a table.
+"""One evaluation's result rows -> DIR/results.json, DIR/results.csv, a
+printed table and TensorBoard scalars.
+
+(The study's results, read back from its cell files, are
+`tfrevisit.study.results`.)
 
 A row is a flat dict, one per end point x probe x setting, e.g.
 `{"end_point": "block3", "probe": "linear", "setting": "100%", "top1": 0.42,
