@@ -141,8 +141,10 @@ def train(workdir: str,
       functools.partial(gin_config.configured_task, task, backbone=backbone,
                         num_classes=source.num_classes),
       optimization=run_lib.Optimization(
-          lr, lr_scale_batch_size, warmup_epochs, decay_epochs,
-          lr_decay_factor, momentum, mixed_precision),
+          lr=lr, lr_scale_batch_size=lr_scale_batch_size,
+          warmup_epochs=warmup_epochs, decay_epochs=decay_epochs,
+          lr_decay_factor=lr_decay_factor, momentum=momentum,
+          mixed_precision=mixed_precision),
       batch_size=batch_size, steps_per_epoch=steps_per_epoch,
       total_steps=total_steps, keep_checkpoints=keep_checkpoints)
   run_lib.resume(run, workdir)
@@ -185,7 +187,7 @@ def _checked_strategy(strategy, collective_timeout_s, *, task,
 
 
 def _run_loop(run: run_lib.Run, dataset, workdir: str, *, batch_size: int,
-                jit_compile: bool, **loop_options) -> Dict[str, float]:
+              jit_compile: bool, **loop_options) -> Dict[str, float]:
   """Trains `run` to its last step under the preemption and peer-failure
   handlers; returns the metrics of the last logged interval."""
   step_fn = loop.make_train_step(run.task, run.optimizer, run.strategy,
