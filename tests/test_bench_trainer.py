@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tfrevisit import models
-from tfrevisit import train
 from tfrevisit.bench import trainer
+from tfrevisit.training import loop
 
 
 @pytest.mark.slow  # Two traced ResNet50 steps: ~30-60 s on a loaded CPU.
@@ -21,7 +21,7 @@ def test_fit_model_computes_the_loss_of_our_step():
                       shuffle=False).history
   optimizer = keras.optimizers.SGD(0.0)
   optimizer.build(task.trainable_variables)
-  step = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 4)
+  step = loop.make_train_step(task, optimizer, tf.distribute.get_strategy(), 4)
   sums = step(iter(dataset))
   ours = float(sums["loss"]) / 4 + float(sums["regularization"])
   np.testing.assert_allclose(history["loss"][0], ours, rtol=1e-5)

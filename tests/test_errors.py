@@ -13,6 +13,7 @@ from tfrevisit import quickstart
 from tfrevisit import train
 from tfrevisit.study import __main__ as study_main
 from tfrevisit.study import report
+from tfrevisit.training import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = "\n".join([
@@ -88,16 +89,16 @@ def test_missing_gin_file_and_required_binding(tmp_path, capsys):
 def test_batch_size_must_divide_among_replicas():
   knobs = dict(epochs=1, max_steps=None, lr=0.1, checkpoint_every_steps=1,
                keep_checkpoints=1, log_every_steps=1)
-  train.check_knobs(batch_size=8, num_replicas=2, **knobs)
+  run_lib.check_knobs(batch_size=8, num_replicas=2, **knobs)
   with pytest.raises(cli.UserError, match=r"^train.batch_size = 1 must be an "
                      r"integer >= the number of replicas \(2\).$"):
-    train.check_knobs(batch_size=1, num_replicas=2, **knobs)
+    run_lib.check_knobs(batch_size=1, num_replicas=2, **knobs)
   with pytest.raises(cli.UserError, match="not divisible by the number of "
                      r"replicas \(2\); use a multiple of 2.$"):
-    train.check_knobs(batch_size=7, num_replicas=2, **knobs)
+    run_lib.check_knobs(batch_size=7, num_replicas=2, **knobs)
   with pytest.raises(cli.UserError, match="log_every_steps = 0 must be >= 1"):
-    train.check_knobs(batch_size=8, num_replicas=2,
-                      **dict(knobs, log_every_steps=0))
+    run_lib.check_knobs(batch_size=8, num_replicas=2,
+                        **dict(knobs, log_every_steps=0))
 
 
 def test_other_commands_user_errors(tmp_path, capsys):
@@ -144,10 +145,10 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch):
     cli.begin_work()
     raise ValueError("a bug")
 
-  monkeypatch.setattr(train, "train", failing_train)
+  monkeypatch.setattr(train, "train_from_gin", failing_train)
   with pytest.raises(ValueError, match="a bug"):
     train.main(["--workdir", str(tmp_path)])
-  monkeypatch.setattr(train, "train", lambda *a, **k: {}[0])
+  monkeypatch.setattr(train, "train_from_gin", lambda *a, **k: {}[0])
   gin.clear_config()
   with pytest.raises(KeyError):
     train.main(["--workdir", str(tmp_path)])

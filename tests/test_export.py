@@ -15,6 +15,7 @@ from tfrevisit import artifacts
 from tfrevisit import export
 from tfrevisit import gin_config
 from tfrevisit import models
+from tfrevisit import restore
 from tfrevisit import train
 from tfrevisit.evaluation import finetune
 
@@ -137,7 +138,7 @@ def _train_small_run(tmp_path_factory, name, bindings):
   """Trains a run with these gin bindings; returns its workdir."""
   workdir = str(tmp_path_factory.mktemp(name) / "run")
   gin_config.parse_gin([], bindings)
-  train.train(workdir)
+  train.train_from_gin(workdir)
   gin.clear_config()
   return workdir
 
@@ -197,9 +198,9 @@ def test_rebuilds_compute_the_training_export_bit_for_bit(numerics_workdir,
   # The release's BatchNorm settings on the same weights differ: the
   # comparisons above can fail.
   record = artifacts.read_task_record(workdir)
-  defaults = export.build_task(dataclasses.replace(record, backbone={
+  defaults = restore.build_task(dataclasses.replace(record, backbone={
       **backbone, "batch_norm_momentum": 0.99, "batch_norm_epsilon": 1e-3}))
-  export.restore_encoder(defaults, artifacts.latest_checkpoint(workdir))
+  restore.restore_encoder(defaults, artifacts.latest_checkpoint(workdir))
   assert np.abs(defaults.encoder(images, training=False)["pre_logits"]
                 - keras_expected["pre_logits"]).max() > 1e-6
 
@@ -221,7 +222,7 @@ def test_task_json_rebuilds_the_task_without_gin(workdir):
   record = artifacts.read_task_record(workdir)
   assert record.backbone == models.Backbone("resnet50_v2", 1).to_dict()
   assert record.options == {"image_size": 32}
-  task, step = export.restore_task(workdir)  # gin's config is empty here.
+  task, step = restore.restore_task(workdir)  # gin's config is empty here.
   assert task.backbone == models.Backbone("resnet50_v2", 1)
   assert task.image_size == 32 and step == 1
 
@@ -241,7 +242,7 @@ def test_export_reads_the_config_gin_of_an_old_workdir(workdir):
   with open(os.path.join(workdir, artifacts.TASK_FILE), "w") as f:
     json.dump({"task": "rotation", "num_classes": 10}, f)
   with pytest.raises(ValueError, match="does not record the backbone"):
-    export.restore_task(workdir)
+    restore.restore_task(workdir)
   metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
   assert metadata["backbone"]["name"] == "resnet50_v2"
   assert metadata["task_options"] == {"image_size": 32}
@@ -271,12 +272,12 @@ def test_old_workdir_of_a_changed_backbone_is_refused_in_one_line(workdir,
   assert "exports (SavedModel, encoder.keras) still load" in error
   assert not os.path.exists(os.path.join(workdir, "export"))
   with pytest.raises(ValueError, match="layout 1"):
-    export.check_resumable(workdir, models.Backbone("revnet50", 1))
+    restore.check_resumable(workdir, models.Backbone("revnet50", 1))
 
 
 def test_old_workdir_of_an_unchanged_backbone_still_exports(workdir):
   _make_layout_one(workdir, "resnet50_v2")
-  export.check_resumable(workdir, models.Backbone("resnet50_v2", 1))
+  restore.check_resumable(workdir, models.Backbone("resnet50_v2", 1))
   metadata = artifacts.read_metadata(export.main(["--workdir", workdir]))
   assert metadata["layout"] == models.LAYOUT
 
@@ -284,7 +285,7 @@ def test_old_workdir_of_an_unchanged_backbone_still_exports(workdir):
 def test_interrupted_export_keeps_the_previous_one(workdir, monkeypatch):
   export.main(["--workdir", workdir])
   first = os.path.realpath(os.path.join(workdir, "export", "latest"))
-  task, _ = export.restore_task(workdir)
+  task, _ = restore.restore_task(workdir)
 
   def failing_save(*args, **kwargs):
     raise OSError("disk full (simulated)")

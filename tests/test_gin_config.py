@@ -1,9 +1,13 @@
-"""The `backbone.*` bindings and the old names of the backbone's settings."""
+"""The `backbone.*` bindings and the old names of the backbone's settings;
+the tasks and sources, built with their bindings by the command lines only."""
 import gin
 import pytest
 
+from tfrevisit import data
 from tfrevisit import gin_config
 from tfrevisit import models
+from tfrevisit import pretext
+from tfrevisit.data import sources
 
 _NAME = 'backbone.name = "resnet50_v2"\nbackbone.filters_factor = 1\n'
 
@@ -55,3 +59,30 @@ def test_an_unknown_initializer_fails_when_building():
   backbone = models.Backbone("resnet50_v2", 1, kernel_initializer="he_nromal")
   with pytest.raises(ValueError, match="must name a Keras initializer"):
     backbone.build()
+
+
+def test_tasks_take_their_bindings_only_through_the_command_line_builder():
+  gin.parse_config("rotation.image_size = 32")
+  backbone = models.Backbone("resnet50_v2", 1)
+  configured = gin_config.configured_task("rotation", backbone=backbone,
+                                          num_classes=10)
+  plain = pretext.get_task("rotation", backbone=backbone, num_classes=10)
+  assert type(configured) is type(plain) is pretext.TASKS.get("rotation")
+  assert (configured.image_size, plain.image_size) == (32, 224)
+  assert configured.options == {"image_size": 32}
+  assert "rotation.image_size = 32" in gin.operative_config_str()
+
+
+def test_sources_take_their_bindings_only_through_the_command_line_builder():
+  gin.parse_config('source.name = "random"\nsource.num_examples = 11')
+  source = gin_config.configured_source()
+  assert isinstance(source, sources.RandomSource)
+  assert source.num_examples("train") == 11  # The default is 64.
+  with pytest.raises(TypeError):
+    data.get_source()  # The library ignores gin: `name` is missing.
+
+
+def test_an_unknown_task_lists_the_known_ones():
+  with pytest.raises(ValueError, match="Unknown task 'colorization'; valid "
+                     "choices: exemplar, jigsaw"):
+    gin_config.configured_task("colorization", backbone=None, num_classes=1)

@@ -37,7 +37,7 @@ def _export_dir(tmp_path_factory, shallow_backbones):
   workdir = str(tmp_path_factory.mktemp("keras_export") / "run")
   gin.clear_config()
   gin_config.parse_gin([], SMALL_RUN)
-  train.train(workdir)
+  train.train_from_gin(workdir)
   gin.clear_config()
   return os.path.join(workdir, "export", "latest")
 

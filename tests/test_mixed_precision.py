@@ -16,6 +16,8 @@ from tfrevisit import pretext
 from tfrevisit import train
 from tfrevisit.bench import device_check
 from tfrevisit.data import sources
+from tfrevisit.training import loop
+from tfrevisit.training import run as run_lib
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -40,7 +42,7 @@ def _source():
 def _train(workdir, task, policy, monkeypatch):
   """Runs `train()` for MAX_STEPS; returns (metrics, the task, the optimizer)."""
   built = {}
-  get_task, make_optimizer = pretext.get_task, train._make_optimizer  # pylint: disable=protected-access
+  get_task, make_optimizer = gin_config.configured_task, run_lib.make_optimizer
 
   def spy_task(*args, **kwargs):
     built["task"] = get_task(*args, **kwargs)
@@ -50,8 +52,8 @@ def _train(workdir, task, policy, monkeypatch):
     built["optimizer"] = make_optimizer(*args)
     return built["optimizer"]
 
-  monkeypatch.setattr(train.pretext, "get_task", spy_task)
-  monkeypatch.setattr(train, "_make_optimizer", spy_optimizer)
+  monkeypatch.setattr(gin_config, "configured_task", spy_task)
+  monkeypatch.setattr(run_lib, "make_optimizer", spy_optimizer)
   gin_config.parse_gin([], [
       f'train.task = "{task}"', "train.batch_size = 4", "train.epochs = 1",
       f"train.max_steps = {MAX_STEPS}", "train.warmup_epochs = 0",
@@ -59,7 +61,8 @@ def _train(workdir, task, policy, monkeypatch):
       f'train.mixed_precision = "{policy}"',
       'backbone.name = "resnet50_v2"', "backbone.filters_factor = 1",
   ] + TASK_BINDINGS[task])
-  metrics = train.train(workdir, source=_source())
+  metrics = train.train(workdir, backbone=gin_config.configured_backbone(),
+                        source=_source())
   return metrics, built["task"], built["optimizer"]
 
 
@@ -157,7 +160,7 @@ def test_float16_step_skips_overflowing_gradients_and_halves_the_scale():
   optimizer = keras.optimizers.LossScaleOptimizer(
       keras.optimizers.SGD(0.1), initial_scale=2.0 ** 30)
   optimizer.build(task.trainable_variables)
-  step = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 2)
+  step = loop.make_train_step(task, optimizer, tf.distribute.get_strategy(), 2)
   iterator = _rotation_iterator()
   before = [v.numpy() for v in task.trainable_variables]
 
@@ -192,7 +195,7 @@ def test_an_overflow_on_one_replica_skips_the_step_on_all(two_cpu_strategy):
   labels = tf.tile(tf.range(4)[None], [4, 1])
   dataset = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
-  step = train.make_train_step(task, optimizer, strategy, 4)
+  step = loop.make_train_step(task, optimizer, strategy, 4)
   before = [v.numpy() for v in task.trainable_variables]
 
   step(iter(dataset))

@@ -11,11 +11,11 @@ import tensorflow as tf
 import doc_snippets
 from tfrevisit import models
 from tfrevisit import pretext
-from tfrevisit import train
 from tfrevisit.data import get_preprocess_fn
 from tfrevisit.pretext import exemplar
 from tfrevisit.pretext import jigsaw
 from tfrevisit.pretext import relative_patch_location as relpatch
+from tfrevisit.training import loop
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -99,7 +99,7 @@ def _train_steps(task, batch, num_steps, learning_rate=0.05):
   """Per-image losses of `num_steps` SGD steps on one batch of 8 images."""
   optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
   optimizer.build(task.trainable_variables)
-  step = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 8)
+  step = loop.make_train_step(task, optimizer, tf.distribute.get_strategy(), 8)
   iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
   return [float(step(iterator)["loss"]) / 8 for _ in range(num_steps)]
 

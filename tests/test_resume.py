@@ -1,4 +1,4 @@
-"""Exact resume, preemption and the multi-step loop of the trainer.
+"""Exact resume and preemption of the trainer.
 
 A run interrupted anywhere and resumed must end with the weights of an
 uninterrupted run; the reference is that run itself (same seed, same process).
@@ -21,10 +21,9 @@ import tensorflow as tf
 from tfrevisit import data
 from tfrevisit import distribute
 from tfrevisit import gin_config
-from tfrevisit import models
-from tfrevisit import pretext
 from tfrevisit import train
 from tfrevisit.data import sources
+from tfrevisit.training import loop
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -58,12 +57,13 @@ def _weights(workdir):
 
 
 def _train(workdir, bindings=(), kill_at=None, monkeypatch=None):
-  """Runs `train.train` on TINY + `bindings`; `kill_at`: raise after that many
-  training calls (as if the process had been killed: no checkpoint)."""
+  """Runs `train.train_from_gin` on TINY + `bindings`; `kill_at`: raise after
+  that many training calls (as if the process had been killed: no
+  checkpoint)."""
   gin.clear_config()
   gin_config.parse_gin([], TINY + list(bindings))
   if kill_at is not None:
-    original = train.make_train_step
+    original = loop.make_train_step
 
     def make_killable(*args, **kwargs):
       step_fn, calls = original(*args, **kwargs), []
@@ -74,14 +74,14 @@ def _train(workdir, bindings=(), kill_at=None, monkeypatch=None):
         calls.append(num_steps)
         return step_fn(iterator, num_steps)
       return killable
-    monkeypatch.setattr(train, "make_train_step", make_killable)
+    monkeypatch.setattr(loop, "make_train_step", make_killable)
   try:
-    return train.train(str(workdir))
+    return train.train_from_gin(str(workdir))
   except _Killed:
     return None
   finally:
     if kill_at is not None:
-      monkeypatch.setattr(train, "make_train_step", original)
+      monkeypatch.setattr(loop, "make_train_step", original)
 
 
 def _max_relative_difference(a, b):
@@ -142,75 +142,6 @@ def test_batches_after_a_skip_are_the_batches_of_an_uninterrupted_stream():
   epochs = np.concatenate(whole)[:10].reshape(2, 5, -1)
   # Each epoch holds the shard's 5 examples in a new order.
   assert [bytes(x) for x in epochs[0]] != [bytes(x) for x in epochs[1]]
-
-
-def test_loop_calls_stop_at_checkpoints_and_at_the_end():
-  assert [train._next_loop_length(s, 10, 4, 6) for s in (0, 4, 6, 8, 9)] == [
-      4, 2, 4, 2, 1]
-  assert train._next_loop_length(0, 3, 8, 1000) == 3
-
-
-def _tiny_task_and_batches(seed, strategy=None):
-  """A rotation task on 16x16 images, and 8 different batches of 4."""
-  strategy = strategy or tf.distribute.get_strategy()
-  keras.utils.set_random_seed(seed)
-  with strategy.scope():
-    task = pretext.get_task(
-        "rotation", backbone=models.Backbone("resnet50_v2", 1),
-        num_classes=10, image_size=16)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    optimizer.build(task.trainable_variables)
-  images = np.random.default_rng(0).uniform(-1, 1, (8, 4, 4, 16, 16, 3))
-  batches = {"image": images.astype(np.float32),
-             "label": np.tile(np.arange(4, dtype=np.int32), (8, 4, 1))}
-  dataset = tf.data.Dataset.from_tensor_slices(batches)
-  return task, optimizer, dataset
-
-
-def test_steps_per_loop_gives_the_losses_and_weights_of_single_steps():
-  losses, weights = {}, {}
-  for steps_per_loop in (1, 4):
-    task, optimizer, dataset = _tiny_task_and_batches(0)
-    step_fn = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 4)
-    iterator = iter(dataset)
-    sums = [step_fn(iterator, steps_per_loop) for _ in range(8 // steps_per_loop)]
-    losses[steps_per_loop] = [float(s["loss"]) for s in sums]
-    assert int(optimizer.iterations.numpy()) == 8
-    assert float(sums[0]["count"]) == 4 * steps_per_loop
-    weights[steps_per_loop] = [v.numpy() for v in task.trainable_variables]
-  # Equal up to float reassociation (the loop body is compiled apart from the
-  # single step's graph).
-  single = losses[1]
-  np.testing.assert_allclose(losses[4], [sum(single[:4]), sum(single[4:])],
-                             rtol=1e-4)
-  assert single[0] != single[3]  # The steps do see different batches.
-  for a, b in zip(weights[1], weights[4]):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-
-
-def test_old_call_runs_one_step():
-  task, optimizer, dataset = _tiny_task_and_batches(0)
-  step_fn = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 4)
-  sums = step_fn(iter(dataset))
-  assert float(sums["count"]) == 4 and int(optimizer.iterations.numpy()) == 1
-
-
-@pytest.mark.slow
-def test_jit_compile_gives_the_same_loss_and_update():
-  # One step only: this tiny run (batch 4 x 4 rotations, 16x16 images) is
-  # chaotic; a 3e-5 relative perturbation of the weights changes the second
-  # step's loss by 25% (measured), so XLA's rounding cannot be told apart
-  # from a bug after more steps. After one, weights agree to 6e-5.
-  losses, weights = {}, {}
-  for jit_compile in (False, True):
-    task, optimizer, dataset = _tiny_task_and_batches(0)
-    step_fn = train.make_train_step(task, optimizer, tf.distribute.get_strategy(),
-                                    4, jit_compile=jit_compile)
-    losses[jit_compile] = float(step_fn(iter(dataset))["loss"])
-    weights[jit_compile] = [v.numpy() for v in task.trainable_variables]
-  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
-  assert _max_relative_difference(dict(enumerate(weights[True])),
-                                  dict(enumerate(weights[False]))) < 1e-3
 
 
 def _command(workdir, *bindings):

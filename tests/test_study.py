@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from tfrevisit import cli
 from tfrevisit import gin_config
+from tfrevisit import restore
 from tfrevisit import train
-from tfrevisit import export
 from tfrevisit.data import sources
 from tfrevisit.pretext import base
 from tfrevisit.study import __main__ as runner
@@ -95,7 +95,7 @@ def test_runner_trains_and_evaluates_one_cell_by_the_command_lines(tmp_path, cap
   prefixes = pretext_eval.checkpoints(str(train_dir))
   assert [pretext_eval.checkpoint_step(p) for p in prefixes] == [2]
   gin.clear_config()
-  task, _ = export.restore_task(str(train_dir), prefixes[0])
+  task, _ = restore.restore_task(str(train_dir), prefixes[0])
   source = sources.RandomSource(num_examples=16, image_shape=(32, 32, 3))
   correct = []
   for batch in pretext_eval.held_out_batches(task, source, "val", 8, 2048, 0):

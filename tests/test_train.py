@@ -1,4 +1,4 @@
-"""The trainer: steps, distribution, resume, bad input and the paper configs."""
+"""The trainer: resume, its workdir, bad input and the paper configs."""
 import glob
 import json
 import os
@@ -6,15 +6,14 @@ import subprocess
 import sys
 
 import gin
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfrevisit import gin_config
 from tfrevisit import models
-from tfrevisit import pretext
 from tfrevisit import train
+from tfrevisit.training import loop
 
 # One unit per stage: these tests exercise the loop, files and probes, not depth.
 pytestmark = pytest.mark.usefixtures("shallow_backbones")
@@ -29,62 +28,6 @@ SMALL_ROTATION = [
 ]
 
 
-def _images(batch_size, size=32, seed=0):
-  """Smooth random images in [-1, 1] whose rotations are distinguishable."""
-  rng = np.random.default_rng(seed)
-  coarse = rng.uniform(-1, 1, (batch_size, 4, 4, 3)).astype(np.float32)
-  return tf.image.resize(coarse, (size, size), method="bilinear")
-
-
-def _rotation_batch(batch_size, size=32):
-  images = _images(batch_size, size)
-  rotated = tf.stack([tf.image.rot90(images, k) for k in range(4)], axis=1)
-  labels = tf.tile(tf.range(4)[None], [batch_size, 1])
-  return {"image": rotated, "label": labels}
-
-
-def _rotation_task():
-  return pretext.get_task("rotation", backbone=models.Backbone("resnet50_v2", 1),
-                          num_classes=10, image_size=32)
-
-
-def test_rotation_overfits_a_fixed_batch():
-  keras.utils.set_random_seed(0)
-  task = _rotation_task()
-  optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
-  optimizer.build(task.trainable_variables)
-  step = train.make_train_step(task, optimizer, tf.distribute.get_strategy(), 8)
-  iterator = iter(tf.data.Dataset.from_tensors(_rotation_batch(8)).repeat())
-  losses = [float(step(iterator)["loss"]) / 8 for _ in range(25)]
-  assert losses[-1] < 0.5 * losses[0], losses
-
-
-def test_mirrored_step_averages_over_the_global_batch(two_cpu_strategy):
-  strategy = two_cpu_strategy
-  keras.utils.set_random_seed(0)
-  with strategy.scope():
-    task = _rotation_task()
-    # lr=0: the weights stay put, so the loss can be recomputed afterwards.
-    optimizer = keras.optimizers.SGD(0.0, momentum=0.9)
-    optimizer.build(task.trainable_variables)
-  batch = _rotation_batch(8)
-  dataset = strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors(batch).repeat())
-  iterator = iter(dataset)
-  per_replica = strategy.experimental_local_results(next(iter(dataset)))
-  assert [int(b["image"].shape[0]) for b in per_replica] == [4, 4]
-
-  step = train.make_train_step(task, optimizer, strategy, global_batch_size=8)
-  sums = step(iterator)
-  halves = [task.loss({k: v[i:i + 4] for k, v in batch.items()}, training=True)[0]
-            for i in (0, 4)]
-  expected_mean = float(np.mean(np.concatenate(halves)))
-  assert float(sums["count"]) == 8
-  np.testing.assert_allclose(float(sums["loss"]) / 8, expected_mean, rtol=1e-4)
-  regularization = float(task.regularization_loss())
-  np.testing.assert_allclose(float(sums["regularization"]), regularization, rtol=1e-4)
-
-
 def _snapshot(checkpoint):
   """Values of the encoder's and the optimizer's variables, in creation order
   (names get suffixes like `sgd_1` when a second model is built)."""
@@ -94,7 +37,7 @@ def _snapshot(checkpoint):
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
   snapshots = []
-  original_loop = train._train_loop  # pylint: disable=protected-access
+  original_loop = loop.train_loop
 
   def spy(step_fn, iterator, optimizer, global_step, save, manager, total_steps,
           **kwargs):
@@ -104,17 +47,17 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     snapshots.append(("end", int(optimizer.iterations.numpy()), _snapshot(manager.checkpoint)))
     return metrics
 
-  monkeypatch.setattr(train, "_train_loop", spy)
+  monkeypatch.setattr(loop, "train_loop", spy)
   workdir = str(tmp_path / "run")
   bindings = SMALL_ROTATION + ["train.checkpoint_every_steps = 2", "train.export = False"]
   gin_config.parse_gin([], bindings + ["train.max_steps = 4"])
-  train.train(workdir)
+  train.train_from_gin(workdir)
   checkpoints = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
   assert checkpoints.model_checkpoint_path.endswith("ckpt-4")
 
   gin.clear_config()
   gin_config.parse_gin([], bindings + ["train.max_steps = 6"])
-  train.train(workdir)
+  train.train_from_gin(workdir)
   (_, _, saved), (_, start_step, restored), (_, end_step, _) = (
       snapshots[1], snapshots[2], snapshots[3])
   assert (start_step, end_step) == (4, 6)
@@ -130,7 +73,7 @@ def test_resuming_a_revnet_run_of_layout_one_is_refused(tmp_path, capsys):
   bindings = SMALL_ROTATION + ['backbone.name = "revnet50"',
                                "train.max_steps = 1", "train.export = False"]
   gin_config.parse_gin([], bindings)
-  train.train(workdir)
+  train.train_from_gin(workdir)
   gin.clear_config()
   task_file = os.path.join(workdir, "task.json")
   info = json.load(open(task_file))
@@ -147,7 +90,7 @@ def test_resuming_a_revnet_run_of_layout_one_is_refused(tmp_path, capsys):
 def test_workdir_holds_config_summaries_and_encoder(tmp_path):
   workdir = str(tmp_path / "run")
   gin_config.parse_gin([], SMALL_ROTATION + ["train.max_steps = 2"])
-  metrics = train.train(workdir)
+  metrics = train.train_from_gin(workdir)
   assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["images_per_sec"] > 0
   config = open(os.path.join(workdir, "config.gin")).read()
   assert "train.batch_size = 8" in config and "backbone.filters_factor = 1" in config
@@ -158,7 +101,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
   workdir = str(tmp_path / "run")
   gin_config.parse_gin([], SMALL_ROTATION + ["train.max_steps = 3", "train.lr = 1e30"])
   with pytest.raises(FloatingPointError, match="last good checkpoint"):
-    train.train(workdir)
+    train.train_from_gin(workdir)
 
 
 @pytest.mark.parametrize("bad_binding,error", [
@@ -217,8 +160,8 @@ def test_paper_config_runs_one_step_on_mock_data(tmp_path, config):
 def test_paper_config_full_width_builds(config):
   gin_config.parse_gin([os.path.join(REPO, "configs", f"{config}.gin")], [])
   backbone = gin_config.configured_backbone()
-  task = pretext.get_task(gin.query_parameter("train.task"), backbone=backbone,
-                          num_classes=1000)
+  task = gin_config.configured_task(gin.query_parameter("train.task"),
+                                    backbone=backbone, num_classes=1000)
   assert task.encoder.output["pre_logits"].shape[-1] == 512 * backbone.filters_factor
 
 

@@ -28,10 +28,11 @@ import tensorflow as tf
 
 from tfrevisit import distribute
 from tfrevisit import gin_config
-from tfrevisit import pretext
 from tfrevisit import train
 from tfrevisit.bench import device_check
 from tfrevisit.models import revnet
+from tfrevisit.training import loop
+from tfrevisit.training import run as run_lib
 
 # One unit per stage (RevNet's case sets its own): these tests exercise the
 # trainer, not depth.
@@ -79,8 +80,8 @@ def _train(workdir, strategy, *, task="rotation", jit_compile=False,
   """Runs `train()` under `strategy`, spying on its task, optimizer and step
   function."""
   calls, replica_batches, built = [], [], {}
-  get_task, make_train_step = pretext.get_task, train.make_train_step
-  make_optimizer = train._make_optimizer  # pylint: disable=protected-access
+  get_task, make_train_step = gin_config.configured_task, loop.make_train_step
+  make_optimizer = run_lib.make_optimizer
 
   def spy_task(*args, **kwargs):
     task_ = built["task"] = get_task(*args, **kwargs)
@@ -119,10 +120,10 @@ def _train(workdir, strategy, *, task="rotation", jit_compile=False,
       "train.mixed_precision = "
       + ("None" if precision == "float32" else f'"{precision}"')])
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(train.pretext, "get_task", spy_task)
-    patch.setattr(train, "_make_optimizer", spy_optimizer)
-    patch.setattr(train, "make_train_step", spy_step)
-    train.train(str(workdir), strategy=strategy)
+    patch.setattr(gin_config, "configured_task", spy_task)
+    patch.setattr(run_lib, "make_optimizer", spy_optimizer)
+    patch.setattr(loop, "make_train_step", spy_step)
+    train.train_from_gin(str(workdir), strategy=strategy)
   optimizer = built["optimizer"]
   update = _update(built["task"], built["initial"])
   scale = getattr(optimizer, "dynamic_scale", None)

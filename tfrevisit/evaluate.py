@@ -98,7 +98,7 @@ def evaluate(export_dir: str, workdir: str,
   """
   _check_choices(probes, protocol)
   module, preprocess = _load_export(export_dir, preprocess)
-  source = data.get_source()
+  source = gin_config.configured_source()
   splits = None
   if any(probes_lib.needs(probe) == inputs_lib.FEATURES for probe in probes):
     splits = _cached_features(

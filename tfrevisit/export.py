@@ -45,13 +45,12 @@ The SavedModel, loaded with `tf.saved_model.load(path)` as `obj`:
   way to fine-tune in Keras 3.
 
 The metadata comes from the task itself (`task.backbone`, `task.options`);
-`restore_task` rebuilds a workdir's task from its task.json, not from gin.
+`tfrevisit.restore` rebuilds a workdir's task from its task.json, not from gin.
 """
 import argparse
 import contextlib
 import logging
 import os
-import re
 from typing import Any, Dict, Optional, Sequence
 
 import keras
@@ -62,6 +61,7 @@ from tfrevisit import cli
 from tfrevisit import gin_config as gin_config_lib
 from tfrevisit import models
 from tfrevisit import pretext
+from tfrevisit import restore
 from tfrevisit.data import preprocess as preprocess_lib
 
 log = logging.getLogger("tfrevisit.export")
@@ -250,75 +250,14 @@ def float32_policy():
     keras.mixed_precision.set_global_policy(previous)
 
 
-def build_task(record: artifacts.TaskRecord) -> pretext.Task:
-  """The task that `record` describes (it must name its backbone).
-
-  Raises:
-    ValueError: the record's backbone layout computes differently today
-      (`models.check_layout`).
-  """
-  models.check_layout(record.backbone["name"], record.layout)
-  return pretext.get_task(record.task, num_classes=record.num_classes,
-                          backbone=models.Backbone(**record.backbone),
-                          **record.options)
-
-
-def restore_task(workdir: str, checkpoint: Optional[str] = None):
-  """Rebuilds the task of a training workdir from its task.json and restores
-  its encoder.
-
-  Returns:
-    (task, step) with the encoder's weights from `checkpoint` (default: latest).
-
-  Raises:
-    FileNotFoundError: not a training workdir, or no checkpoint.
-    ValueError: task.json predates the backbone record (`main` reads those
-      runs' config.gin), or its backbone layout computes differently today.
-  """
-  record = artifacts.read_task_record(workdir)
-  checkpoint = checkpoint or artifacts.latest_checkpoint(workdir)
-  if record.backbone is None:
-    raise ValueError(
-        f"{artifacts.TASK_FILE} in {workdir!r} does not record the backbone "
-        "(written by an older version); export it with "
-        "`python -m tfrevisit.export`, which reads its config.gin.")
-  task = build_task(record)
-  return task, restore_encoder(task, checkpoint)
-
-
-def restore_encoder(task: pretext.Task, checkpoint: str) -> int:
-  """Loads `task.encoder`'s weights from `checkpoint`; returns its step.
-
-  Raises:
-    cli.UserError: `checkpoint` is truncated or corrupt.
-  """
-  artifacts.restore_checkpoint(tf.train.Checkpoint(encoder=task.encoder),
-                               checkpoint).expect_partial()
-  match = re.search(r"-(\d+)$", checkpoint)
-  return int(match.group(1)) if match else 0
-
-
 def _task_from_gin(workdir: str, record: artifacts.TaskRecord) -> pretext.Task:
   """The task of a workdir whose task.json predates the backbone record, from
   its config.gin, parsed into gin's global config (command line only)."""
   gin_config_lib.parse_gin([artifacts.config_path(workdir)], [])
   backbone = gin_config_lib.configured_backbone()
   models.check_layout(backbone.name, record.layout)
-  return pretext.get_task(record.task, num_classes=record.num_classes,
-                          backbone=backbone)
-
-
-def check_resumable(workdir: str, backbone: models.Backbone) -> None:
-  """Raises unless `backbone` computes, from the checkpoints of `workdir`,
-  what its run trained (`models.check_layout` on its task.json's layout);
-  workdirs without task.json pass.
-
-  Raises:
-    ValueError: the run's backbone layout computes differently today.
-  """
-  if tf.io.gfile.exists(os.path.join(workdir, artifacts.TASK_FILE)):
-    models.check_layout(backbone.name,
-                        artifacts.read_task_record(workdir).layout)
+  return gin_config_lib.configured_task(record.task, backbone=backbone,
+                                        num_classes=record.num_classes)
 
 
 def parse_args(argv=None):
@@ -342,8 +281,8 @@ def main(argv: Optional[Sequence[str]] = None):
   if record.backbone is None:
     task = _task_from_gin(args.workdir, record)
   else:
-    task = build_task(record)
-  step = restore_encoder(task, checkpoint)
+    task = restore.build_task(record)
+  step = restore.restore_encoder(task, checkpoint)
   cli.begin_work()
   path = export_task(task, args.workdir, step, args.output,
                      artifacts.read_config(args.workdir))

@@ -1,11 +1,14 @@
 """Gin for the command lines: parsing, flags, and the `backbone.*` bindings.
 
 Only the command lines (train, evaluate, export, quickstart) parse gin.
-The models take explicit values: a `models.Backbone` carries everything that
-shapes the network, filled here from the `backbone.*` bindings
-(`configured_backbone`), so task.json records all of it. Gin also fills the
-configurables of the command lines and of the tasks, sources and probes
-(`train`, `evaluate`, `source`, ...).
+The library takes explicit values: a `models.Backbone` carries everything
+that shapes the network, filled here from the `backbone.*` bindings
+(`configured_backbone`), so task.json records all of it. The data sources,
+tasks and probes import no gin either: they are registered here under their
+configurable names (`source`, `rotation`, `knn_probe`, ...) without being
+wrapped, and the command lines build them with their bindings
+(`configured_source`, `configured_task`, `configured_probe`). Gin also fills
+the configurables of the command lines (`train`, `evaluate`, ...).
 
 The bindings of older versions `batch_norm.momentum`, `batch_norm.epsilon` and
 `kernel_initializer.name` still work: they set the backbone's
@@ -22,7 +25,9 @@ from typing import Optional, Sequence
 import gin
 
 from tfrevisit import cli
+from tfrevisit import data
 from tfrevisit import models
+from tfrevisit import pretext
 from tfrevisit.evaluation import fewshot
 from tfrevisit.evaluation import finetune
 from tfrevisit.evaluation import keras_probes
@@ -111,6 +116,24 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     raise cli.UserError(f"bad gin config: {cli.one_line(e)}") from e
 
 
+def check_required(name: str) -> None:
+  """Raises gin's error for the `gin.REQUIRED` parameters of configurable
+  `name` that no binding sets, as calling it would, before a command builds
+  anything else (so that it names what to bind first).
+
+  Raises:
+    RuntimeError: "Required bindings for `name` not provided in config: [...]"
+      (a user error for `cli.entry_point`).
+  """
+  bound = gin.get_bindings(name)
+  missing = [parameter for parameter, value in inspect.signature(
+      gin.get_configurable(name)).parameters.items()
+             if value.default is gin.REQUIRED and parameter not in bound]
+  if missing:
+    raise RuntimeError(f"Required bindings for `{name}` not provided in "
+                       f"config: {missing}")
+
+
 def add_gin_flags(parser: argparse.ArgumentParser) -> None:
   """--gin FILE and --gin_param BINDING, both repeatable, and --verbose."""
   parser.add_argument("--gin", action="append", default=[],
@@ -156,3 +179,33 @@ def configured_probe(name: str) -> probes.Probe:
   fit = inspect.signature(probe).parameters.get("fit")
   options = {"fit": _configured(fit.default)} if fit else {}
   return functools.partial(_configured(probe), **options)
+
+
+# --- Data sources and pretext tasks (tfrevisit/data, tfrevisit/pretext):
+# configurable names as before issue 30 (`source`, `rotation`, ...). Registered,
+# not wrapped: the command lines build them with their bindings through
+# `configured_source` and `configured_task`.
+_DATA_AND_TASK_CONFIGURABLES = {
+    "source": data.get_source,
+    **{name: pretext.TASKS.get(name) for name in pretext.TASKS.names()},
+}
+for _name, _configurable in _DATA_AND_TASK_CONFIGURABLES.items():
+  gin.register(_name)(_configurable)
+
+
+def configured_source() -> data.Source:
+  """The data source that the `source.*` bindings describe (`data.get_source`),
+  e.g. `source.name = "imagenet2012"`, `source.data_dir = "/data"`."""
+  return gin.get_configurable(data.get_source)()
+
+
+def configured_task(name: str, *, backbone: models.Backbone,
+                    num_classes: int) -> pretext.Task:
+  """Task `name` (`pretext.get_task`) with the options its bindings give,
+  e.g. `rotation.image_size = 32`; the others take the task's defaults.
+
+  Raises:
+    ValueError: an unknown task, listing the known ones.
+  """
+  return gin.get_configurable(pretext.TASKS.get(name))(
+      backbone=backbone, num_classes=num_classes)

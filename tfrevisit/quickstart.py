@@ -45,7 +45,7 @@ def run(workdir: str, train_bindings=(), eval_bindings=()) -> List[Dict]:
     gin_config.parse_gin([TRAIN_CONFIG], list(train_bindings))
     model_dir = os.path.join(workdir, model)
     overrides = {} if max_steps is None else {"max_steps": max_steps}
-    train_lib.train(model_dir, **overrides)
+    train_lib.train_from_gin(model_dir, **overrides)
     exports[model] = os.path.join(model_dir, "export", "latest")
 
   rows = []

@@ -159,8 +159,7 @@ def run_config(check: str, workdir: str, steps: int, smoke: bool,
   except ValueError:  # CPU stats need oneDNN; not essential here.
     pass
   start = time.perf_counter()
-  metrics = train.train(workdir, strategy=strategy,
-                        source=train._mock_source(), mock_data=True)  # pylint: disable=protected-access
+  metrics = train.train_from_gin(workdir, strategy=strategy, mock_data=True)
   seconds = time.perf_counter() - start
   peak = _peak_mib(device)
   if export:
@@ -242,7 +241,7 @@ def run_nccl(smoke: bool) -> Dict[str, Any]:
   from tfrevisit import distribute  # pylint: disable=g-import-not-at-top
   from tfrevisit import models  # pylint: disable=g-import-not-at-top
   from tfrevisit import pretext  # pylint: disable=g-import-not-at-top
-  from tfrevisit import train  # pylint: disable=g-import-not-at-top
+  from tfrevisit.training import loop  # pylint: disable=g-import-not-at-top
   if smoke:
     strategy = distribute.mirrored(devices)
   else:
@@ -265,8 +264,8 @@ def run_nccl(smoke: bool) -> Dict[str, Any]:
   labels = tf.tile(tf.range(4)[None], [batch_size, 1])
   dataset = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors({"image": images, "label": labels}).repeat())
-  step = train.make_train_step(task, optimizer, strategy, batch_size,
-                               jit_compile=True)
+  step = loop.make_train_step(task, optimizer, strategy, batch_size,
+                              jit_compile=True)
   iterator = iter(dataset)
   losses = [float(step(iterator)["loss"]) / batch_size for _ in range(3)]
   return {"replicas": replicas, "all_reduce_ok": bool(np.allclose(total, expected)),

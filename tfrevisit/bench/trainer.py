@@ -1,4 +1,4 @@
-"""Training-step throughput: our `train.make_train_step` vs `keras.Model.fit`.
+"""Training-step throughput: our `loop.make_train_step` vs `keras.Model.fit`.
 
 Usage:
   python -m tfrevisit.bench.trainer                      # quick CPU defaults
@@ -7,7 +7,7 @@ Usage:
 
 For each task, configuration (mixed precision on/off, XLA on/off) and repeat,
 the same task (same encoder, head and weights) is trained `--steps` steps by
-  ours  `train.make_train_step(task, optimizer, strategy, batch_size,
+  ours  `training.loop.make_train_step(task, optimizer, strategy, batch_size,
         jit_compile=...)`, called as `train()`'s loop calls it
         (`steps_per_execution` steps per call, as `train.steps_per_loop`; its
         metrics fetched to the host after each call), and
@@ -35,7 +35,7 @@ import tensorflow as tf
 from tfrevisit import data
 from tfrevisit import models
 from tfrevisit import pretext
-from tfrevisit import train
+from tfrevisit.training import loop
 from tfrevisit.data import sources
 
 # Task options that shrink a task to `--image_size` (patch tasks: 3x3 patches
@@ -77,7 +77,7 @@ def _optimizer(policy):
 class FitModel(keras.Model):
   """A task as a Keras model whose `train_step` is the task's loss, for fit.
 
-  The loss is what `train.make_train_step` minimises on one replica: the
+  The loss is what `loop.make_train_step` minimises on one replica: the
   per-image losses averaged over the batch plus the weight-decay term.
   """
 
@@ -107,15 +107,15 @@ class FitModel(keras.Model):
 
 
 class _Ours:
-  """Blocks of steps of `train.make_train_step`, as `train()` runs them."""
+  """Blocks of steps of `training.loop.make_train_step`, as `train()` runs them."""
 
   def __init__(self, task, batch, batch_size, policy, jit_compile,
                steps_per_execution):
     self.optimizer = _optimizer(policy)
     self.optimizer.build(task.trainable_variables)
-    self.step = train.make_train_step(task, self.optimizer,
-                                      tf.distribute.get_strategy(),
-                                      batch_size, jit_compile=jit_compile)
+    self.step = loop.make_train_step(task, self.optimizer,
+                                     tf.distribute.get_strategy(),
+                                     batch_size, jit_compile=jit_compile)
     self.steps_per_call = steps_per_execution
     self.iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
 

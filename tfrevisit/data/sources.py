@@ -18,7 +18,6 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-import gin
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -440,7 +439,6 @@ class TfdsSource(Source):
     return sum(i.take for i in instructions[pipeline_id::num_pipelines])
 
 
-@gin.configurable("source")
 def get_source(name: str, *, data_dir: Optional[str] = None,
                **kwargs) -> Source:
   """Builds a data source by name.

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 from tfrevisit import artifacts
-from tfrevisit import export
+from tfrevisit import restore
 from tfrevisit.evaluation import inputs as inputs_lib
 from tfrevisit.evaluation import keras_probes
 from tfrevisit.evaluation.inputs import ImageProbeContext, ProbeInputs
@@ -126,7 +126,7 @@ def load_encoder(export_dir: Optional[str], workdir: Optional[str] = None
       `train_finetune.workdir`).
   """
   if workdir:
-    task, _ = export.restore_task(workdir)
+    task, _ = restore.restore_task(workdir)
     return task.encoder
   path = artifacts.keras_encoder_path(export_dir or "")
   if not os.path.exists(path):

@@ -16,8 +16,8 @@ def get_task(name: str, *, backbone: models.Backbone, num_classes: int,
     backbone: the backbone the task trains.
     num_classes: the number of labels of the training source.
     **options: the task's own options (e.g. `image_size=32`); options not
-      given take the task's gin bindings when gin is configured (e.g.
-      `rotation.image_size`), else the task's defaults.
+      given take the task's defaults. (The command lines fill them from gin
+      bindings such as `rotation.image_size`: `gin_config.configured_task`.)
 
   Raises:
     ValueError: for an unknown task or an option the task lacks.

@@ -1,6 +1,5 @@
 """Exemplar (Dosovitskiy et al. 2014, as in the paper): crops of one image
 form a class; a triplet loss with semi-hard mining pulls them together."""
-import gin
 import tensorflow as tf
 
 from tfrevisit import losses
@@ -18,13 +17,12 @@ def nearest_neighbour_accuracy(labels: tf.Tensor, embeddings: tf.Tensor) -> tf.T
 
 
 @base.register("exemplar")
-@gin.configurable("exemplar")
 class ExemplarTask(base.Task):
   """`num_crops` Inception crops per image (grayscale w.p. 0.66, per-crop
   distortion and standardization); the `logits` of `embed_dim`, L2-normalised,
   are the embedding.
 
-  `normalize_axis` (gin `exemplar.normalize_axis`): 0, the release's default,
+  `normalize_axis` (the gin binding `exemplar.normalize_axis`): 0, the release's default,
   normalises each embedding dimension across the B*num_crops crops of the
   batch; -1 (the textbook variant) normalises each embedding.
   """

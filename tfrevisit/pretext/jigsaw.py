@@ -1,6 +1,5 @@
 """Jigsaw puzzles (Noroozi & Favaro 2016): which of 100 permutations shuffled
 the 9 patches."""
-import gin
 import tensorflow as tf
 
 from tfrevisit import models
@@ -41,7 +40,6 @@ def permuted_concat(embeddings: tf.Tensor, permutations: tf.Tensor) -> tf.Tensor
 
 
 @base.register("jigsaw")
-@gin.configurable("jigsaw")
 class JigsawTask(base.Task):
   """Patch embeddings concatenated in a permutation's order; a head predicts
   the permutation. Each training step draws `perm_subset_size` of the

@@ -1,6 +1,5 @@
 """Relative patch location (Doersch et al. 2015): where is a neighbour patch
 relative to the centre one, among the 8 positions of a 3x3 grid."""
-import gin
 import tensorflow as tf
 
 from tfrevisit import models
@@ -21,7 +20,6 @@ def neighbour_centre_pairs(embeddings: tf.Tensor) -> tf.Tensor:
 
 
 @base.register("relative_patch_location")
-@gin.configurable("relative_patch_location")
 class RelativePatchLocationTask(base.Task):
   """Each patch -> backbone (patch mode) -> embedding; a head classifies each
   (neighbour, centre) pair into the 8 relative positions."""

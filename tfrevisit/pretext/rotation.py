@@ -1,5 +1,4 @@
 """Rotation prediction (Gidaris et al. 2018): which of 0/90/180/270 degrees."""
-import gin
 import tensorflow as tf
 
 from tfrevisit import models
@@ -10,7 +9,6 @@ NUM_ROTATIONS = 4
 
 
 @base.register("rotation")
-@gin.configurable("rotation")
 class RotationTask(base.Task):
   """Each image is shown at the four rotations; 4-way softmax on `logits`."""
 

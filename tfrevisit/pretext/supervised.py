@@ -1,5 +1,4 @@
 """The supervised baseline: softmax over the dataset's labels."""
-import gin
 
 from tfrevisit import models
 from tfrevisit.data import recipes
@@ -7,7 +6,6 @@ from tfrevisit.pretext import base
 
 
 @base.register("supervised")
-@gin.configurable("supervised")
 class SupervisedTask(base.Task):
   """Inception-preprocessed images, cross-entropy on the `logits` head."""
 

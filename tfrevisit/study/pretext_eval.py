@@ -32,8 +32,8 @@ import tensorflow as tf
 from tfrevisit import artifacts
 from tfrevisit import cli
 from tfrevisit import data
-from tfrevisit import export
 from tfrevisit import gin_config
+from tfrevisit import restore
 from tfrevisit import train as _  # pylint: disable=unused-import  # config.gin binds train.*
 from tfrevisit.study import grid
 
@@ -104,7 +104,7 @@ def pretext_curve(workdir: str, output: str, split: str = None,
   gin_config.parse_gin([artifacts.config_path(workdir)], [])
   train_split = grid.gin_value(config, "train.train_split", "train")
   batch_size = grid.gin_value(config, "train.batch_size")
-  source = data.get_source()
+  source = gin_config.configured_source()
   prefixes = checkpoints(workdir)
   if not prefixes:
     raise FileNotFoundError(f"No checkpoint in {artifacts.checkpoint_dir(workdir)}.")
@@ -116,7 +116,7 @@ def pretext_curve(workdir: str, output: str, split: str = None,
   todo = [p for p in prefixes if checkpoint_step(p) not in done]
   steps_per_epoch = max(source.num_examples(train_split) // batch_size, 1)
   if todo:
-    task, _ = export.restore_task(workdir, todo[0])
+    task, _ = restore.restore_task(workdir, todo[0])
     split = split or held_out_split(train_split)
     batches = held_out_batches(task, source, split, batch_size, num_examples,
                                seed)
