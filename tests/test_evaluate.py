@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tfrevisit import data
 from tfrevisit import evaluate
+from tfrevisit import gin_config
 from tfrevisit import export
 from tfrevisit import models
 from tfrevisit.data import sources
@@ -306,7 +307,8 @@ def test_unknown_probe_fails_before_any_work(tiny_export, tmp_path):
   _, path = tiny_export
   gin.parse_config(['source.name = "random"'])
   with pytest.raises(ValueError, match="valid choices"):
-    evaluate.evaluate(path, str(tmp_path), probes=["svm"])
+    evaluate.evaluate(path, str(tmp_path), gin_config.configured_source(),
+                      probes=["svm"])
   assert not os.path.exists(tmp_path / "features")
 
 

@@ -50,8 +50,9 @@ from tfrevisit.evaluation import splits as splits_lib
 log = logging.getLogger("tfrevisit.evaluate")
 
 
-@gin.configurable("evaluate", denylist=["export_dir", "workdir", "model_name"])
-def evaluate(export_dir: str, workdir: str,
+@gin.configurable("evaluate",
+                  denylist=["export_dir", "workdir", "source", "model_name"])
+def evaluate(export_dir: str, workdir: str, source: data.Source,
              probes: Sequence[str] = ("linear",),
              end_points: Optional[Sequence[str]] = None,
              label_fractions: Sequence[float] = (1.0,),
@@ -72,6 +73,8 @@ def evaluate(export_dir: str, workdir: str,
   Args:
     export_dir: an exported SavedModel directory (`--hub_module`).
     workdir: where features are cached and results written.
+    source: the labelled images (`data.get_source`; the command line's comes
+      from the `source.*` bindings).
     probes: names in `probes.PROBES`: linear, mlp, linear_sgd, knn,
       fewshot, linear_sgd_images, finetune (no feature cache is made when
       only probes on images run); each runs with its gin bindings
@@ -98,7 +101,6 @@ def evaluate(export_dir: str, workdir: str,
   """
   _check_choices(probes, protocol)
   module, preprocess = _load_export(export_dir, preprocess)
-  source = gin_config.configured_source()
   splits = None
   if any(probes_lib.needs(probe) == inputs_lib.FEATURES for probe in probes):
     splits = _cached_features(
@@ -222,7 +224,8 @@ def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   gin_config.parse_gin(args.gin, args.gin_param)
-  rows = evaluate(args.hub_module, args.workdir)
+  rows = evaluate(args.hub_module, args.workdir,
+                  gin_config.configured_source())
   result_files.write_tensorboard(
       rows, artifacts.summary_dir(args.workdir),
       step=artifacts.read_metadata(args.hub_module).get("global_step", 0))

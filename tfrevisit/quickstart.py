@@ -53,6 +53,7 @@ def run(workdir: str, train_bindings=(), eval_bindings=()) -> List[Dict]:
     gin.clear_config()
     gin_config.parse_gin([EVAL_CONFIG], list(eval_bindings))
     rows += evaluate_lib.evaluate(path, os.path.join(workdir, f"eval_{model}"),
+                                  gin_config.configured_source(),
                                   model_name=model)
   result_files.write_results(rows, workdir)
   return rows
