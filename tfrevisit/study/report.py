@@ -274,8 +274,28 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
                    plans: Optional[Dict[str, Sequence[str]]] = None) -> str:
   """docs/study.md (see the module docstring)."""
   views = {b: Results(c) for b, c in budget_views(cells).items()}
-  budgets = " · ".join(views)
   findings = {b: findings_lib.all_findings(r) for b, r in views.items()}
+  parts = _introduction(cells, views, plans)
+  parts += _tables(views, findings)
+  parts += _spreads_and_gains(views)
+  parts += _diagnostics(views)
+  pilot = pilot_table(cells)
+  if pilot:
+    parts += ["## Pilot: training budgets", "",
+              "Each run's held-out pretext accuracy gained over its last 25% of "
+              "epochs; the picked budget is the smallest that converged "
+              "(gained less than 1 point).", "", markdown_table(pilot), ""]
+  if notes:
+    parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
+  parts += _plots(plot_paths)
+  parts += _findings(findings)
+  parts += _cells_section(cells)
+  return "\n".join(parts)
+
+
+def _introduction(cells, views, plans) -> List[str]:
+  """The title, what the numbers are, and each grid's coverage."""
+  budgets = " · ".join(views)
   parts = [
       "# The study on Fashion-MNIST",
       "",
@@ -293,7 +313,13 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
   ]
   for config, planned in (plans or {}).items():
     parts += [coverage(cells, planned, f"Grid `{config}`"), ""]
-  parts += [
+  return parts
+
+
+def _tables(views, findings) -> List[str]:
+  """The Table 1 analogues (best layer on val, pre_logits) and the verdicts."""
+  budgets = " · ".join(views)
+  return [
       f"## Table 1 analogue (k=1): the layer chosen on val, its test top-1 ({budgets})",
       "", markdown_table(table1(views, best_layer_entry)), "",
       f"## pre_logits linear top-1 (k=1; {budgets})", "",
@@ -301,7 +327,12 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
       "## Verdicts", "",
       "Each finding's rule, its power and its evidence are under "
       "[Findings](#findings).", "",
-      markdown_table(verdict_table(findings)), "",
+      markdown_table(verdict_table(findings)), ""]
+
+
+def _spreads_and_gains(views) -> List[str]:
+  """The seed spreads per budget and the gains over the untrained networks."""
+  parts = [
       "## Seed spreads", "",
       "Per-cell std over training seeds of pre_logits linear top-1, pooled "
       "within architecture family and task type (patch tasks apart); a model "
@@ -318,48 +349,61 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
     gains = gain_table(results)
     if gains:
       parts += [f"{budget}:", "", markdown_table(gains), ""]
-  parts += ["## Linear probe diagnostics", "",
-            "Rows of the L-BFGS linear probe whose fit stopped before its 3rd "
-            "iteration, hit the iteration cap, did not converge or chose an "
-            "L2 at the edge of its grid. The first edition's rows predate the "
-            "recorded diagnostics (issue 25): for them stopped early is "
-            "derived from the final fit's iteration count (a refit warm-"
-            "started from the chosen train fit; newer rows count from zero, "
-            "warm starts included), the cap and the grid's edge are "
-            "unknown.", "",
-            markdown_table(diagnostics_table(views)), ""]
+  return parts
+
+
+def _diagnostics(views) -> List[str]:
+  """The linear probe's diagnostics counted per budget, and where a fit
+  stopped early."""
+  parts = ["## Linear probe diagnostics", "",
+           "Rows of the L-BFGS linear probe whose fit stopped before its 3rd "
+           "iteration, hit the iteration cap, did not converge or chose an "
+           "L2 at the edge of its grid. The first edition's rows predate the "
+           "recorded diagnostics (issue 25): for them stopped early is "
+           "derived from the final fit's iteration count (a refit warm-"
+           "started from the chosen train fit; newer rows count from zero, "
+           "warm starts included), the cap and the grid's edge are "
+           "unknown.", "",
+           markdown_table(diagnostics_table(views)), ""]
   for budget, results in views.items():
     where = results.diagnostics()["stopped_early"]["where"]
     if where:
       parts += [f"Stopped early ({budget}): " + ", ".join(where) + ".", ""]
-  pilot = pilot_table(cells)
-  if pilot:
-    parts += ["## Pilot: training budgets", "",
-              "Each run's held-out pretext accuracy gained over its last 25% of "
-              "epochs; the picked budget is the smallest that converged "
-              "(gained less than 1 point).", "", markdown_table(pilot), ""]
-  if notes:
-    parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
-  parts += ["## Plots", "",
-            "One figure per training budget (`NAME-BUDGET.png`), each group "
-            "with its caption.", ""]
+  return parts
+
+
+def _plots(plot_paths: Dict[str, str]) -> List[str]:
+  """The figures, grouped by plot, each group with its caption."""
+  parts = ["## Plots", "",
+           "One figure per training budget (`NAME-BUDGET.png`), each group "
+           "with its caption.", ""]
   for stem in [*plots.PLOTS, *plots.ALL_BUDGETS_PLOTS]:
     names = [n for n in plot_paths if n.rsplit(".", 1)[0].split("-")[0] == stem]
     if names:
       parts += [f"![{n}](study/{os.path.basename(plot_paths[n])})" for n in names]
       parts += ["", f"*{', '.join(names)}.* {plots.CAPTIONS[stem]}", ""]
-  parts += ["## Findings", "", findings_lib.__doc__.split("\n\n", 1)[1].strip(),
-            ""]
+  return parts
+
+
+def _findings(findings) -> List[str]:
+  """Each finding's rule, and its verdict, power and evidence per budget."""
+  parts = ["## Findings", "", findings_lib.__doc__.split("\n\n", 1)[1].strip(),
+           ""]
   for index, finding in enumerate(next(iter(findings.values()))):
     parts += [f"### {finding.title}", "", f"Rule: {finding.rule}", ""]
     for budget, found in findings.items():
       parts += [f"**{budget}: {found[index].verdict}.** Power: "
                 f"{found[index].power}", "", found[index].evidence, ""]
-  parts += ["## Cells", "",
-            "Pretext accuracy: the training accuracy of the last logged "
-            "interval and, for cells with a budget, the held-out accuracy at "
-            "the last checkpoint; converged by the rule of the pilot.", "",
-            _cells_table(cells), ""]
+  return parts
+
+
+def _cells_section(cells) -> List[str]:
+  """The table of cells and the time each budget took."""
+  parts = ["## Cells", "",
+           "Pretext accuracy: the training accuracy of the last logged "
+           "interval and, for cells with a budget, the held-out accuracy at "
+           "the last checkpoint; converged by the rule of the pilot.", "",
+           _cells_table(cells), ""]
   for budget in sorted({c["budget"] for c in cells}):
     chosen = [c for c in cells if c["budget"] == budget]
     parts.append(f"- {budget}: {len(chosen)} cells, "
@@ -369,7 +413,7 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
             f"of wall time, {_hours(cells, 'cpu'):.1f} CPU hours (user + "
             "system, all threads) in the train and evaluation stages."
             + _unrecorded_cpu(cells), ""]
-  return "\n".join(parts)
+  return parts
 
 
 def readme_summary(cells: Sequence[Dict],
