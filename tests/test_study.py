@@ -749,7 +749,7 @@ def test_mock_grid_with_two_budgets_through_runner_and_report(tmp_path,
   assert "`rotation-vgg19-k1-e2-s0`" in text
   assert "*pretext_curves.png.* Held-out pretext accuracy" in text
   # The fake curve rises 2 points over its last 25% (epoch 1.5 to 2).
-  assert "| no (+2.0) |" in text
+  assert "| no (+2.00) |" in text
   assert "- converged: 2 cells, 0.0 h wall" in text
 
 
@@ -779,7 +779,7 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
   # Curves at 0.9 - 0.1 / epoch: +2.5 points over the last 25% of 2
   # epochs, +0.8 over those of 4.
   assert report.pilot_table(cells)[1:] == [
-      ["rotation", "VGG19-BN k=1", "2 ep: no (+2.5), 4 ep: yes (+0.8)", "4"]]
+      ["rotation", "VGG19-BN k=1", "2 ep: no (+2.50), 4 ep: yes (+0.83)", "4"]]
   readme = tmp_path / "README.md"
   readme.write_text(f"# Title\n\n{report.README_BEGIN}\nold table\n"
                     f"{report.README_END}\n\n## Next\n")
@@ -875,3 +875,19 @@ def test_a_running_stage_writes_its_cpu_time_every_poll(tmp_path, monkeypatch):
     child_cpu.append(float(cpu_path.read_text()))
   assert child_cpu[0] >= 0.4
   assert not cpu_path.exists()
+
+
+def test_each_budget_compares_with_the_untrained_network_of_its_era():
+  old = _cell("random_init", "vgg19", layers={"pre_logits": 0.1})
+  new = {**_cell("random_init", "vgg19", layers={"pre_logits": 0.68}),
+         "budget": "converged"}  # the label the converged grid gives it
+  trained = [_cell("rotation", "vgg19", layers={"pre_logits": 0.70}),
+             _cell("rotation", "vgg19", layers={"pre_logits": 0.75}, epochs=2,
+                   budget="converged", pretext=0.9)]
+  views = budget_views(trained + [old, new])
+  untrained = {b: [c["rows"][0]["top1"] for c in v if c["task"] == "random_init"]
+               for b, v in views.items()}
+  assert untrained == {"short": [0.1], "converged": [0.68]}
+  # Without a reference of its era, a budget takes every untrained cell.
+  assert len([c for c in budget_views(trained + [new])["short"]
+              if c["task"] == "random_init"]) == 1

@@ -230,7 +230,7 @@ def _converged_entry(cell: Dict) -> str:
   gain = curves_lib.late_gain(epochs, accuracy, cell.get("train_epochs"))
   if gain is None:
     return "too few points"
-  return f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} ({100 * gain:+.1f})"
+  return f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} ({100 * gain:+.2f})"
 
 
 def _cells_table(cells) -> str:

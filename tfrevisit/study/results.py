@@ -93,9 +93,13 @@ def _budget_order(label: str) -> Tuple[int, str]:
 def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
   """{budget label: its cells}, short first, then converged, then others.
 
-  The untrained network (random_init) belongs to every budget. A "pilot"
-  cell trained for the epochs of its task's converged cells is one of them
-  too (the pilot's rung that the grid adopted).
+  The untrained network (random_init) is the reference of every budget of
+  its code era: a random_init cell labelled "short" (the first edition's,
+  before the fixed probe and the release's backbones) serves the short
+  budget, one labelled otherwise (the converged grid's) every other budget;
+  a budget without a reference of its era takes all random_init cells. A
+  "pilot" cell trained for the epochs of its task's converged cells is one of
+  the converged cells too (the pilot's rung that the grid adopted).
   """
   adopted = {(c["task"], c["train_epochs"]) for c in cells
              if c["budget"] == "converged"}
@@ -108,7 +112,15 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
       views["converged"].append(cell)
   untrained = [c for c in cells if c["task"] == "random_init"]
   labels = sorted(views, key=_budget_order) or [grid.SHORT]
-  return {label: views[label] + untrained for label in labels}
+  return {label: views[label] + _references(untrained, label)
+          for label in labels}
+
+
+def _references(untrained: Sequence[Dict], label: str) -> List[Dict]:
+  """The random_init cells of budget `label`'s code era (see budget_views)."""
+  short_era = label == grid.SHORT
+  same_era = [c for c in untrained if (c["budget"] == grid.SHORT) == short_era]
+  return same_era or list(untrained)
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
