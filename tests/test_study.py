@@ -891,3 +891,15 @@ def test_each_budget_compares_with_the_untrained_network_of_its_era():
   # Without a reference of its era, a budget takes every untrained cell.
   assert len([c for c in budget_views(trained + [new])["short"]
               if c["task"] == "random_init"]) == 1
+
+
+def test_the_report_lists_cells_still_rising_at_the_end_of_their_budget():
+  # _cell's curve is pretext - 0.1 / epoch at epochs 1..E: over the last 25%
+  # a 2-epoch run gains (0.1 + 0.05) / 2 - 0.05 = 2.5 points (linearly
+  # interpolated at epoch 1.5), a 4-epoch run 0.1 / 3 - 0.1 / 4 = 0.83.
+  rising = _cell("rotation", "vgg19", layers={"pre_logits": 0.7}, epochs=2,
+                 budget="converged", pretext=0.9)
+  flat = _cell("rotation", "revnet50", layers={"pre_logits": 0.7}, epochs=4,
+               budget="converged", pretext=0.9)
+  assert report.still_rising([rising, flat, _cell("rotation", "vgg19")]) == [
+      "`rotation-vgg19-k1-e2-s0` (+2.50 pts)"]

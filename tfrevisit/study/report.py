@@ -269,6 +269,22 @@ def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
   return table
 
 
+def still_rising(cells: Sequence[Dict]) -> List[str]:
+  """"CELL (+G pts)" for each cell with a budget whose held-out pretext
+  accuracy gained at least `curves.MIN_GAIN` over its last 25% of epochs:
+  trained for its task's budget, it had not converged by the pilot's rule."""
+  rising = []
+  for cell in cells:
+    curve = cell.get("pretext_curve")
+    if not curve:
+      continue
+    epochs, accuracy = curves_lib.curve_arrays(curve)
+    gain = curves_lib.late_gain(epochs, accuracy, cell.get("train_epochs"))
+    if gain is not None and gain >= curves_lib.MIN_GAIN:
+      rising.append(f"`{cell['cell']}` ({100 * gain:+.2f} pts)")
+  return rising
+
+
 def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
                    notes: str = "",
                    plans: Optional[Dict[str, Sequence[str]]] = None) -> str:
@@ -285,6 +301,11 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
               "Each run's held-out pretext accuracy gained over its last 25% of "
               "epochs; the picked budget is the smallest that converged "
               "(gained less than 1 point).", "", markdown_table(pilot), ""]
+  rising = still_rising(cells)
+  if rising:
+    parts += ["Cells whose pretext accuracy was still rising at the end of "
+              "their budget (not converged by the same rule; a longer budget "
+              "for them is still to run): " + ", ".join(rising) + ".", ""]
   if notes:
     parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
   parts += _plots(plot_paths)
