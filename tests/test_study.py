@@ -29,7 +29,8 @@ from tfrevisit.study import grid
 from tfrevisit.study import pretext_eval
 from tfrevisit.study import report
 from tfrevisit.study import stats
-from tfrevisit.study.results import Results, budget_views, normalise_cell
+from tfrevisit.study.results import (Results, budget_views, normalise_cell,
+                                     resolve_rungs)
 
 TINY_TRAIN = ["train.max_steps = 2", "train.batch_size = 8",
               "train.log_every_steps = 1",
@@ -385,15 +386,23 @@ def test_the_converged_and_pilot_configs_parse_into_the_issue_grid():
           if c.filters_factor > 1} == {
               (t, "revnet50", k) for t in ("rotation", "relative_patch_location")
               for k in (2, 4)}
-  # Every width at its task's k=1 budget.
-  budgets = {c.task: c.epochs for c in trained if c.filters_factor == 1}
-  assert all(c.epochs == budgets[c.task] for c in trained)
-  seeded = {(c.task, c.architecture) for c in trained if c.seed == 2}
+  # Every width at its task's budget; a longer rung only as the next rung of
+  # a k=1 model that has the budget's rung.
+  budgets = {c.task: min(d.epochs for d in trained if d.task == c.task)
+             for c in trained}
+  assert all(c.epochs == budgets[c.task] for c in trained if c.filters_factor > 1)
+  keys = {c.key for c in trained}
+  longer = {c.key for c in trained if c.epochs != budgets[c.task]}
+  assert {(t, a, e) for t, a, _, e, _ in longer} == {
+      ("rotation", a, 4.0) for a in ("resnet50_v1", "resnet50_v2", "vgg19")}
+  assert all((t, a, k, budgets[t], 0) in keys for t, a, k, _, _ in longer)
+  # Seeds 1 and 2 at the rung of seed 0's longest.
+  seeded = {(c.task, c.architecture, c.epochs) for c in trained if c.seed == 2}
   assert len(seeded) >= 4 and all(
-      (t, a, 1, budgets[t], s) in {c.key for c in trained}
-      for t, a in seeded for s in (0, 1))
-  assert {stats.family(a) for _, a in seeded} == {"ResNet", "RevNet", "VGG"}
-  assert any(t in grid.PATCH_TASKS for t, _ in seeded)
+      (t, a, 1, e, s) in keys and (t, a, 1, 2 * e, 0) not in keys
+      for t, a, e in seeded for s in (0, 1))
+  assert {stats.family(a) for _, a, _ in seeded} == {"ResNet", "RevNet", "VGG"}
+  assert any(t in grid.PATCH_TASKS for t, _, _ in seeded)
   # Half an epoch of checkpoints: the train split (official train minus the
   # held-out val) or trainval, over twice the batch size of the task config.
   train = 60000 - sources.held_out_size(60000, sources.HELD_OUT_FRACTION)
@@ -903,3 +912,43 @@ def test_the_report_lists_cells_still_rising_at_the_end_of_their_budget():
                budget="converged", pretext=0.9)
   assert report.still_rising([rising, flat, _cell("rotation", "vgg19")]) == [
       "`rotation-vgg19-k1-e2-s0` (+2.50 pts)"]
+
+
+def _flat_curve(cell):
+  """The cell with a pretext curve that gained nothing: converged."""
+  cell["pretext_curve"] = [{**p, "accuracy": 0.5} for p in cell["pretext_curve"]]
+  return cell
+
+
+def test_each_model_is_reported_at_the_smallest_rung_that_converged():
+  # _cell's curves: 2 epochs rise 2.5 points over the last 25%, 4 epochs 0.83,
+  # 8 epochs 0.42 (see the test above).
+  vgg = {e: _cell("rotation", "vgg19", layers={"pre_logits": top1}, epochs=e,
+                  budget="converged", pretext=0.9)
+         for e, top1 in ((2, 0.70), (4, 0.74), (8, 0.76))}
+  rev_2 = _flat_curve(_cell("rotation", "revnet50", layers={"pre_logits": 0.80},
+                            epochs=2, budget="converged", pretext=0.9))
+  rev_4 = _cell("rotation", "revnet50", layers={"pre_logits": 0.81}, epochs=4,
+                budget="converged", pretext=0.9)
+  rising = {e: _cell("rotation", "resnet50_v1", layers={"pre_logits": top1},
+                     epochs=e, budget="converged", pretext=0.9)
+            for e, top1 in ((1, 0.60), (2, 0.62))}
+  cells = list(vgg.values()) + [rev_4, rev_2] + list(rising.values())
+  kept, superseded = resolve_rungs(cells)
+  assert [c["cell"] for c in kept] == [
+      "rotation-vgg19-k1-e4-s0", "rotation-revnet50-k1-e2-s0",
+      "rotation-resnet50_v1-k1-e2-s0"]
+  assert len(superseded) == 4
+  # The tables see one rung per model: its top-1, not a mean over rungs.
+  converged = Results(budget_views(cells)["converged"])
+  assert converged.top1("rotation", "vgg19") == {0: 0.74}
+  assert converged.top1("rotation", "revnet50") == {0: 0.80}
+  assert converged.top1("rotation", "resnet50_v1") == {0: 0.62}
+  notes = report.rung_notes(cells)
+  assert len(notes) == 2
+  assert ("`rotation-vgg19-k1-e2-s0` (+2.50 pts): reported at 4 epochs; "
+          "`rotation-vgg19-k1-e8-s0` (+0.42 pts): reported at 4 epochs") in notes[0]
+  assert "`rotation-revnet50-k1-e4-s0` (+0.83 pts): reported at 2 epochs" in notes[0]
+  # Still rising where it is reported (a 1-epoch curve has one point: 0 gain
+  # cannot be read, so its e1 rung does not converge either).
+  assert notes[1].endswith(": `rotation-resnet50_v1-k1-e2-s0` (+2.50 pts).")

@@ -38,7 +38,8 @@ from tfrevisit.study import plots
 from tfrevisit.study import stats
 from tfrevisit.study.results import (Results, budget_views, chance, flat_rows,
                                      late_layers, load_cells, mean_std,
-                                     normalise_cell, seed_mean, stopped_early)
+                                     normalise_cell, resolve_rungs, seed_mean,
+                                     stopped_early)
 
 DEFAULT_OUT_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -223,11 +224,9 @@ def _pretext_entry(cell: Dict) -> str:
 
 
 def _converged_entry(cell: Dict) -> str:
-  curve = cell.get("pretext_curve")
-  if not curve:
+  if not cell.get("pretext_curve"):
     return "-"
-  epochs, accuracy = curves_lib.curve_arrays(curve)
-  gain = curves_lib.late_gain(epochs, accuracy, cell.get("train_epochs"))
+  gain = _late_gain(cell)
   if gain is None:
     return "too few points"
   return f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} ({100 * gain:+.2f})"
@@ -269,20 +268,50 @@ def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
   return table
 
 
+def _late_gain(cell: Dict) -> Optional[float]:
+  curve = cell.get("pretext_curve")
+  if not curve:
+    return None
+  return curves_lib.late_gain(*curves_lib.curve_arrays(curve),
+                              cell.get("train_epochs"))
+
+
 def still_rising(cells: Sequence[Dict]) -> List[str]:
   """"CELL (+G pts)" for each cell with a budget whose held-out pretext
   accuracy gained at least `curves.MIN_GAIN` over its last 25% of epochs:
   trained for its task's budget, it had not converged by the pilot's rule."""
-  rising = []
-  for cell in cells:
-    curve = cell.get("pretext_curve")
-    if not curve:
-      continue
-    epochs, accuracy = curves_lib.curve_arrays(curve)
-    gain = curves_lib.late_gain(epochs, accuracy, cell.get("train_epochs"))
-    if gain is not None and gain >= curves_lib.MIN_GAIN:
-      rising.append(f"`{cell['cell']}` ({100 * gain:+.2f} pts)")
-  return rising
+  gains = [(cell, _late_gain(cell)) for cell in cells]
+  return [f"`{cell['cell']}` ({100 * gain:+.2f} pts)" for cell, gain in gains
+          if gain is not None and gain >= curves_lib.MIN_GAIN]
+
+
+def rung_notes(cells: Sequence[Dict]) -> List[str]:
+  """The report's sentences on training budgets: models trained at a longer
+  rung (the rung each table uses, `results.resolve_rungs`) and the cells
+  still rising at the rung they are reported at."""
+  kept, superseded = resolve_rungs([c for c in cells if c.get("pretext_curve")])
+  used = {(c["task"], c["architecture"], c["filters_factor"], c["seed"]):
+          c["train_epochs"] for c in kept}
+  notes = []
+  if superseded:
+    entries = []
+    for cell in superseded:
+      gain = _late_gain(cell)
+      model = (cell["task"], cell["architecture"], cell["filters_factor"],
+               cell["seed"])
+      entries.append(f"`{cell['cell']}`"
+                     + ("" if gain is None else f" ({100 * gain:+.2f} pts)")
+                     + f": reported at {used[model]:g} epochs")
+    notes.append("Models trained at several budgets are reported at the "
+                 "smallest whose pretext accuracy converged, else the "
+                 "largest (each model at its own convergence); not reported: "
+                 + "; ".join(entries) + ".")
+  rising = still_rising(kept)
+  if rising:
+    notes.append("Cells whose pretext accuracy was still rising at the end of "
+                 "their budget (not converged by the same rule; a longer "
+                 "budget for them is still to run): " + ", ".join(rising) + ".")
+  return notes
 
 
 def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
@@ -301,11 +330,8 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
               "Each run's held-out pretext accuracy gained over its last 25% of "
               "epochs; the picked budget is the smallest that converged "
               "(gained less than 1 point).", "", markdown_table(pilot), ""]
-  rising = still_rising(cells)
-  if rising:
-    parts += ["Cells whose pretext accuracy was still rising at the end of "
-              "their budget (not converged by the same rule; a longer budget "
-              "for them is still to run): " + ", ".join(rising) + ".", ""]
+  for note in rung_notes(cells):
+    parts += [note, ""]
   if notes:
     parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
   parts += _plots(plot_paths)

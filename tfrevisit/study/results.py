@@ -99,7 +99,8 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
   budget, one labelled otherwise (the converged grid's) every other budget;
   a budget without a reference of its era takes all random_init cells. A
   "pilot" cell trained for the epochs of its task's converged cells is one of
-  the converged cells too (the pilot's rung that the grid adopted).
+  the converged cells too (the pilot's rung that the grid adopted). Within
+  each budget a model trained at several rungs keeps one (`resolve_rungs`).
   """
   adopted = {(c["task"], c["train_epochs"]) for c in cells
              if c["budget"] == "converged"}
@@ -112,8 +113,39 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
       views["converged"].append(cell)
   untrained = [c for c in cells if c["task"] == "random_init"]
   labels = sorted(views, key=_budget_order) or [grid.SHORT]
-  return {label: views[label] + _references(untrained, label)
+  return {label: resolve_rungs(views[label])[0] + _references(untrained, label)
           for label in labels}
+
+
+def _converged_cell(cell: Dict[str, Any]) -> Optional[bool]:
+  curve = cell.get("pretext_curve")
+  if not curve:
+    return None
+  return curves_lib.converged(*curves_lib.curve_arrays(curve),
+                              total_epochs=cell["train_epochs"])
+
+
+def resolve_rungs(cells: Sequence[Dict[str, Any]]
+                  ) -> Tuple[List[Dict], List[Dict]]:
+  """One training budget per model and seed: (kept cells, superseded cells).
+
+  A model (task, architecture, k, seed) trained at several budgets (a ladder
+  of rungs, e.g. 2 then 4 epochs for a model still rising at 2) keeps the
+  smallest rung whose pretext curve converged (`curves.converged`), else
+  its largest rung: each model at its own convergence. The others are
+  superseded. Cells keep their order.
+  """
+  rungs = collections.defaultdict(list)
+  for cell in cells:
+    rungs[(cell["task"], cell["architecture"], cell["filters_factor"],
+           cell["seed"])].append(cell)
+  kept_ids = set()
+  for ladder in rungs.values():
+    ladder = sorted(ladder, key=lambda c: c["train_epochs"] or 0)
+    done = [c for c in ladder if _converged_cell(c)]
+    kept_ids.add(id(done[0] if done else ladder[-1]))
+  return ([c for c in cells if id(c) in kept_ids],
+          [c for c in cells if id(c) not in kept_ids])
 
 
 def _references(untrained: Sequence[Dict], label: str) -> List[Dict]:
