@@ -788,7 +788,8 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
   # Curves at 0.9 - 0.1 / epoch: +2.5 points over the last 25% of 2
   # epochs, +0.8 over those of 4.
   assert report.pilot_table(cells)[1:] == [
-      ["rotation", "VGG19-BN k=1", "2 ep: no (+2.50), 4 ep: yes (+0.83)", "4"]]
+      ["rotation", "VGG19-BN k=1",
+       "2 ep: no (+2.50), 80.0 (fc6); 4 ep: yes (+0.83), 86.0 (fc6)", "4"]]
   readme = tmp_path / "README.md"
   readme.write_text(f"# Title\n\n{report.README_BEGIN}\nold table\n"
                     f"{report.README_END}\n\n## Next\n")

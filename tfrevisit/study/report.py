@@ -248,8 +248,8 @@ def _cells_table(cells) -> str:
 
 def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
   """Rows: per task and architecture of cells with pretext curves, each
-  budget's late gain and the budget the rule picks (`curves.choose_budget`);
-  [] without curves."""
+  budget's late gain and linear top-1 (what more epochs give), and the
+  budget the rule picks (`curves.choose_budget`); [] without curves."""
   runs: Dict = {}
   for cell in cells:
     if cell.get("pretext_curve") and cell["seed"] == 0:
@@ -257,10 +257,14 @@ def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
       runs.setdefault(key, {})[cell["train_epochs"]] = cell
   if not runs:
     return []
-  table = [["task", "architecture", "budgets: late gain (pts)", "picked"]]
+  table = [["task", "architecture",
+            "budgets: converged (late gain, pts), linear top-1 (layer chosen on val)",
+            "picked"]]
   for (task, architecture, k), by_budget in sorted(runs.items()):
-    gains = ", ".join(f"{e:g} ep: {_converged_entry(c)}"
-                      for e, c in sorted(by_budget.items()))
+    gains = "; ".join(
+        f"{e:g} ep: {_converged_entry(c)}, "
+        f"{best_layer_entry(Results([c]), task, architecture, k)}"
+        for e, c in sorted(by_budget.items()))
     picked = curves_lib.choose_budget(
         {e: c["pretext_curve"] for e, c in by_budget.items()})
     table.append([task, f"{grid.ARCHITECTURES[architecture].title} k={k}",
@@ -326,10 +330,11 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
   parts += _diagnostics(views)
   pilot = pilot_table(cells)
   if pilot:
-    parts += ["## Pilot: training budgets", "",
+    parts += ["## Training budgets per model", "",
               "Each run's held-out pretext accuracy gained over its last 25% of "
-              "epochs; the picked budget is the smallest that converged "
-              "(gained less than 1 point).", "", markdown_table(pilot), ""]
+              "epochs and its linear top-1 on test at the layer chosen on val; "
+              "the picked budget is the smallest that converged (gained less "
+              "than 1 point).", "", markdown_table(pilot), ""]
   for note in rung_notes(cells):
     parts += [note, ""]
   if notes:
