@@ -370,6 +370,21 @@ def test_blocks_name_and_stretch_training_budgets(tmp_path):
     grid.study()
 
 
+def test_the_short_rerun_mirrors_the_converged_grids_k1_models_and_seeds():
+  gin.clear_config()
+  grid.parse_config(["study/fashion_mnist_converged.gin"])
+  converged = [c for c in grid.study().cells
+               if c.filters_factor == 1 and c.task != "random_init"]
+  gin.clear_config()
+  grid.parse_config(["study/fashion_mnist_short.gin"])
+  short = grid.study().cells
+  assert all(c.epochs is None and c.budget == "short" for c in short)
+  model = lambda c: (c.task, c.architecture, c.seed)
+  assert {model(c) for c in short} == {model(c) for c in converged}
+  assert [c.name for c in short if "linear_sgd" in c.evals] == [
+      "rotation-resnet50_v2-k1-s0"]
+
+
 def test_the_converged_and_pilot_configs_parse_into_the_issue_grid():
   gin.clear_config()
   grid.parse_config(["study/fashion_mnist_converged.gin"])
@@ -707,11 +722,11 @@ def test_best_layer_is_chosen_on_val_not_test():
   assert report.best_layer_entry(results, "rotation", "revnet50") == "82.0 (block3)"
 
 
-def test_first_edition_cells_load_as_the_short_budget():
+def test_first_edition_cells_load_as_their_own_budget():
   path = os.path.join(os.path.dirname(runner.DEFAULT_RESULTS_DIR), "cells",
-                      "rotation-resnet50_v2-k1-s0.json")
+                      "rotation-resnet50_v2-k1-s0.first_edition.json")
   cell = normalise_cell(json.load(open(path)))
-  assert (cell["budget"], cell["train_epochs"]) == ("short", 1)
+  assert (cell["budget"], cell["train_epochs"]) == ("first edition", 1)
   mlp = [r for r in cell["rows"] if r["probe"] == "mlp"]
   assert mlp and all("epochs" not in r and r["probe_epochs"] == 30 for r in mlp)
   assert cell["heldout_pretext_accuracy"] is None
@@ -773,7 +788,7 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
               _cell("rotation", "vgg19", 1, 0, layers={"fc6": 0.80}, epochs=2,
                     budget="pilot", pretext=0.8)])
   views = {b: Results(c) for b, c in budget_views(cells).items()}
-  assert list(views) == ["short", "converged", "pilot"]
+  assert list(views) == ["first edition", "converged", "pilot"]
   assert report.table1(views, report.best_layer_entry) == [
       ["task", "RevNet50", "VGG19-BN"],
       ["rotation", "82.0 ± 1.0, n=3 (pre_logits) · - · -",
@@ -782,8 +797,8 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
   assert report.gain_table(views["converged"]) == [
       ["task", "VGG19-BN"], ["rotation", "fc6 +6.0, pre_logits +65.0"]]
   diagnostics = report.diagnostics_table(views)
-  # The short view: 3 RevNet seeds x 2 rows, VGG and the untrained VGG's 2.
-  assert diagnostics[1] == ["short", "10", "1", "0 (10 unknown)",
+  # The first edition: 3 RevNet seeds x 2 rows, VGG and the untrained VGG's 2.
+  assert diagnostics[1] == ["first edition", "10", "1", "0 (10 unknown)",
                             "0 (10 unknown)", "0 (10 unknown)"]
   # Curves at 0.9 - 0.1 / epoch: +2.5 points over the last 25% of 2
   # epochs, +0.8 over those of 4.
@@ -797,15 +812,15 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
   text = readme.read_text()
   assert text.startswith(f"# Title\n\n{report.README_BEGIN}\n| task |")
   assert text.endswith(f"{report.README_END}\n\n## Next\n")
-  assert "old table" not in text and "| finding | short | converged | pilot |" in text
+  assert "old table" not in text and "| finding | first edition | converged | pilot |" in text
   readme.write_text("# No block\n")
   with pytest.raises(cli.UserError, match="no study summary block"):
     report.update_readme(str(readme), cells)
 
 
 def test_report_names_the_grid_cells_not_yet_run(tmp_path):
-  cells = [_cell("rotation", "resnet50_v2", layers={"pre_logits": 0.8}),
-           _cell("rotation", "vgg19", layers={"pre_logits": 0.7})]
+  cells = [{**_cell("rotation", a, layers={"pre_logits": 0.8}), "budget": "short"}
+           for a in ("resnet50_v2", "vgg19")]
   planned = ["rotation-resnet50_v2-k1-s0", "jigsaw-vgg19-k1-s0",
              "rotation-vgg19-k1-s0", "supervised-vgg19-k1-s0"]
   assert report.coverage(cells, planned) == (
@@ -897,10 +912,35 @@ def test_each_budget_compares_with_the_untrained_network_of_its_era():
   views = budget_views(trained + [old, new])
   untrained = {b: [c["rows"][0]["top1"] for c in v if c["task"] == "random_init"]
                for b, v in views.items()}
-  assert untrained == {"short": [0.1], "converged": [0.68]}
+  assert untrained == {"first edition": [0.1], "converged": [0.68]}
   # Without a reference of its era, a budget takes every untrained cell.
-  assert len([c for c in budget_views(trained + [new])["short"]
+  assert len([c for c in budget_views(trained + [new])["first edition"]
               if c["task"] == "random_init"]) == 1
+
+
+def test_the_short_budget_rerun_stands_beside_the_first_edition():
+  first = _cell("rotation", "vgg19", layers={"pre_logits": 0.55})
+  rerun = {**_cell("rotation", "vgg19", layers={"pre_logits": 0.62}),
+           "budget": "short"}  # the runner labels today's short cells
+  old = _cell("random_init", "vgg19", layers={"pre_logits": 0.1})
+  new = {**_cell("random_init", "vgg19", layers={"pre_logits": 0.68}),
+         "budget": "converged"}
+  converged = _cell("rotation", "vgg19", layers={"pre_logits": 0.70}, epochs=2,
+                    budget="converged", pretext=0.9)
+  views = budget_views([converged, rerun, first, new, old])
+  assert list(views) == ["first edition", "short", "converged"]
+  top1 = {b: Results(v).top1("rotation", "vgg19") for b, v in views.items()}
+  assert top1 == {"first edition": {0: 0.55}, "short": {0: 0.62},
+                  "converged": {0: 0.70}}
+  untrained = {b: [c["rows"][0]["top1"] for c in v if c["task"] == "random_init"]
+               for b, v in views.items()}
+  assert untrained == {"first edition": [0.1], "short": [0.68],
+                       "converged": [0.68]}
+  # A plan counts the cells of today's code only.
+  assert report.coverage([first], ["rotation-vgg19-k1-s0"]) == (
+      "Grid: 0 of 1 cells done; not yet run: `rotation-vgg19-k1-s0`.")
+  assert report.coverage([first, rerun], ["rotation-vgg19-k1-s0"]) == (
+      "Grid: all 1 cells done.")
 
 
 def test_the_report_lists_cells_still_rising_at_the_end_of_their_budget():

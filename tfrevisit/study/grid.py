@@ -7,11 +7,12 @@ cells, so a cell named by several blocks (e.g. the full grid and the seeds) is
 trained once and gets the union of their evaluations.
 
 Training budgets: a cell without `epochs` trains its task config's recipe as
-written (the first edition's cells, budget "short", named
-TASK-ARCH-kK-sSEED); a cell with `epochs` E trains the same recipe stretched
-to E epochs (warm-up and decay epochs scaled by E / the config's epochs) and
-is named TASK-ARCH-kK-eE-sSEED. Its budget label (e.g. "converged", "pilot")
-says which comparison it belongs to.
+written (budget "short", named TASK-ARCH-kK-sSEED; the first edition's cells,
+run with its code and probe, are labelled "first edition" by
+`results.normalise_cell`); a cell with `epochs` E trains the same recipe
+stretched to E epochs (warm-up and decay epochs scaled by E / the config's
+epochs) and is named TASK-ARCH-kK-eE-sSEED. Its budget label (e.g.
+"converged", "pilot") says which comparison it belongs to.
 """
 import ast
 import dataclasses
@@ -54,6 +55,9 @@ SELF_SUPERVISED = tuple(t for t in TASKS if t not in REFERENCES)
 PATCH_TASKS = ("relative_patch_location", "jigsaw")
 # The budget label of cells without `epochs` (the first edition's recipes).
 SHORT = "short"
+# The label of the first edition's cell files (they have no budget): its
+# code (before the release's backbones) and probe (before the fixed one).
+FIRST_EDITION = "first edition"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +72,7 @@ class Cell:
     evals: names of evaluation configs (configs/study/eval/NAME.gin), each run
       as one `tfrevisit.evaluate` call on the cell's export.
     epochs: training epochs (the task's recipe stretched to them); None: the
-      task config's own (the first edition's "short" budget).
+      task config's own (the first edition's recipes: budget "short").
     budget: the budget label ("short" without `epochs`).
   """
   task: str

@@ -2,7 +2,7 @@ r"""Writes the study's report from the committed cell results alone.
 
 `python -m tfrevisit.study.report [--results_dir docs/study/cells]
  [--workdir DIR] [--out_dir docs] [--readme README.md]
- [--plan configs/study/fashion_mnist.gin ...]`
+ [--plan configs/study/fashion_mnist_converged.gin ...]`
 
 Reads results_dir/*.json (or, with --workdir, DIR/*/cell.json of a study
 workdir) and writes OUT/study/results.csv (one row per cell x end point x
@@ -18,7 +18,8 @@ hand-written context of OUT/study/notes.md if it exists, the captioned
 plots, each finding's rule, power and evidence, and the cells with their
 cost. With --readme, it also replaces the README's summary block (between
 `README_BEGIN` and `README_END`). Each --plan (a study config, repeatable)
-adds a line saying how many of its cells are done and which are missing.
+adds a line saying how many of its cells are done with today's code and
+which are missing.
 """
 import argparse
 import csv
@@ -49,6 +50,7 @@ README_END = "<!-- end of study summary -->"
 NOTES_FILE = "study/notes.md"  # under the output directory
 STUDY_COMMANDS = (
     "python -m tfrevisit.study --gin configs/study/fashion_mnist.gin --workdir DIR",
+    "python -m tfrevisit.study --gin configs/study/fashion_mnist_short.gin --workdir DIR",
     "python -m tfrevisit.study --gin configs/study/fashion_mnist_pilot.gin --workdir DIR",
     "python -m tfrevisit.study --gin configs/study/fashion_mnist_converged.gin --workdir DIR")
 
@@ -65,11 +67,13 @@ def _cell(seeds: Dict[int, float]) -> str:
 
 def coverage(cells: Sequence[Dict], planned: Optional[Sequence[str]],
              label: str = "Grid") -> str:
-  """One line: how many of the `planned` cell names have results, and which
-  have not; "" without a plan."""
+  """One line: how many of the `planned` cell names have results of today's
+  code (the first edition's cells do not count), and which have not; ""
+  without a plan."""
   if planned is None:
     return ""
-  done_names = {cell["cell"] for cell in cells}
+  done_names = {cell["cell"] for cell in cells
+                if cell["budget"] != grid.FIRST_EDITION}
   missing = [name for name in planned if name not in done_names]
   done = len(planned) - len(missing)
   if not missing:
@@ -111,7 +115,7 @@ def best_layer_entry(results: Results, task: str, architecture: str,
 
 def table1(views: Dict[str, Results], entry, k: int = 1) -> List[List[str]]:
   """Rows of a Table 1 analogue, budgets side by side in each entry
-  ("short · converged"): per task and architecture at width k, `entry(results,
+  ("first edition · converged"): per task and architecture at width k, `entry(results,
   task, architecture)`."""
   architectures = [a for a in grid.ARCHITECTURES
                    if any(a in r.architectures(k) for r in views.values())]
@@ -355,10 +359,12 @@ def _introduction(cells, views, plans) -> List[str]:
       + " (seeds in the cell names, `-sN`; training budgets `-eE`, in "
       "epochs), then `python -m tfrevisit.study.report`. Accuracies: top-1 % "
       "on the Fashion-MNIST test split; mean ± std over n seeds where a model "
-      "has several. Training budgets: `short` is the first edition's recipe "
-      "(0.5-1 epoch); `converged` trains each task until its held-out "
-      "pretext accuracy stops rising (a budget per task picked by the "
-      "pilot). Entries give the budgets side by side in this order: "
+      "has several. Training budgets: `first edition` is the first "
+      "edition's cells (0.5-1 epoch, its code and linear probe); `short` the "
+      "same recipes rerun with today's backbones and probe; `converged` "
+      "trains each model until its held-out pretext accuracy stops rising "
+      "(a budget per task picked by the pilot, a longer rung for a model "
+      "still rising). Entries give the budgets side by side in this order: "
       f"{budgets}. Nothing is chosen on the test split: the best layer is "
       "the one with the best validation top-1.",
       "",
@@ -527,7 +533,7 @@ def write_plots(cells: Sequence[Dict], study_dir: str) -> Dict[str, str]:
   views = {b: Results(c) for b, c in budget_views(cells).items()}
   for stem, plot in plots.PLOTS.items():
     for budget, results in views.items():
-      name = f"{stem}-{budget}.png"
+      name = f"{stem}-{budget.replace(' ', '_')}.png"
       if plot(results, os.path.join(study_dir, name)):
         written[name] = os.path.join(study_dir, name)
   for stem, plot in plots.ALL_BUDGETS_PLOTS.items():

@@ -3,8 +3,8 @@
 A cell file (docs/study/cells/CELL.json, see `tfrevisit.study.cells.collect`)
 holds the cell's settings, budget, pretext accuracies, times and evaluation
 rows. `normalise_cell` reads old files alike (the first edition's cells have
-no budget: "short"; their `epochs` is the training's, `train_epochs` here, and
-the probes' own `epochs` become `probe_epochs`). `budget_views` splits the
+no budget: "first edition"; their `epochs` is the training's, `train_epochs`
+here, and the probes' own `epochs` become `probe_epochs`). `budget_views` splits the
 cells by budget; `Results` indexes one budget's top-1 accuracies (fractions)
 by (task, architecture, k, probe, label fraction, end point) -> {seed: top1},
 a low-data row's top-1 being the mean over its label subsets.
@@ -50,7 +50,7 @@ def normalise_cell(cell: Dict[str, Any]) -> Dict[str, Any]:
   """A cell file's content in the current schema (see module docstring);
   adds `heldout_pretext_accuracy` (the curve's last point, None without)."""
   cell = copy.deepcopy(cell)
-  cell.setdefault("budget", grid.SHORT)
+  cell.setdefault("budget", grid.FIRST_EDITION)
   if "train_epochs" not in cell:
     cell["train_epochs"] = cell.pop("epochs", None)
   curve = cell.get("pretext_curve")
@@ -86,18 +86,18 @@ def flat_rows(cells: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def _budget_order(label: str) -> Tuple[int, str]:
-  order = (grid.SHORT, "converged")
+  order = (grid.FIRST_EDITION, grid.SHORT, "converged")
   return (order.index(label) if label in order else len(order), label)
 
 
 def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
-  """{budget label: its cells}, short first, then converged, then others.
+  """{budget label: its cells}: first edition, short, converged, then others.
 
   The untrained network (random_init) is the reference of every budget of
-  its code era: a random_init cell labelled "short" (the first edition's,
-  before the fixed probe and the release's backbones) serves the short
-  budget, one labelled otherwise (the converged grid's) every other budget;
-  a budget without a reference of its era takes all random_init cells. A
+  its code era: a random_init cell of the first edition (before the fixed
+  probe and the release's backbones) serves the first edition, one labelled
+  otherwise (the converged grid's) every other budget; a budget without a
+  reference of its era takes all random_init cells. A
   "pilot" cell trained for the epochs of its task's converged cells is one of
   the converged cells too (the pilot's rung that the grid adopted). Within
   each budget a model trained at several rungs keeps one (`resolve_rungs`).
@@ -112,7 +112,7 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
     if cell["budget"] == "pilot" and (cell["task"], cell["train_epochs"]) in adopted:
       views["converged"].append(cell)
   untrained = [c for c in cells if c["task"] == "random_init"]
-  labels = sorted(views, key=_budget_order) or [grid.SHORT]
+  labels = sorted(views, key=_budget_order) or [grid.FIRST_EDITION]
   return {label: resolve_rungs(views[label])[0] + _references(untrained, label)
           for label in labels}
 
@@ -150,8 +150,8 @@ def resolve_rungs(cells: Sequence[Dict[str, Any]]
 
 def _references(untrained: Sequence[Dict], label: str) -> List[Dict]:
   """The random_init cells of budget `label`'s code era (see budget_views)."""
-  short_era = label == grid.SHORT
-  same_era = [c for c in untrained if (c["budget"] == grid.SHORT) == short_era]
+  first = label == grid.FIRST_EDITION
+  same_era = [c for c in untrained if (c["budget"] == grid.FIRST_EDITION) == first]
   return same_era or list(untrained)
 
 
