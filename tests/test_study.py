@@ -918,6 +918,24 @@ def test_each_budget_compares_with_the_untrained_network_of_its_era():
               if c["task"] == "random_init"]) == 1
 
 
+def test_the_report_lists_every_diagnosed_row_of_todays_probe():
+  first = _cell("rotation", "vgg19", layers={"pre_logits": 0.55},
+                iterations={"pre_logits": 1})
+  first["rows"][0]["converged"] = False
+  capped = _cell("rotation", "vgg19", layers={"fc6": 0.7, "pre_logits": 0.6},
+                 epochs=2, budget="converged", pretext=0.9)
+  capped["rows"][1].update(hit_max_iterations=True, converged=False,
+                           l2_at_edge=False, stopped_early=False)
+  views = {b: Results(c) for b, c in budget_views([first, capped]).items()}
+  text = "\n".join(report._diagnostics(views))
+  assert "Stopped early (first edition): rotation-vgg19-k1-s0 pre_logits @1." in text
+  assert "Not converged (first edition)" not in text
+  assert ("Hit the iteration cap (converged): rotation-vgg19-k1-e2-s0 "
+          "pre_logits @1.") in text
+  assert "Not converged (converged): rotation-vgg19-k1-e2-s0 pre_logits @1." in text
+  assert "L2 at the grid's edge (converged)" not in text
+
+
 def test_the_short_budget_rerun_stands_beside_the_first_edition():
   first = _cell("rotation", "vgg19", layers={"pre_logits": 0.55})
   rerun = {**_cell("rotation", "vgg19", layers={"pre_logits": 0.62}),

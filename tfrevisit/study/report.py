@@ -411,8 +411,8 @@ def _spreads_and_gains(views) -> List[str]:
 
 
 def _diagnostics(views) -> List[str]:
-  """The linear probe's diagnostics counted per budget, and where a fit
-  stopped early."""
+  """The linear probe's diagnostics counted per budget, and the rows of each
+  (the first edition's: only where a fit stopped early)."""
   parts = ["## Linear probe diagnostics", "",
            "Rows of the L-BFGS linear probe whose fit stopped before its 3rd "
            "iteration, hit the iteration cap, did not converge or chose an "
@@ -424,10 +424,21 @@ def _diagnostics(views) -> List[str]:
            "unknown.", "",
            markdown_table(diagnostics_table(views)), ""]
   for budget, results in views.items():
-    where = results.diagnostics()["stopped_early"]["where"]
-    if where:
-      parts += [f"Stopped early ({budget}): " + ", ".join(where) + ".", ""]
+    found = results.diagnostics()
+    # The first edition's other diagnostics are unknown or its old probe's.
+    names = (["stopped_early"] if budget == grid.FIRST_EDITION
+             else list(_DIAGNOSTIC_NAMES))
+    for name in names:
+      if found[name]["where"]:
+        parts += [f"{_DIAGNOSTIC_NAMES[name]} ({budget}): "
+                  + ", ".join(found[name]["where"]) + ".", ""]
   return parts
+
+
+_DIAGNOSTIC_NAMES = {"stopped_early": "Stopped early",
+                     "hit_max_iterations": "Hit the iteration cap",
+                     "not_converged": "Not converged",
+                     "l2_at_edge": "L2 at the grid's edge"}
 
 
 def _plots(plot_paths: Dict[str, str]) -> List[str]:
