@@ -84,6 +84,11 @@ def test_missing_gin_file_and_required_binding(tmp_path, capsys):
   assert _user_error(capsys, train.main, ["--workdir", str(tmp_path)]) == (
       "error: Required bindings for `train` not provided in config: "
       "['task', 'batch_size', 'epochs']")
+  config = tmp_path / "includes.gin"
+  config.write_text('include "study/nope.gin"\n')
+  assert _user_error(capsys, train.main, [
+      "--gin", str(config), "--workdir", str(tmp_path)]).startswith(
+          "error: bad gin config: Unable to open file: study/nope.gin.")
 
 
 def test_batch_size_must_divide_among_replicas():

@@ -5,6 +5,7 @@ and report, and the convergence rule, the statistics and each finding's
 verdict on hand-made results."""
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -368,6 +369,14 @@ def test_blocks_name_and_stretch_training_budgets(tmp_path):
   gin_config.parse_gin([config], [])
   with pytest.raises(ValueError, match="study.checkpoint_steps has no entry"):
     grid.study()
+
+
+def test_an_include_relative_to_configs_logs_no_error(caplog):
+  gin.clear_config()
+  with caplog.at_level(logging.INFO):
+    grid.parse_config(["study/fashion_mnist_pilot.gin"])
+  assert grid.study().cells
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_the_short_rerun_mirrors_the_converged_grids_k1_models_and_seeds():

@@ -104,15 +104,15 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   """Parses gin files and bindings.
 
   Raises:
-    cli.UserError: a missing file or a bad binding (unknown name, bad syntax),
-      with gin's message naming the culprit.
+    cli.UserError: a missing file or include, or a bad binding (unknown
+      name, bad syntax), with gin's message naming the culprit.
   """
   for path in files:
     if not os.path.exists(path):
       raise cli.UserError(f"gin config {path!r} does not exist; check --gin.")
   try:
     gin.parse_config_files_and_bindings(files, bindings)
-  except (ValueError, SyntaxError) as e:
+  except (ValueError, SyntaxError, OSError) as e:  # OSError: a missing include
     raise cli.UserError(f"bad gin config: {cli.one_line(e)}") from e
 
 
