@@ -327,8 +327,8 @@ class _IncludeLookupFilter(logging.Filter):
   then finds it on the search path (a missing file still raises)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    return not message.startswith(("Path not found: ", "system_path_file_exists:"))
+    return not record.getMessage().startswith(
+        ("Path not found: ", "system_path_file_exists:"))
 
 
 @gin.configurable("study")

@@ -115,8 +115,8 @@ def best_layer_entry(results: Results, task: str, architecture: str,
 
 def table1(views: Dict[str, Results], entry, k: int = 1) -> List[List[str]]:
   """Rows of a Table 1 analogue, budgets side by side in each entry
-  ("first edition · converged"): per task and architecture at width k, `entry(results,
-  task, architecture)`."""
+  ("first edition · converged"): per task and architecture at width k,
+  `entry(results, task, architecture)`."""
   architectures = [a for a in grid.ARCHITECTURES
                    if any(a in r.architectures(k) for r in views.values())]
   tasks = [t for t in grid.TASKS if any(t in r.tasks() for r in views.values())]

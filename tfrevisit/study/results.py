@@ -4,8 +4,9 @@ A cell file (docs/study/cells/CELL.json, see `tfrevisit.study.cells.collect`)
 holds the cell's settings, budget, pretext accuracies, times and evaluation
 rows. `normalise_cell` reads old files alike (the first edition's cells have
 no budget: "first edition"; their `epochs` is the training's, `train_epochs`
-here, and the probes' own `epochs` become `probe_epochs`). `budget_views` splits the
-cells by budget; `Results` indexes one budget's top-1 accuracies (fractions)
+here, and the probes' own `epochs` become `probe_epochs`). `budget_views`
+splits the cells by budget (one training rung per model, `resolve_rungs`);
+`Results` indexes one budget's top-1 accuracies (fractions)
 by (task, architecture, k, probe, label fraction, end point) -> {seed: top1},
 a low-data row's top-1 being the mean over its label subsets.
 """
