@@ -418,7 +418,8 @@ def test_the_converged_and_pilot_configs_parse_into_the_issue_grid():
   keys = {c.key for c in trained}
   longer = {c.key for c in trained if c.epochs != budgets[c.task]}
   assert {(t, a, e) for t, a, _, e, _ in longer} == {
-      ("rotation", a, 4.0) for a in ("resnet50_v1", "resnet50_v2", "vgg19")}
+      (t, a, 4.0) for t in ("rotation", "supervised")
+      for a in ("resnet50_v1", "resnet50_v2", "vgg19")}
   assert all((t, a, k, budgets[t], 0) in keys for t, a, k, _, _ in longer)
   # Seeds 1 and 2 at the rung of seed 0's longest.
   seeded = {(c.task, c.architecture, c.epochs) for c in trained if c.seed == 2}
