@@ -19,6 +19,7 @@ of one setting to different values is an error.
 import argparse
 import functools
 import inspect
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -110,10 +111,24 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   for path in files:
     if not os.path.exists(path):
       raise cli.UserError(f"gin config {path!r} does not exist; check --gin.")
+  quiet = _IncludeLookupFilter()
+  logging.getLogger().addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(files, bindings)
   except (ValueError, SyntaxError, OSError) as e:  # OSError: a missing include
     raise cli.UserError(f"bad gin config: {cli.one_line(e)}") from e
+  finally:
+    logging.getLogger().removeFilter(quiet)
+
+
+class _IncludeLookupFilter(logging.Filter):
+  """Drops gin's "Path not found" error for an include found on a search
+  path (e.g. the study's, relative to configs/): gin first tries the working
+  directory and logs that error; a missing include still raises."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(
+        ("Path not found: ", "system_path_file_exists:"))
 
 
 def check_required(name: str) -> None:

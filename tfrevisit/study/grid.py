@@ -18,7 +18,6 @@ import ast
 import dataclasses
 import fnmatch
 import functools
-import logging
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -313,22 +312,7 @@ def parse_config(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     cli.UserError: see `gin_config.parse_gin`.
   """
   _search_configs_dir()
-  quiet = _IncludeLookupFilter()
-  logging.getLogger().addFilter(quiet)
-  try:
-    gin_config.parse_gin([resolve_config(f) for f in files], bindings)
-  finally:
-    logging.getLogger().removeFilter(quiet)
-
-
-class _IncludeLookupFilter(logging.Filter):
-  """Drops gin's "Path not found" error for an include relative to configs/:
-  gin first tries it relative to the working directory, logs that error,
-  then finds it on the search path (a missing file still raises)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(
-        ("Path not found: ", "system_path_file_exists:"))
+  gin_config.parse_gin([resolve_config(f) for f in files], bindings)
 
 
 @gin.configurable("study")

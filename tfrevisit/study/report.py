@@ -38,9 +38,9 @@ from tfrevisit.study import grid
 from tfrevisit.study import plots
 from tfrevisit.study import stats
 from tfrevisit.study.results import (Results, budget_views, chance, flat_rows,
-                                     late_layers, load_cells, mean_std,
-                                     normalise_cell, resolve_rungs, seed_mean,
-                                     stopped_early)
+                                     late_gain, late_layers, load_cells,
+                                     mean_std, model_key, normalise_cell,
+                                     resolve_rungs, seed_mean, stopped_early)
 
 DEFAULT_OUT_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -230,7 +230,7 @@ def _pretext_entry(cell: Dict) -> str:
 def _converged_entry(cell: Dict) -> str:
   if not cell.get("pretext_curve"):
     return "-"
-  gain = _late_gain(cell)
+  gain = late_gain(cell)
   if gain is None:
     return "too few points"
   return f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} ({100 * gain:+.2f})"
@@ -276,19 +276,11 @@ def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
   return table
 
 
-def _late_gain(cell: Dict) -> Optional[float]:
-  curve = cell.get("pretext_curve")
-  if not curve:
-    return None
-  return curves_lib.late_gain(*curves_lib.curve_arrays(curve),
-                              cell.get("train_epochs"))
-
-
 def still_rising(cells: Sequence[Dict]) -> List[str]:
   """"CELL (+G pts)" for each cell with a budget whose held-out pretext
   accuracy gained at least `curves.MIN_GAIN` over its last 25% of epochs:
   trained for its task's budget, it had not converged by the pilot's rule."""
-  gains = [(cell, _late_gain(cell)) for cell in cells]
+  gains = [(cell, late_gain(cell)) for cell in cells]
   return [f"`{cell['cell']}` ({100 * gain:+.2f} pts)" for cell, gain in gains
           if gain is not None and gain >= curves_lib.MIN_GAIN]
 
@@ -298,18 +290,15 @@ def rung_notes(cells: Sequence[Dict]) -> List[str]:
   rung (the rung each table uses, `results.resolve_rungs`) and the cells
   still rising at the rung they are reported at."""
   kept, superseded = resolve_rungs([c for c in cells if c.get("pretext_curve")])
-  used = {(c["task"], c["architecture"], c["filters_factor"], c["seed"]):
-          c["train_epochs"] for c in kept}
+  used = {model_key(c): c["train_epochs"] for c in kept}
   notes = []
   if superseded:
     entries = []
     for cell in superseded:
-      gain = _late_gain(cell)
-      model = (cell["task"], cell["architecture"], cell["filters_factor"],
-               cell["seed"])
+      gain = late_gain(cell)
       entries.append(f"`{cell['cell']}`"
                      + ("" if gain is None else f" ({100 * gain:+.2f} pts)")
-                     + f": reported at {used[model]:g} epochs")
+                     + f": reported at {used[model_key(cell)]:g} epochs")
     notes.append("Models trained at several budgets are reported at the "
                  "smallest whose pretext accuracy converged, else the "
                  "largest (each model at its own convergence); not reported: "

@@ -118,12 +118,25 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
           for label in labels}
 
 
-def _converged_cell(cell: Dict[str, Any]) -> Optional[bool]:
+def model_key(cell: Dict[str, Any]) -> Tuple[str, str, int, int]:
+  """(task, architecture, k, seed): one model, whatever its budget."""
+  return (cell["task"], cell["architecture"], cell["filters_factor"],
+          cell["seed"])
+
+
+def late_gain(cell: Dict[str, Any]) -> Optional[float]:
+  """`curves.late_gain` of the cell's held-out pretext curve over its
+  training epochs; None without a curve or when the curve cannot tell."""
   curve = cell.get("pretext_curve")
   if not curve:
     return None
-  return curves_lib.converged(*curves_lib.curve_arrays(curve),
-                              total_epochs=cell["train_epochs"])
+  return curves_lib.late_gain(*curves_lib.curve_arrays(curve),
+                              cell.get("train_epochs"))
+
+
+def _converged_cell(cell: Dict[str, Any]) -> bool:
+  gain = late_gain(cell)
+  return gain is not None and gain < curves_lib.MIN_GAIN
 
 
 def resolve_rungs(cells: Sequence[Dict[str, Any]]
@@ -138,8 +151,7 @@ def resolve_rungs(cells: Sequence[Dict[str, Any]]
   """
   rungs = collections.defaultdict(list)
   for cell in cells:
-    rungs[(cell["task"], cell["architecture"], cell["filters_factor"],
-           cell["seed"])].append(cell)
+    rungs[model_key(cell)].append(cell)
   kept_ids = set()
   for ladder in rungs.values():
     ladder = sorted(ladder, key=lambda c: c["train_epochs"] or 0)
