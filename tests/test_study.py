@@ -217,6 +217,18 @@ def test_redo_reruns_one_job_of_finished_cells_only(tmp_path, monkeypatch):
   assert [row["eval"] for row in result["rows"]] == ["linear", "mlp"]
   if cells_lib.code_version():  # a git checkout
     assert set(result["code_versions"]) == {"train", "eval/linear", "eval/mlp"}
+  assert result["machines"] == ([cells_lib.machine()] if cells_lib.machine()
+                                else [])
+
+
+def test_the_machine_names_the_cpu_and_its_speed_flags(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  processor = ("processor\t: {}\nmodel name\t: AMD EPYC 7B13\n"
+               "flags\t\t: fpu sse avx2 avx512f avx512_bf16 vaes\n\n")
+  cpuinfo.write_text(processor.format(0) + processor.format(1))
+  assert cells_lib.machine(str(cpuinfo)) == (
+      f"AMD EPYC 7B13, {os.cpu_count()} cpus, avx2 avx512f avx512_bf16")
+  assert cells_lib.machine(str(tmp_path / "missing")) is None
 
 
 def test_redo_needs_the_cell_workdir_and_a_known_job(tmp_path, monkeypatch,
@@ -786,6 +798,8 @@ def test_mock_grid_with_two_budgets_through_runner_and_report(tmp_path,
   # The fake curve rises 2 points over its last 25% (epoch 1.5 to 2).
   assert "| no (+2.00) |" in text
   assert "- converged: 2 cells, 0.0 h wall" in text
+  if cells_lib.machine():
+    assert f"CPU h; on {cells_lib.machine()} (2 cells)\n" in text
 
 
 def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
@@ -982,6 +996,22 @@ def test_the_report_lists_cells_still_rising_at_the_end_of_their_budget():
                budget="converged", pretext=0.9)
   assert report.still_rising([rising, flat, _cell("rotation", "vgg19")]) == [
       "`rotation-vgg19-k1-e2-s0` (+2.50 pts)"]
+
+
+def test_the_report_says_which_curves_read_the_test_split():
+  def curve_on(split, cell):
+    cell["pretext_curve"] = [{**p, "split": split} for p in cell["pretext_curve"]]
+    return cell
+  rotation = curve_on("val", _cell("rotation", "revnet50", epochs=2,
+                                   budget="converged", pretext=0.9))
+  supervised = curve_on("test", _cell("supervised", "revnet50", epochs=2,
+                                      budget="converged", pretext=0.9))
+  assert report.curve_split_note([rotation]) == ""
+  assert report.curve_split_note([rotation, supervised]) == (
+      " One decision reads the test split: supervised trains on trainval (as "
+      "the release), so its held-out pretext curve, which decides only whether "
+      "a model trains a longer rung, is measured on test (the other tasks' curves on "
+      "val: rotation).")
 
 
 def _flat_curve(cell):

@@ -15,7 +15,7 @@ Workdir of a cell (never committed):
                           counts its wall time until its log's last write,
                           and its CPU time as last polled, at most
                           `CPU_POLL_S` before the kill), and each stage's
-                          code version
+                          code version and the machines its attempts ran on
   CELL/logs/STAGE.cpu     while a stage runs: its CPU seconds so far
 The result, CELL/cell.json, is also copied to the committed results
 directory (docs/study/cells/CELL.json); the report reads only those files.
@@ -90,6 +90,29 @@ def code_version() -> Optional[str]:
   except (OSError, subprocess.CalledProcessError):
     return None
   return commit + ("-dirty" if dirty else "")
+
+
+# CPU flags that change how fast TensorFlow's CPU kernels run.
+_SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def machine(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+  """This machine's CPU, e.g. "Intel(R) Xeon(R) Processor, 2 cpus, avx2
+  avx512f amx_bf16" (model, logical CPUs, the `_SPEED_FLAGS` it has); None
+  without `cpuinfo`."""
+  try:
+    with open(cpuinfo) as f:
+      info = f.read()
+  except OSError:
+    return None
+  fields = dict(line.split(":", 1) for line in info.splitlines()
+                if ":" in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  flags = set(fields.get("flags", "").split())
+  return ", ".join([fields.get("model name", "unknown CPU"),
+                    f"{os.cpu_count()} cpus",
+                    " ".join(f for f in _SPEED_FLAGS if f in flags)]).rstrip(", ")
 
 
 def _children_cpu_s() -> float:
@@ -182,6 +205,8 @@ def _run_stage(name: str, command: List[str], cell_dir: str,
   log.info("%s: %s (log: %s)", os.path.basename(cell_dir), name, log_path)
   _count_killed_attempt(stage, log_path)
   stage["code"] = code_version()
+  if machine() and machine() not in stage.setdefault("machines", []):
+    stage["machines"].append(machine())
   start, start_cpu = time.time(), _children_cpu_s()
   stage["started"] = start
   _write_json(os.path.join(cell_dir, STATE_FILE), state)
@@ -349,7 +374,8 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
     "train_wall_time_s", "eval_wall_time_s", "train_cpu_time_s",
     "eval_cpu_time_s" (seconds, summed over attempts; evaluation includes
     the pretext curve), "unrecorded_cpu_attempts" (killed attempts whose CPU
-    time is missing from those sums), "code_versions" ({stage: commit} where recorded),
+    time is missing from those sums), "code_versions" ({stage: commit} where
+    recorded), "machines" (the CPUs its stages ran on, where recorded),
     "rows": the evaluation rows, each with an "eval" (job name) column}.
   """
   train_dir = os.path.join(cell_dir, "train")
@@ -383,5 +409,7 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
       "unrecorded_cpu_attempts": int(total("unrecorded_cpu_attempts", "")),
       "code_versions": {name: stage["code"] for name, stage in stages.items()
                         if stage.get("code")},
+      "machines": sorted({m for stage in stages.values()
+                          for m in stage.get("machines", [])}),
       "rows": rows,
   }

@@ -174,6 +174,20 @@ def _hours(cells, kind: str) -> float:
              + (c.get(f"eval_{kind}_time_s") or 0) for c in cells) / 3600
 
 
+def _machines(cells) -> str:
+  """"; on CPU (N cells), ..." for the cells that recorded their machines."""
+  counts = {}
+  for cell in cells:
+    for name in cell.get("machines", []):
+      counts[name] = counts.get(name, 0) + 1
+  if not counts:
+    return ""
+  unrecorded = sum(1 for c in cells if not c.get("machines"))
+  return "; on " + ", ".join(
+      [f"{name} ({n} cells)" for name, n in sorted(counts.items())]
+      + ([f"unrecorded ({unrecorded} cells)"] if unrecorded else []))
+
+
 def _unrecorded_cpu(cells) -> str:
   """A sentence naming the cells with killed attempts whose CPU time is not
   in the totals (their wall time is), or ""."""
@@ -338,6 +352,24 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
   return "\n".join(parts)
 
 
+def curve_split_note(cells: Sequence[Dict]) -> str:
+  """Which split each task's held-out pretext curve was read on; a curve on
+  `test` (a task trained on trainval) decides its rung on test images."""
+  tasks_by_split = {}
+  for cell in cells:
+    for split in {p.get("split") for p in cell.get("pretext_curve", [])}:
+      tasks_by_split.setdefault(split, set()).add(cell["task"])
+  if "test" not in tasks_by_split:
+    return ""
+  on_test = ", ".join(sorted(tasks_by_split["test"]))
+  return (f" One decision reads the test split: {on_test} trains on trainval "
+          "(as the release), so its held-out pretext curve, which decides only "
+          "whether a model trains a longer rung, is measured on test"
+          + ("" if "val" not in tasks_by_split else
+             f" (the other tasks' curves on val: "
+             f"{', '.join(sorted(tasks_by_split['val']))})") + ".")
+
+
 def _introduction(cells, views, plans) -> List[str]:
   """The title, what the numbers are, and each grid's coverage."""
   budgets = " · ".join(views)
@@ -355,7 +387,7 @@ def _introduction(cells, views, plans) -> List[str]:
       "(a budget per task picked by the pilot, a longer rung for a model "
       "still rising). Entries give the budgets side by side in this order: "
       f"{budgets}. Nothing is chosen on the test split: the best layer is "
-      "the one with the best validation top-1.",
+      "the one with the best validation top-1." + curve_split_note(cells),
       "",
   ]
   for config, planned in (plans or {}).items():
@@ -466,7 +498,7 @@ def _cells_section(cells) -> List[str]:
     chosen = [c for c in cells if c["budget"] == budget]
     parts.append(f"- {budget}: {len(chosen)} cells, "
                  f"{_hours(chosen, 'wall'):.1f} h wall, "
-                 f"{_hours(chosen, 'cpu'):.1f} CPU h")
+                 f"{_hours(chosen, 'cpu'):.1f} CPU h" + _machines(chosen))
   parts += ["", f"Total: {len(cells)} cells, {_hours(cells, 'wall'):.1f} hours "
             f"of wall time, {_hours(cells, 'cpu'):.1f} CPU hours (user + "
             "system, all threads) in the train and evaluation stages."
