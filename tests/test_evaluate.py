@@ -233,6 +233,53 @@ def test_evaluate_end_to_end_writes_a_row_per_end_point(tiny_export, tmp_path):
   assert header.startswith("end_point,probe,label_fraction")
 
 
+def _linear_params(l2_grid="[1e-2, 1e-3]"):
+  return ["--gin_param", 'source.name = "random"',
+          "--gin_param", "source.num_examples = 40",
+          "--gin_param", "source.image_shape = (32, 32, 3)",
+          "--gin_param", "evaluate.label_fractions = [1.0, 0.25]",
+          "--gin_param", "evaluate.label_subset_seeds = [0, 1]",
+          "--gin_param", f"select_l2_and_fit.l2_grid = {l2_grid}",
+          "--gin_param", "select_l2_and_fit.max_iterations = 20"]
+
+
+def test_an_interrupted_evaluation_resumes_after_its_last_row(
+    tiny_export, tmp_path, monkeypatch):
+  _, path = tiny_export
+  probe_row, calls = evaluate._probe_row, []
+
+  def counted(*args, fail_after=None):
+    calls.append(args[0])
+    if fail_after is not None and len(calls) > fail_after:
+      raise KeyboardInterrupt  # the runner killed mid-evaluation
+    return probe_row(*args)
+
+  def run(workdir, l2_grid="[1e-2, 1e-3]", fail_after=None):
+    calls.clear()
+    gin.clear_config()
+    monkeypatch.setattr(evaluate, "_probe_row",
+                        lambda *a: counted(*a, fail_after=fail_after))
+    return evaluate.main(["--hub_module", path, "--workdir", workdir]
+                         + _linear_params(l2_grid))
+
+  straight = run(str(tmp_path / "straight"))
+  rows_per_run = 7 * 3  # 7 end points x (all labels, 2 subsets of 25%)
+  assert len(calls) == rows_per_run
+  workdir = str(tmp_path / "interrupted")
+  with pytest.raises(KeyboardInterrupt):
+    run(workdir, fail_after=5)
+  assert len(json.load(open(os.path.join(workdir, "results.json")))) == 5
+  resumed = run(workdir)
+  assert len(calls) == rows_per_run - 5
+  key = lambda r: (r["end_point"], r["label_fraction"], r.get("subset_seed"))
+  assert [key(r) for r in resumed] == [key(r) for r in straight]
+  for a, b in zip(resumed, straight):
+    assert a["top1"] == pytest.approx(b["top1"], abs=1e-6), key(a)
+  # Other settings rerun every row.
+  run(workdir, l2_grid="[1e-1, 1e-2]")
+  assert len(calls) == rows_per_run
+
+
 def test_fit_warnings_name_the_end_point_of_each_problem():
   rows = [
       {"end_point": "block1", "probe": "linear", "label_fraction": 1.0,

@@ -27,6 +27,21 @@ def test_json_round_trip(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.json"]
 
 
+def test_rows_resume_only_under_the_same_settings(tmp_path):
+  workdir = str(tmp_path)
+  settings = {"hub_module": "/m", "global_step": 450, "grid": (1e-2, 1e-3)}
+  assert result_files.resumable_rows(workdir, settings) == []  # a first run
+  result_files.write_results(ROWS[:1], workdir)
+  # Tuples and lists are the same setting once written as JSON.
+  kept = result_files.resumable_rows(workdir, {**settings, "grid": [1e-2, 1e-3]})
+  assert [r["end_point"] for r in kept] == ["block3"]
+  assert result_files.resumable_rows(workdir, {**settings, "global_step": 900}) == []
+  # The new settings are recorded: the old ones no longer match.
+  assert result_files.resumable_rows(workdir, settings) == []
+  os.remove(os.path.join(workdir, result_files.SETTINGS_NAME))
+  assert result_files.resumable_rows(workdir, settings) == []  # unrecorded
+
+
 def test_csv_has_all_columns_and_blanks(tmp_path):
   _, csv_path = result_files.write_results(ROWS, str(tmp_path / "new" / "dir"))
   with open(csv_path) as f:

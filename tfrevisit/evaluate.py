@@ -8,8 +8,9 @@ DIR/features; `trainval` = train + val), then each probe runs on each end point
 and label fraction. The linear probe reads the cached (memory-mapped) features
 in chunks when `select_l2_and_fit.chunk_size` is set, so splits larger than
 memory work; the Keras probes load one end point's features into memory.
-Results go to DIR/results.json and DIR/results.csv after every finished row; a
-table is printed at the end, and the accuracies go to TensorBoard (DIR/tb, at
+Results go to DIR/results.json and DIR/results.csv after every finished row (a
+rerun with the same export and gin configuration keeps them and runs only the
+rest; other settings start over); a table is printed at the end, and the accuracies go to TensorBoard (DIR/tb, at
 the export's global step). `--plots` also draws DIR/plots/*.png
 (`evaluation.layer_plots`).
 
@@ -51,7 +52,8 @@ log = logging.getLogger("tfrevisit.evaluate")
 
 
 @gin.configurable("evaluate",
-                  denylist=["export_dir", "workdir", "source", "model_name"])
+                  denylist=["export_dir", "workdir", "source", "model_name",
+                            "finished_rows"])
 def evaluate(export_dir: str, workdir: str, source: data.Source,
              probes: Sequence[str] = ("linear",),
              end_points: Optional[Sequence[str]] = None,
@@ -67,7 +69,8 @@ def evaluate(export_dir: str, workdir: str, source: data.Source,
              protocol: str = "table2",
              held_out_fraction: float = 0.1,
              label_subset_seeds: Optional[Sequence[int]] = None,
-             model_name: Optional[str] = None) -> List[dict]:
+             model_name: Optional[str] = None,
+             finished_rows: Sequence[dict] = ()) -> List[dict]:
   """Runs `probes` on every end point; returns the result rows.
 
   Args:
@@ -98,6 +101,9 @@ def evaluate(export_dir: str, workdir: str, source: data.Source,
     label_subset_seeds: the seeds of the label subsets of each fraction < 1
       (one row per subset, with its `subset_seed`); default (`seed`,).
     model_name: a `model` column for the rows (e.g. to compare models).
+    finished_rows: rows of an interrupted run with these settings
+      (`result_files.resumable_rows`): a row of the same end point, probe,
+      label fraction and subset is kept instead of rerun.
   """
   _check_choices(probes, protocol)
   module, preprocess = _load_export(export_dir, preprocess)
@@ -119,6 +125,7 @@ def evaluate(export_dir: str, workdir: str, source: data.Source,
       max_examples=max_examples, eval_batch_size=batch_size, seed=seed,
       export_dir=export_dir)
   configured = {probe: gin_config.configured_probe(probe) for probe in probes}
+  finished = {_row_key(row): row for row in finished_rows}
   rows = []
   for name in names:
     per_split = None
@@ -135,6 +142,14 @@ def evaluate(export_dir: str, workdir: str, source: data.Source,
         subset = per_split and splits_lib.label_subset(
             per_split, fraction, subset_seed, source.num_classes)
         for probe in probes:
+          key = (model_name, name, probe, fraction,
+                 subset_seed if fraction < 1 else None)
+          if key in finished:
+            log.info("Kept %s with the %s probe on %g of the labels (subset "
+                     "seed %d) from the interrupted run.", name, probe,
+                     fraction, subset_seed)
+            rows.append(finished[key])
+            continue
           log.info("Evaluating %s with the %s probe on %g of the labels "
                    "(subset seed %d).", name, probe, fraction, subset_seed)
           row = _probe_row(probe, configured[probe], source.num_classes,
@@ -150,6 +165,13 @@ def evaluate(export_dir: str, workdir: str, source: data.Source,
                        **row})
           result_files.write_results(rows, workdir)
   return rows
+
+
+def _row_key(row: dict):
+  """What a row evaluated: (model, end point, probe, label fraction, subset
+  seed or None with all labels)."""
+  return (row.get("model"), row["end_point"], row["probe"],
+          row["label_fraction"], row.get("subset_seed"))
 
 
 def _check_choices(probes: Sequence[str], protocol: str) -> None:
@@ -212,7 +234,8 @@ def parse_args(argv=None):
                       help="exported SavedModel directory (WORKDIR/export/latest).")
   gin_config.add_gin_flags(parser)
   parser.add_argument("--workdir", required=True,
-                      help="feature cache and results directory; reruns resume.")
+                      help="feature cache and results directory; a rerun with "
+                           "the same settings resumes after the last row.")
   parser.add_argument("--plots", action="store_true",
                       help="also draw WORKDIR/plots/*.png: top-1 per layer "
                            "per probe, a t-SNE of one end point's features.")
@@ -224,11 +247,15 @@ def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   gin_config.parse_gin(args.gin, args.gin_param)
+  global_step = artifacts.read_metadata(args.hub_module).get("global_step", 0)
+  settings = {"hub_module": os.path.realpath(args.hub_module),
+              "global_step": global_step, "gin": gin.config_str()}
   rows = evaluate(args.hub_module, args.workdir,
-                  gin_config.configured_source())
+                  gin_config.configured_source(),
+                  finished_rows=result_files.resumable_rows(args.workdir,
+                                                            settings))
   result_files.write_tensorboard(
-      rows, artifacts.summary_dir(args.workdir),
-      step=artifacts.read_metadata(args.hub_module).get("global_step", 0))
+      rows, artifacts.summary_dir(args.workdir), step=global_step)
   if args.plots:
     gin.get_configurable(layer_plots.write_plots)(rows, args.workdir)
   print(result_files.format_table(rows))

@@ -1,5 +1,6 @@
 """One evaluation's result rows -> DIR/results.json, DIR/results.csv, a
-printed table and TensorBoard scalars.
+printed table and TensorBoard scalars; DIR/run_settings.json says what the
+rows were made with, so that an interrupted run resumes after its last row.
 
 (The study's results, read back from its cell files, are
 `tfrevisit.study.results`.)
@@ -22,6 +23,8 @@ import tensorflow as tf
 Row = Dict[str, Any]
 JSON_NAME = "results.json"
 CSV_NAME = "results.csv"
+# What the rows in results.json were made with (`resumable_rows`).
+SETTINGS_NAME = "run_settings.json"
 _PERCENT_COLUMNS = ("top1", "top5", "val_top1", "top1_std")
 
 
@@ -70,6 +73,26 @@ def write_results(rows: Sequence[Row], workdir: str):
   writer.writerows(rows)
   _write_atomically(csv_path, text.getvalue())
   return json_path, csv_path
+
+
+def resumable_rows(workdir: str, settings: Dict[str, Any]) -> List[Row]:
+  """The rows an interrupted run left in `workdir`, if it ran with the same
+  `settings` (JSON-serialisable: the model, the configuration), else [];
+  records `settings` for the next run.
+
+  Rows of other settings, or of a run that did not record them, are not
+  reused: the evaluation reruns them (and overwrites results.json).
+  """
+  tf.io.gfile.makedirs(workdir)
+  path = os.path.join(workdir, SETTINGS_NAME)
+  settings = json.loads(json.dumps(settings, default=_to_builtin))
+  previous = None
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      previous = json.load(f)
+  has_rows = tf.io.gfile.exists(os.path.join(workdir, JSON_NAME))
+  _write_atomically(path, json.dumps(settings, indent=1, sort_keys=True))
+  return read_results(workdir) if has_rows and previous == settings else []
 
 
 def _scalars(row: Row) -> Dict[str, float]:
