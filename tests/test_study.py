@@ -951,14 +951,35 @@ def test_the_report_lists_every_diagnosed_row_of_todays_probe():
                  epochs=2, budget="converged", pretext=0.9)
   capped["rows"][1].update(hit_max_iterations=True, converged=False,
                            l2_at_edge=False, stopped_early=False)
+  capped["rows"].append({**capped["rows"][1], "subset_seed": 2, "l2": 100.0,
+                         "label_fraction": 0.01, "iterations": 5,
+                         "top1": 0.635, "hit_max_iterations": False,
+                         "converged": True, "l2_at_edge": True})
   views = {b: Results(c) for b, c in budget_views([first, capped]).items()}
   text = "\n".join(report._diagnostics(views))
-  assert "Stopped early (first edition): rotation-vgg19-k1-s0 pre_logits @1." in text
+  assert ("Stopped early (first edition): rotation-vgg19-k1-s0 pre_logits @1 "
+          "(1 iterations, top-1 55.0).") in text
   assert "Not converged (first edition)" not in text
   assert ("Hit the iteration cap (converged): rotation-vgg19-k1-e2-s0 "
-          "pre_logits @1.") in text
-  assert "Not converged (converged): rotation-vgg19-k1-e2-s0 pre_logits @1." in text
-  assert "L2 at the grid's edge (converged)" not in text
+          "pre_logits @1 (40 iterations, top-1 60.0).") in text
+  assert ("Not converged (converged): rotation-vgg19-k1-e2-s0 pre_logits @1 "
+          "(40 iterations, top-1 60.0).") in text
+  assert ("L2 at the grid's edge (converged): rotation-vgg19-k1-e2-s0 "
+          "pre_logits @0.01 subset 2 (L2 100, 5 iterations, top-1 63.5).\n"
+          ) in text
+
+
+def test_the_pilots_cells_are_rungs_of_the_converged_ladder():
+  # No converged exemplar cell has run yet: the pilot's exemplar cell is the
+  # converged grid's (adopted by name) and stands in its view already.
+  pilot = _cell("exemplar", "revnet50", layers={"pre_logits": 0.8}, epochs=2,
+                budget="pilot", pretext=0.9)
+  converged = _cell("rotation", "vgg19", layers={"pre_logits": 0.7}, epochs=4,
+                    budget="converged", pretext=0.9)
+  views = budget_views([pilot, converged])
+  assert [c["cell"] for c in views["converged"]] == [
+      "exemplar-revnet50-k1-e2-s0", "rotation-vgg19-k1-e4-s0"]
+  assert [c["cell"] for c in views["pilot"]] == ["exemplar-revnet50-k1-e2-s0"]
 
 
 def test_the_short_budget_rerun_stands_beside_the_first_edition():

@@ -98,19 +98,18 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
   its code era: a random_init cell of the first edition (before the fixed
   probe and the release's backbones) serves the first edition, one labelled
   otherwise (the converged grid's) every other budget; a budget without a
-  reference of its era takes all random_init cells. A
-  "pilot" cell trained for the epochs of its task's converged cells is one of
-  the converged cells too (the pilot's rung that the grid adopted). Within
-  each budget a model trained at several rungs keeps one (`resolve_rungs`).
+  reference of its era takes all random_init cells. Every
+  "pilot" cell is a rung of the converged ladder too (the same recipe
+  stretched to its epochs; the converged grid adopts the pilot's cells at its
+  budgets by name, not retrained). Within each budget a model trained at
+  several rungs keeps one (`resolve_rungs`).
   """
-  adopted = {(c["task"], c["train_epochs"]) for c in cells
-             if c["budget"] == "converged"}
   views = collections.defaultdict(list)
   for cell in cells:
     if cell["task"] == "random_init":
       continue
     views[cell["budget"]].append(cell)
-    if cell["budget"] == "pilot" and (cell["task"], cell["train_epochs"]) in adopted:
+    if cell["budget"] == "pilot":
       views["converged"].append(cell)
   untrained = [c for c in cells if c["task"] == "random_init"]
   labels = sorted(views, key=_budget_order) or [grid.FIRST_EDITION]
@@ -207,6 +206,17 @@ def diagnostic(row: Dict[str, Any], name: str) -> Optional[bool]:
   if name == "stopped_early":
     return stopped_early(row)
   return None if row.get(name) is None else bool(row[name])
+
+
+def _diagnosed_row(cell: Dict, row: Dict) -> str:
+  """"CELL END_POINT @FRACTION[ subset S] (L2 l, N iterations, top-1 T)":
+  which fit, its chosen relative L2, its iterations and its test top-1 (%)."""
+  subset = (f" subset {row['subset_seed']}"
+            if row.get("subset_seed") is not None else "")
+  facts = ([f"L2 {row['l2']:g}"] if row.get("l2") is not None else []) + [
+      f"{row['iterations']} iterations", f"top-1 {100 * row['top1']:.1f}"]
+  return (f"{cell['cell']} {row['end_point']} @{row['label_fraction']:g}"
+          f"{subset} ({', '.join(facts)})")
 
 
 class Results:
@@ -336,8 +346,8 @@ class Results:
     return [(c, r) for c in self.cells for r in c["rows"] if r["probe"] == "linear"]
 
   def diagnostics(self) -> Dict[str, Dict[str, Any]]:
-    """{diagnostic: {"count", "unknown", "where": ["cell end_point @fraction"]}}
-    over the linear probe rows, plus "not_converged" from `converged`."""
+    """{diagnostic: {"count", "unknown", "where": [`_diagnosed_row`]}} over
+    the linear probe rows, plus "not_converged" from `converged`."""
     counts = {}
     for name in DIAGNOSTICS + ("not_converged",):
       count, unknown, where = 0, 0, []
@@ -350,7 +360,6 @@ class Results:
           unknown += 1
         elif value:
           count += 1
-          where.append(f"{cell['cell']} {row['end_point']} "
-                       f"@{row['label_fraction']:g}")
+          where.append(_diagnosed_row(cell, row))
       counts[name] = {"count": count, "unknown": unknown, "where": where}
     return counts
