@@ -10,9 +10,9 @@ in chunks when `select_l2_and_fit.chunk_size` is set, so splits larger than
 memory work; the Keras probes load one end point's features into memory.
 Results go to DIR/results.json and DIR/results.csv after every finished row (a
 rerun with the same export and gin configuration keeps them and runs only the
-rest; other settings start over); a table is printed at the end, and the accuracies go to TensorBoard (DIR/tb, at
-the export's global step). `--plots` also draws DIR/plots/*.png
-(`evaluation.layer_plots`).
+rest; other settings start over); a table is printed at the end, and the
+accuracies go to TensorBoard (DIR/tb, at the export's global step). `--plots`
+also draws DIR/plots/*.png (`evaluation.layer_plots`).
 
 Probes are looked up by name in `tfrevisit.evaluation.probes.PROBES`, which also
 defines their one interface (`probe(inputs) -> row`, the inputs what the probe

@@ -110,9 +110,9 @@ def machine(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
                 if ":" in line)
   fields = {k.strip(): v.strip() for k, v in fields.items()}
   flags = set(fields.get("flags", "").split())
-  return ", ".join([fields.get("model name", "unknown CPU"),
-                    f"{os.cpu_count()} cpus",
-                    " ".join(f for f in _SPEED_FLAGS if f in flags)]).rstrip(", ")
+  speed_flags = " ".join(f for f in _SPEED_FLAGS if f in flags)
+  return ", ".join(filter(None, [fields.get("model name", "unknown CPU"),
+                                 f"{os.cpu_count()} cpus", speed_flags]))
 
 
 def _children_cpu_s() -> float:

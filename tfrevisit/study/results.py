@@ -98,11 +98,11 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
   its code era: a random_init cell of the first edition (before the fixed
   probe and the release's backbones) serves the first edition, one labelled
   otherwise (the converged grid's) every other budget; a budget without a
-  reference of its era takes all random_init cells. Every
-  "pilot" cell is a rung of the converged ladder too (the same recipe
-  stretched to its epochs; the converged grid adopts the pilot's cells at its
-  budgets by name, not retrained). Within each budget a model trained at
-  several rungs keeps one (`resolve_rungs`).
+  reference of its era takes all random_init cells. Every "pilot" cell is a
+  rung of the converged ladder too (the same recipe stretched to its epochs;
+  the converged grid adopts the pilot's cells at its budgets by name, not
+  retrained). Within each budget a model trained at several rungs keeps one
+  (`resolve_rungs`).
   """
   views = collections.defaultdict(list)
   for cell in cells:
