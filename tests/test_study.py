@@ -1031,8 +1031,8 @@ def test_the_report_says_which_curves_read_the_test_split():
   assert report.curve_split_note([rotation, supervised]) == (
       " One decision reads the test split: supervised trains on trainval (as "
       "the release), so its held-out pretext curve, which decides only whether "
-      "a model trains a longer rung, is measured on test (the other tasks' curves on "
-      "val: rotation).")
+      "a model trains a longer rung, is measured on test (the other tasks' "
+      "curves on val: rotation).")
 
 
 def _flat_curve(cell):
