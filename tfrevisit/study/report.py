@@ -184,8 +184,12 @@ def _machines(cells) -> str:
     return ""
   unrecorded = sum(1 for c in cells if not c.get("machines"))
   return "; on " + ", ".join(
-      [f"{name} ({n} cells)" for name, n in sorted(counts.items())]
-      + ([f"unrecorded ({unrecorded} cells)"] if unrecorded else []))
+      [f"{name} ({_cells(n)})" for name, n in sorted(counts.items())]
+      + ([f"unrecorded ({_cells(unrecorded)})"] if unrecorded else []))
+
+
+def _cells(n: int) -> str:
+  return f"{n} cell{'' if n == 1 else 's'}"
 
 
 def _unrecorded_cpu(cells) -> str:
