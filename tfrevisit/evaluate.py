@@ -125,7 +125,9 @@ def evaluate(export_dir: str, workdir: str, source: data.Source,
       max_examples=max_examples, eval_batch_size=batch_size, seed=seed,
       export_dir=export_dir)
   configured = {probe: gin_config.configured_probe(probe) for probe in probes}
-  finished = {_row_key(row): row for row in finished_rows}
+  finished = {_row_key(row.get("model"), row["end_point"], row["probe"],
+                      row["label_fraction"], row.get("subset_seed")): row
+              for row in finished_rows}
   rows = []
   for name in names:
     per_split = None
@@ -142,8 +144,7 @@ def evaluate(export_dir: str, workdir: str, source: data.Source,
         subset = per_split and splits_lib.label_subset(
             per_split, fraction, subset_seed, source.num_classes)
         for probe in probes:
-          key = (model_name, name, probe, fraction,
-                 subset_seed if fraction < 1 else None)
+          key = _row_key(model_name, name, probe, fraction, subset_seed)
           if key in finished:
             log.info("Kept %s with the %s probe on %g of the labels (subset "
                      "seed %d) from the interrupted run.", name, probe,
@@ -167,11 +168,12 @@ def evaluate(export_dir: str, workdir: str, source: data.Source,
   return rows
 
 
-def _row_key(row: dict):
-  """What a row evaluated: (model, end point, probe, label fraction, subset
-  seed or None with all labels)."""
-  return (row.get("model"), row["end_point"], row["probe"],
-          row["label_fraction"], row.get("subset_seed"))
+def _row_key(model: Optional[str], end_point: str, probe: str,
+             fraction: float, subset_seed: Optional[int]):
+  """What a row evaluated; the subset seed counts only below all labels (rows
+  with all labels carry none)."""
+  return (model, end_point, probe, fraction,
+          subset_seed if fraction < 1 else None)
 
 
 def _check_choices(probes: Sequence[str], protocol: str) -> None:

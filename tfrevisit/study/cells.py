@@ -205,8 +205,9 @@ def _run_stage(name: str, command: List[str], cell_dir: str,
   log.info("%s: %s (log: %s)", os.path.basename(cell_dir), name, log_path)
   _count_killed_attempt(stage, log_path)
   stage["code"] = code_version()
-  if machine() and machine() not in stage.setdefault("machines", []):
-    stage["machines"].append(machine())
+  this_machine = machine()
+  if this_machine and this_machine not in stage.setdefault("machines", []):
+    stage["machines"].append(this_machine)
   start, start_cpu = time.time(), _children_cpu_s()
   stage["started"] = start
   _write_json(os.path.join(cell_dir, STATE_FILE), state)
