@@ -287,9 +287,12 @@ def test_list_estimates_scale_with_measured_time(tmp_path, monkeypatch, capsys):
                "train_cpu_time_s": 1500, "eval_cpu_time_s": 300}, f)
   text = runner.listing(study, study.cells, str(tmp_path / "work"),
                         str(tmp_path / "results"))
-  # Measured 30 CPU and 20 wall minutes against an estimate of 10: the
-  # remaining estimate of 20 becomes 60 CPU and 40 wall minutes.
-  assert "remaining ~1.0 CPU h, ~0.7 h wall" in text
+  assert study.estimated_stage_minutes(study.cells[1]) == {"train": 14, "eval": 6}
+  # Measured 25 CPU minutes of training against an estimate of 7, 5 of
+  # evaluation against 3, 20 wall minutes against 10: the remaining 14 and 6
+  # become 50 and 10 CPU minutes, 40 wall minutes.
+  assert (f"remaining ~1.0 CPU h (training ~{50 / 60:.1f}, evaluation "
+          f"~{10 / 60:.1f}), ~0.7 h wall") in text
   assert text.splitlines()[1].split()[:3] == [done.name, "done", "20"]
   assert text.splitlines()[2].split()[:3] == [study.cells[1].name, "todo", "~20"]
 
@@ -799,7 +802,7 @@ def test_mock_grid_with_two_budgets_through_runner_and_report(tmp_path,
   assert "| no (+2.00) |" in text
   assert "- converged: 2 cells, 0.0 h wall" in text
   if cells_lib.machine():
-    assert f"CPU h; on {cells_lib.machine()} (2 cells)\n" in text
+    assert f"); on {cells_lib.machine()} (2 cells)\n" in text
 
 
 def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
@@ -866,6 +869,9 @@ def test_report_names_the_grid_cells_not_yet_run(tmp_path):
           "`rotation-revnet50-k1-s0`.")
   assert line in (tmp_path / "study.md").read_text()
   assert line in readme.read_text()
+  # The cell's 900 CPU s of training and 360 of evaluation, split.
+  assert (f"{1260 / 3600:.1f} CPU h (training {900 / 3600:.1f}, evaluation "
+          f"{360 / 3600:.1f})") in (tmp_path / "study.md").read_text()
 
 
 def test_running_children_cpu_matches_os_times_of_a_busy_child():

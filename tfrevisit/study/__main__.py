@@ -29,11 +29,14 @@ DEFAULT_RESULTS_DIR = os.path.join(os.path.dirname(gin_config.CONFIG_DIR),
                                    "docs", "study", "cells")
 
 
-def _measured_minutes(results_dir: str, cell: grid.Cell, kind: str) -> float:
-  """A done cell's train + evaluation `kind` ("wall" or "cpu") minutes."""
+STAGES = ("train", "eval")
+
+
+def _measured_minutes(results_dir: str, cell: grid.Cell, kind: str,
+                      stages: Sequence[str] = STAGES) -> float:
+  """A done cell's `kind` ("wall" or "cpu") minutes in `stages`."""
   result = cells_lib.read_json(cells_lib.result_path(results_dir, cell), {})
-  return ((result.get(f"train_{kind}_time_s") or 0)
-          + (result.get(f"eval_{kind}_time_s") or 0)) / 60
+  return sum(result.get(f"{stage}_{kind}_time_s") or 0 for stage in stages) / 60
 
 
 def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
@@ -41,33 +44,42 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
   """A table of cells with state and minutes (measured wall time if done,
   else the config's CPU estimate, marked ~), and the remaining time: the
   estimates of unfinished cells, in CPU hours and, once cells that train are
-  done, scaled by measured / estimated over those (CPU and wall)."""
+  done, scaled by measured / estimated over those (CPU per stage, training
+  and evaluation; wall time in all)."""
   lines = [f"{'cell':<48} {'state':<8} {'minutes':>8}  evals"]
-  done = {"estimate": 0.0, "cpu": 0.0, "wall": 0.0}
-  remaining = 0.0
+  done = {"estimate": 0.0, "wall": 0.0, **{s: 0.0 for s in STAGES},
+          **{f"{s}_estimate": 0.0 for s in STAGES}}
+  remaining = {s: 0.0 for s in STAGES}
   for cell in cells:
     state = cells_lib.state_of(cell, workdir, results_dir)
-    estimate = study.estimated_minutes(cell)
-    minutes = f"~{estimate:.0f}"
+    estimate = study.estimated_stage_minutes(cell)
+    minutes = f"~{sum(estimate.values()):.0f}"
     if state == "done":
       if cell.task != "random_init":  # no training: its cost is start-up
-        done["estimate"] += estimate
-        for kind in ("cpu", "wall"):
-          done[kind] += _measured_minutes(results_dir, cell, kind)
+        done["estimate"] += sum(estimate.values())
+        done["wall"] += _measured_minutes(results_dir, cell, "wall")
+        for stage in STAGES:
+          done[f"{stage}_estimate"] += estimate[stage]
+          done[stage] += _measured_minutes(results_dir, cell, "cpu", [stage])
       minutes = f"{_measured_minutes(results_dir, cell, 'wall'):.0f}"
     else:
-      remaining += estimate
+      for stage in STAGES:
+        remaining[stage] += estimate[stage]
     lines.append(f"{cell.name:<48} {state:<8} {minutes:>8}  {','.join(cell.evals)}")
   summary = (f"{len(cells)} cells; done: {done['wall'] / 60:.1f} h wall, "
-             f"{done['cpu'] / 60:.1f} CPU h; remaining ")
-  if done["estimate"] and done["cpu"]:
-    scale = {k: done[k] / done["estimate"] for k in ("cpu", "wall")}
-    summary += (f"~{scale['cpu'] * remaining / 60:.1f} CPU h, "
-                f"~{scale['wall'] * remaining / 60:.1f} h wall (config "
-                f"estimates x measured/estimated of the done cells: "
-                f"CPU {scale['cpu']:.2f}, wall {scale['wall']:.2f}).")
+             f"{(done['train'] + done['eval']) / 60:.1f} CPU h; remaining ")
+  if all(done[f"{s}_estimate"] and done[s] for s in STAGES):
+    scale = {s: done[s] / done[f"{s}_estimate"] for s in STAGES}
+    cpu = {s: scale[s] * remaining[s] / 60 for s in STAGES}
+    wall = done["wall"] / done["estimate"]
+    summary += (f"~{sum(cpu.values()):.1f} CPU h (training ~{cpu['train']:.1f}, "
+                f"evaluation ~{cpu['eval']:.1f}), "
+                f"~{wall * sum(remaining.values()) / 60:.1f} h wall (config "
+                "estimates x measured/estimated of the done cells: CPU "
+                f"training {scale['train']:.2f}, evaluation {scale['eval']:.2f}; "
+                f"wall {wall:.2f}).")
   else:
-    summary += f"~{remaining / 60:.1f} CPU h (config estimates)."
+    summary += f"~{sum(remaining.values()) / 60:.1f} CPU h (config estimates)."
   lines.append(summary)
   return "\n".join(lines)
 

@@ -224,18 +224,23 @@ class Study:
     return cell.epochs is not None and cell.task != "random_init"
 
   def estimated_minutes(self, cell: Cell) -> float:
-    """Config estimate of a cell's minutes: (training, scaled by the cell's
-    epochs / its config's, + its evaluation jobs + its pretext curve, per
-    epoch) on ResNet50 v2 at k=1, times the architecture's and the width's
-    cost."""
+    """Config estimate of a cell's minutes, training and evaluation."""
+    return sum(self.estimated_stage_minutes(cell).values())
+
+  def estimated_stage_minutes(self, cell: Cell) -> Dict[str, float]:
+    """Config estimate of a cell's minutes per stage, {"train": training,
+    scaled by the cell's epochs / its config's; "eval": its evaluation jobs +
+    its pretext curve, per epoch}: on ResNet50 v2 at k=1, times the
+    architecture's and the width's cost."""
     train = self.train_minutes.get(cell.task, 0.0)
     if cell.epochs is not None and train:
       train *= cell.epochs / self.recipe(cell.task).epochs
-    base = train + sum(self.eval_minutes.get(job, 0.0) for job in cell.evals)
+    evaluation = sum(self.eval_minutes.get(job, 0.0) for job in cell.evals)
     if self.has_pretext_curve(cell):
-      base += self.eval_minutes.get(PRETEXT_CURVE_JOB, 0.0) * cell.epochs
-    return (base * self.architecture_cost.get(cell.architecture, 1.0)
+      evaluation += self.eval_minutes.get(PRETEXT_CURVE_JOB, 0.0) * cell.epochs
+    cost = (self.architecture_cost.get(cell.architecture, 1.0)
             * self.width_cost.get(cell.filters_factor, cell.filters_factor ** 1.5))
+    return {"train": train * cost, "eval": evaluation * cost}
 
 
 # The stage that evaluates a budgeted cell's checkpoints on held-out data.

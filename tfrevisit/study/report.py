@@ -168,10 +168,17 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
 
 
-def _hours(cells, kind: str) -> float:
-  """Total train + evaluation `kind` ("wall" or "cpu") time, in hours."""
-  return sum((c.get(f"train_{kind}_time_s") or 0)
-             + (c.get(f"eval_{kind}_time_s") or 0) for c in cells) / 3600
+def _hours(cells, kind: str, stages=("train", "eval")) -> float:
+  """Total `kind` ("wall" or "cpu") time of `stages`, in hours."""
+  return sum(c.get(f"{stage}_{kind}_time_s") or 0
+             for c in cells for stage in stages) / 3600
+
+
+def _cpu_hours(cells) -> str:
+  """"X CPU h (training T, evaluation E)": the issue's aim counts training."""
+  return (f"{_hours(cells, 'cpu'):.1f} CPU h (training "
+          f"{_hours(cells, 'cpu', ('train',)):.1f}, evaluation "
+          f"{_hours(cells, 'cpu', ('eval',)):.1f})")
 
 
 def _machines(cells) -> str:
@@ -502,10 +509,10 @@ def _cells_section(cells) -> List[str]:
     chosen = [c for c in cells if c["budget"] == budget]
     parts.append(f"- {budget}: {len(chosen)} cells, "
                  f"{_hours(chosen, 'wall'):.1f} h wall, "
-                 f"{_hours(chosen, 'cpu'):.1f} CPU h" + _machines(chosen))
+                 f"{_cpu_hours(chosen)}" + _machines(chosen))
   parts += ["", f"Total: {len(cells)} cells, {_hours(cells, 'wall'):.1f} hours "
-            f"of wall time, {_hours(cells, 'cpu'):.1f} CPU hours (user + "
-            "system, all threads) in the train and evaluation stages."
+            f"of wall time, {_cpu_hours(cells)} (user + system, all "
+            "threads) in the train and evaluation stages."
             + _unrecorded_cpu(cells), ""]
   return parts
 
