@@ -30,6 +30,7 @@ from tfrevisit.study import grid
 from tfrevisit.study import pretext_eval
 from tfrevisit.study import report
 from tfrevisit.study import stats
+from tfrevisit.study import tables
 from tfrevisit.study.results import (Results, budget_views, normalise_cell,
                                      resolve_rungs)
 
@@ -745,7 +746,7 @@ def test_best_layer_is_chosen_on_val_not_test():
                val={"block3": 0.84, "block4": 0.80, "pre_logits": 0.79})
   results = Results([cell])
   assert results.best_layer("rotation", "revnet50") == "block3"
-  assert report.best_layer_entry(results, "rotation", "revnet50") == "82.0 (block3)"
+  assert tables.best_layer_entry(results, "rotation", "revnet50") == "82.0 (block3)"
 
 
 def test_first_edition_cells_load_as_their_own_budget():
@@ -817,20 +818,20 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
                     budget="pilot", pretext=0.8)])
   views = {b: Results(c) for b, c in budget_views(cells).items()}
   assert list(views) == ["first edition", "converged", "pilot"]
-  assert report.table1(views, report.best_layer_entry) == [
+  assert tables.table1(views, tables.best_layer_entry) == [
       ["task", "RevNet50", "VGG19-BN"],
       ["rotation", "82.0 ± 1.0, n=3 (pre_logits) · - · -",
        "85.0 (fc6) · 86.0 (fc6) · 80.0 (fc6)"],
       ["random_init", "- · - · -", "80.0 (fc6) · 80.0 (fc6) · 80.0 (fc6)"]]
-  assert report.gain_table(views["converged"]) == [
+  assert tables.gain_table(views["converged"]) == [
       ["task", "VGG19-BN"], ["rotation", "fc6 +6.0, pre_logits +65.0"]]
-  diagnostics = report.diagnostics_table(views)
+  diagnostics = tables.diagnostics_table(views)
   # The first edition: 3 RevNet seeds x 2 rows, VGG and the untrained VGG's 2.
   assert diagnostics[1] == ["first edition", "10", "1", "0 (10 unknown)",
                             "0 (10 unknown)", "0 (10 unknown)"]
   # Curves at 0.9 - 0.1 / epoch: +2.5 points over the last 25% of 2
   # epochs, +0.8 over those of 4.
-  assert report.pilot_table(cells)[1:] == [
+  assert tables.pilot_table(cells)[1:] == [
       ["rotation", "VGG19-BN k=1",
        "2 ep: no (+2.50), 80.0 (fc6); 4 ep: yes (+0.83), 86.0 (fc6)", "4"]]
   readme = tmp_path / "README.md"
@@ -917,7 +918,7 @@ def test_a_killed_attempt_counts_its_last_polled_cpu_time(tmp_path,
   assert not (cell_dir / "logs" / "train.cpu").exists()
   cell = json.load(open(cell_dir / "cell.json"))
   assert cell["unrecorded_cpu_attempts"] == 1
-  assert "`rotation-vgg19-k1-s0` (1)" in report._unrecorded_cpu([cell])
+  assert "`rotation-vgg19-k1-s0` (1)" in tables.unrecorded_cpu([cell])
 
 
 def test_a_running_stage_writes_its_cpu_time_every_poll(tmp_path, monkeypatch):
@@ -1021,7 +1022,7 @@ def test_the_report_lists_cells_still_rising_at_the_end_of_their_budget():
                  budget="converged", pretext=0.9)
   flat = _cell("rotation", "revnet50", layers={"pre_logits": 0.7}, epochs=4,
                budget="converged", pretext=0.9)
-  assert report.still_rising([rising, flat, _cell("rotation", "vgg19")]) == [
+  assert tables.still_rising([rising, flat, _cell("rotation", "vgg19")]) == [
       "`rotation-vgg19-k1-e2-s0` (+2.50 pts)"]
 
 
@@ -1071,7 +1072,7 @@ def test_each_model_is_reported_at_the_smallest_rung_that_converged():
   assert converged.top1("rotation", "vgg19") == {0: 0.74}
   assert converged.top1("rotation", "revnet50") == {0: 0.80}
   assert converged.top1("rotation", "resnet50_v1") == {0: 0.62}
-  notes = report.rung_notes(cells)
+  notes = tables.rung_notes(cells)
   assert len(notes) == 2
   assert ("`rotation-vgg19-k1-e2-s0` (+2.50 pts): reported at 4 epochs; "
           "`rotation-vgg19-k1-e8-s0` (+0.42 pts): reported at 4 epochs") in notes[0]

@@ -19,7 +19,7 @@ plots, each finding's rule, power and evidence, and the cells with their
 cost. With --readme, it also replaces the README's summary block (between
 `README_BEGIN` and `README_END`). Each --plan (a study config, repeatable)
 adds a line saying how many of its cells are done with today's code and
-which are missing.
+which are missing. The tables are built by `tfrevisit.study.tables`.
 """
 import argparse
 import csv
@@ -32,15 +32,14 @@ from typing import Dict, List, Optional, Sequence
 import gin
 
 from tfrevisit import cli
-from tfrevisit.study import curves as curves_lib
 from tfrevisit.study import findings as findings_lib
 from tfrevisit.study import grid
 from tfrevisit.study import plots
 from tfrevisit.study import stats
-from tfrevisit.study.results import (Results, budget_views, chance, flat_rows,
-                                     late_gain, late_layers, load_cells,
-                                     mean_std, model_key, normalise_cell,
-                                     resolve_rungs, seed_mean, stopped_early)
+from tfrevisit.study import tables
+from tfrevisit.study.tables import markdown_table
+from tfrevisit.study.results import (Results, budget_views, flat_rows,
+                                     load_cells, normalise_cell)
 
 DEFAULT_OUT_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -53,16 +52,6 @@ STUDY_COMMANDS = (
     "python -m tfrevisit.study --gin configs/study/fashion_mnist_short.gin --workdir DIR",
     "python -m tfrevisit.study --gin configs/study/fashion_mnist_pilot.gin --workdir DIR",
     "python -m tfrevisit.study --gin configs/study/fashion_mnist_converged.gin --workdir DIR")
-
-
-def _cell(seeds: Dict[int, float]) -> str:
-  """'mean ± std, n=seeds' in percent, or the value alone for one seed."""
-  if not seeds:
-    return "-"
-  mean, std = mean_std(list(seeds.values()))
-  if std is None:
-    return f"{100 * mean:.1f}"
-  return f"{100 * mean:.1f} ± {100 * std:.1f}, n={len(seeds)}"
 
 
 def coverage(cells: Sequence[Dict], planned: Optional[Sequence[str]],
@@ -84,258 +73,6 @@ def coverage(cells: Sequence[Dict], planned: Optional[Sequence[str]],
           f"{shown}{more}.")
 
 
-# Marks an entry whose L-BFGS fit stopped before its 3rd iteration.
-STOPPED_MARK = "†"
-STOPPED_NOTE = (f"{STOPPED_MARK}: the L-BFGS fit stopped before its 3rd "
-                "iteration, a probe artefact rather than a measurement.")
-
-
-def _entry(results: Results, task: str, architecture: str, k: int,
-           end_point: str) -> str:
-  """`_cell` of linear top-1 at an end point, marked if a fit stopped early."""
-  rows = [r for seed_rows in results.rows(task, architecture, k,
-                                          end_point).values() for r in seed_rows]
-  mark = STOPPED_MARK if any(stopped_early(r) for r in rows) else ""
-  return _cell(results.top1(task, architecture, k, end_point)) + mark
-
-
-def pre_logits_entry(results: Results, task: str, architecture: str,
-                     k: int = 1) -> str:
-  return _entry(results, task, architecture, k, "pre_logits")
-
-
-def best_layer_entry(results: Results, task: str, architecture: str,
-                     k: int = 1) -> str:
-  """"top-1 (layer)" of the layer chosen on val; "-" if none."""
-  best = results.best_layer(task, architecture, k)
-  if best is None:
-    return "-"
-  return f"{_entry(results, task, architecture, k, best)} ({best})"
-
-
-def table1(views: Dict[str, Results], entry, k: int = 1) -> List[List[str]]:
-  """Rows of a Table 1 analogue, budgets side by side in each entry
-  ("first edition · converged"): per task and architecture at width k,
-  `entry(results, task, architecture)`."""
-  architectures = [a for a in grid.ARCHITECTURES
-                   if any(a in r.architectures(k) for r in views.values())]
-  tasks = [t for t in grid.TASKS if any(t in r.tasks() for r in views.values())]
-  table = [["task"] + [grid.ARCHITECTURES[a].title for a in architectures]]
-  for task in tasks:
-    row = [task]
-    for architecture in architectures:
-      row.append(" · ".join(entry(r, task, architecture) for r in views.values()))
-    table.append(row)
-  return table
-
-
-def _gain(results: Results, task: str, architecture: str, k: int,
-          end_point: str) -> Optional[float]:
-  """Mean top-1 of a trained model minus the untrained network's at one end
-  point (linear probe, all labels), or None if either is missing."""
-  trained, untrained = (seed_mean(results.top1(t, architecture, k, end_point))
-                        for t in (task, "random_init"))
-  if trained is None or untrained is None:
-    return None
-  return trained - untrained
-
-
-def gain_table(results: Results, k: int = 1) -> List[List[str]]:
-  """Rows of what training added over the untrained network (random_init) at
-  the late layers, per task and architecture at width k: the gain in pp at
-  each late layer evaluated on both; [] without random_init cells."""
-  architectures = [a for a in results.architectures(k)
-                   if results.layers("random_init", a, k)]
-  if not architectures:
-    return []
-  table = [["task"] + [grid.ARCHITECTURES[a].title for a in architectures]]
-  for task in results.tasks():
-    if task == "random_init":
-      continue
-    row = [task]
-    for architecture in architectures:
-      gains = [(e, _gain(results, task, architecture, k, e))
-               for e in late_layers(architecture)]
-      row.append(", ".join(f"{e} {100 * g:+.1f}" for e, g in gains
-                           if g is not None) or "-")
-    table.append(row)
-  return table
-
-
-def markdown_table(rows: Sequence[Sequence[str]]) -> str:
-  lines = ["| " + " | ".join(rows[0]) + " |",
-           "|" + "---|" * len(rows[0])]
-  return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
-
-
-def _hours(cells, kind: str, stages=("train", "eval")) -> float:
-  """Total `kind` ("wall" or "cpu") time of `stages`, in hours."""
-  return sum(c.get(f"{stage}_{kind}_time_s") or 0
-             for c in cells for stage in stages) / 3600
-
-
-def _cpu_hours(cells) -> str:
-  """"X CPU h (training T, evaluation E)": the issue's aim counts training."""
-  return (f"{_hours(cells, 'cpu'):.1f} CPU h (training "
-          f"{_hours(cells, 'cpu', ('train',)):.1f}, evaluation "
-          f"{_hours(cells, 'cpu', ('eval',)):.1f})")
-
-
-def _machines(cells) -> str:
-  """"; on CPU (N cells), ..." for the cells that recorded their machines."""
-  counts = {}
-  for cell in cells:
-    for name in cell.get("machines", []):
-      counts[name] = counts.get(name, 0) + 1
-  if not counts:
-    return ""
-  unrecorded = sum(1 for c in cells if not c.get("machines"))
-  return "; on " + ", ".join(
-      [f"{name} ({_cells(n)})" for name, n in sorted(counts.items())]
-      + ([f"unrecorded ({_cells(unrecorded)})"] if unrecorded else []))
-
-
-def _cells(n: int) -> str:
-  return f"{n} cell{'' if n == 1 else 's'}"
-
-
-def _unrecorded_cpu(cells) -> str:
-  """A sentence naming the cells with killed attempts whose CPU time is not
-  in the totals (their wall time is), or ""."""
-  missing = {c["cell"]: c["unrecorded_cpu_attempts"] for c in cells
-             if c.get("unrecorded_cpu_attempts")}
-  if not missing:
-    return ""
-  listed = ", ".join(f"`{name}` ({n})" for name, n in sorted(missing.items()))
-  return (" Not in the CPU hours: killed attempts (runner stopped before its "
-          f"first CPU poll) of {listed}; their wall time is counted.")
-
-
-def verdict_table(findings: Dict[str, List[findings_lib.Finding]]
-                  ) -> List[List[str]]:
-  """Rows: finding title, its verdict per budget."""
-  budgets = list(findings)
-  table = [["finding"] + budgets]
-  for index, finding in enumerate(findings[budgets[0]]):
-    table.append([finding.title] + [f"**{findings[b][index].verdict}**"
-                                    for b in budgets])
-  return table
-
-
-def diagnostics_table(views: Dict[str, Results]) -> List[List[str]]:
-  """Rows: per budget, linear probe rows and the count of each diagnostic
-  ("n (+u unknown)" where old rows lack it)."""
-  names = {"stopped_early": "stopped before 3 iterations",
-           "hit_max_iterations": "hit the iteration cap",
-           "not_converged": "not converged",
-           "l2_at_edge": "L2 at the grid's edge"}
-  table = [["budget", "L-BFGS rows"] + list(names.values())]
-  for budget, results in views.items():
-    counts = results.diagnostics()
-    row = [budget, str(len(results.linear_rows()))]
-    for name in names:
-      found = counts[name]
-      row.append(f"{found['count']}" + (f" ({found['unknown']} unknown)"
-                                        if found["unknown"] else ""))
-    table.append(row)
-  return table
-
-
-def _pretext_entry(cell: Dict) -> str:
-  parts = []
-  if cell.get("pretext_accuracy") is not None:
-    parts.append(f"{100 * cell['pretext_accuracy']:.1f}")
-  if cell.get("heldout_pretext_accuracy") is not None:
-    parts.append(f"held-out {100 * cell['heldout_pretext_accuracy']:.1f}")
-  if not parts:
-    return "-"
-  return " / ".join(parts) + f" ({100 * chance(cell):.1f})"
-
-
-def _converged_entry(cell: Dict) -> str:
-  if not cell.get("pretext_curve"):
-    return "-"
-  gain = late_gain(cell)
-  if gain is None:
-    return "too few points"
-  return f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} ({100 * gain:+.2f})"
-
-
-def _cells_table(cells) -> str:
-  rows = [["cell", "budget", "epochs", "pretext acc. % (chance)",
-           "converged (late gain, pts)", "steps", "train min", "eval min",
-           "CPU h"]]
-  for cell in cells:
-    rows.append([cell["cell"], cell["budget"], f"{cell.get('train_epochs')}",
-                 _pretext_entry(cell), _converged_entry(cell),
-                 str(cell.get("global_step")),
-                 f"{(cell.get('train_wall_time_s') or 0) / 60:.1f}",
-                 f"{(cell.get('eval_wall_time_s') or 0) / 60:.1f}",
-                 f"{_hours([cell], 'cpu'):.2f}"])
-  return markdown_table(rows)
-
-
-def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
-  """Rows: per task and architecture of cells with pretext curves, each
-  budget's late gain and linear top-1 (what more epochs give), and the
-  budget the rule picks (`curves.choose_budget`); [] without curves."""
-  runs: Dict = {}
-  for cell in cells:
-    if cell.get("pretext_curve") and cell["seed"] == 0:
-      key = (cell["task"], cell["architecture"], cell["filters_factor"])
-      runs.setdefault(key, {})[cell["train_epochs"]] = cell
-  if not runs:
-    return []
-  table = [["task", "architecture",
-            "budgets: converged (late gain, pts), linear top-1 (layer chosen on val)",
-            "picked"]]
-  for (task, architecture, k), by_budget in sorted(runs.items()):
-    gains = "; ".join(
-        f"{e:g} ep: {_converged_entry(c)}, "
-        f"{best_layer_entry(Results([c]), task, architecture, k)}"
-        for e, c in sorted(by_budget.items()))
-    picked = curves_lib.choose_budget(
-        {e: c["pretext_curve"] for e, c in by_budget.items()})
-    table.append([task, f"{grid.ARCHITECTURES[architecture].title} k={k}",
-                  gains, "none converged" if picked is None else f"{picked:g}"])
-  return table
-
-
-def still_rising(cells: Sequence[Dict]) -> List[str]:
-  """"CELL (+G pts)" for each cell with a budget whose held-out pretext
-  accuracy gained at least `curves.MIN_GAIN` over its last 25% of epochs:
-  trained for its task's budget, it had not converged by the pilot's rule."""
-  gains = [(cell, late_gain(cell)) for cell in cells]
-  return [f"`{cell['cell']}` ({100 * gain:+.2f} pts)" for cell, gain in gains
-          if gain is not None and gain >= curves_lib.MIN_GAIN]
-
-
-def rung_notes(cells: Sequence[Dict]) -> List[str]:
-  """The report's sentences on training budgets: models trained at a longer
-  rung (the rung each table uses, `results.resolve_rungs`) and the cells
-  still rising at the rung they are reported at."""
-  kept, superseded = resolve_rungs([c for c in cells if c.get("pretext_curve")])
-  used = {model_key(c): c["train_epochs"] for c in kept}
-  notes = []
-  if superseded:
-    entries = []
-    for cell in superseded:
-      gain = late_gain(cell)
-      entries.append(f"`{cell['cell']}`"
-                     + ("" if gain is None else f" ({100 * gain:+.2f} pts)")
-                     + f": reported at {used[model_key(cell)]:g} epochs")
-    notes.append("Models trained at several budgets are reported at the "
-                 "smallest whose pretext accuracy converged, else the "
-                 "largest (each model at its own convergence); not reported: "
-                 + "; ".join(entries) + ".")
-  rising = still_rising(kept)
-  if rising:
-    notes.append("Cells whose pretext accuracy was still rising at the end of "
-                 "their budget (not converged by the same rule; a longer "
-                 "budget for them is still to run): " + ", ".join(rising) + ".")
-  return notes
-
-
 def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
                    notes: str = "",
                    plans: Optional[Dict[str, Sequence[str]]] = None) -> str:
@@ -346,14 +83,14 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
   parts += _tables(views, findings)
   parts += _spreads_and_gains(views)
   parts += _diagnostics(views)
-  pilot = pilot_table(cells)
+  pilot = tables.pilot_table(cells)
   if pilot:
     parts += ["## Training budgets per model", "",
               "Each run's held-out pretext accuracy gained over its last 25% of "
               "epochs and its linear top-1 on test at the layer chosen on val; "
               "the picked budget is the smallest that converged (gained less "
               "than 1 point).", "", markdown_table(pilot), ""]
-  for note in rung_notes(cells):
+  for note in tables.rung_notes(cells):
     parts += [note, ""]
   if notes:
     parts += [f"## Context (hand-written, {NOTES_FILE})", "", notes.strip(), ""]
@@ -411,13 +148,14 @@ def _tables(views, findings) -> List[str]:
   budgets = " · ".join(views)
   return [
       f"## Table 1 analogue (k=1): the layer chosen on val, its test top-1 ({budgets})",
-      "", markdown_table(table1(views, best_layer_entry)), "",
+      "", markdown_table(tables.table1(views, tables.best_layer_entry)), "",
       f"## pre_logits linear top-1 (k=1; {budgets})", "",
-      markdown_table(table1(views, pre_logits_entry)), "", STOPPED_NOTE, "",
+      markdown_table(tables.table1(views, tables.pre_logits_entry)), "",
+      tables.STOPPED_NOTE, "",
       "## Verdicts", "",
       "Each finding's rule, its power and its evidence are under "
       "[Findings](#findings).", "",
-      markdown_table(verdict_table(findings)), ""]
+      markdown_table(tables.verdict_table(findings)), ""]
 
 
 def _spreads_and_gains(views) -> List[str]:
@@ -436,7 +174,7 @@ def _spreads_and_gains(views) -> List[str]:
             "architecture untrained (`random_init`), in pp, at the late "
             "layers (finding 2).", ""]
   for budget, results in views.items():
-    gains = gain_table(results)
+    gains = tables.gain_table(results)
     if gains:
       parts += [f"{budget}:", "", markdown_table(gains), ""]
   return parts
@@ -454,7 +192,7 @@ def _diagnostics(views) -> List[str]:
            "started from the chosen train fit; newer rows count from zero, "
            "warm starts included), the cap and the grid's edge are "
            "unknown.", "",
-           markdown_table(diagnostics_table(views)), ""]
+           markdown_table(tables.diagnostics_table(views)), ""]
   for budget, results in views.items():
     found = results.diagnostics()
     # The first edition's other diagnostics are unknown or its old probe's.
@@ -504,16 +242,17 @@ def _cells_section(cells) -> List[str]:
            "Pretext accuracy: the training accuracy of the last logged "
            "interval and, for cells with a budget, the held-out accuracy at "
            "the last checkpoint; converged by the rule of the pilot.", "",
-           _cells_table(cells), ""]
+           tables.cells_table(cells), ""]
   for budget in sorted({c["budget"] for c in cells}):
     chosen = [c for c in cells if c["budget"] == budget]
     parts.append(f"- {budget}: {len(chosen)} cells, "
-                 f"{_hours(chosen, 'wall'):.1f} h wall, "
-                 f"{_cpu_hours(chosen)}" + _machines(chosen))
-  parts += ["", f"Total: {len(cells)} cells, {_hours(cells, 'wall'):.1f} hours "
-            f"of wall time, {_cpu_hours(cells)} (user + system, all "
+                 f"{tables.hours(chosen, 'wall'):.1f} h wall, "
+                 f"{tables.cpu_hours(chosen)}" + tables.machines(chosen))
+  parts += ["", f"Total: {len(cells)} cells, "
+            f"{tables.hours(cells, 'wall'):.1f} hours of wall time, "
+            f"{tables.cpu_hours(cells)} (user + system, all "
             "threads) in the train and evaluation stages."
-            + _unrecorded_cpu(cells), ""]
+            + tables.unrecorded_cpu(cells), ""]
   return parts
 
 
@@ -523,13 +262,14 @@ def readme_summary(cells: Sequence[Dict],
   side by side), the verdicts per budget and the grids' coverage."""
   views = {b: Results(c) for b, c in budget_views(cells).items()}
   findings = {b: findings_lib.all_findings(r) for b, r in views.items()}
-  lines = [markdown_table(table1(views, pre_logits_entry)), "",
+  lines = [markdown_table(tables.table1(views, tables.pre_logits_entry)),
+           "",
            f"{len(cells)} cells; pre_logits linear probe top-1 % on the "
            f"Fashion-MNIST test split per training budget ({' · '.join(views)}; "
-           f"{STOPPED_NOTE.rstrip('.')}). "
+           f"{tables.STOPPED_NOTE.rstrip('.')}). "
            "Verdicts on the paper's findings (rules, power and evidence in "
            "[docs/study.md](docs/study.md)):", "",
-           markdown_table(verdict_table(findings))]
+           markdown_table(tables.verdict_table(findings))]
   for config, planned in (plans or {}).items():
     lines += ["", coverage(cells, planned, f"Grid `{config}`")]
   return "\n".join(lines)
