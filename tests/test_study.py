@@ -817,12 +817,12 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
               _cell("rotation", "vgg19", 1, 0, layers={"fc6": 0.80}, epochs=2,
                     budget="pilot", pretext=0.8)])
   views = {b: Results(c) for b, c in budget_views(cells).items()}
-  assert list(views) == ["first edition", "converged", "pilot"]
+  # The pilot's cell is a rung of the converged ladder, not a view.
+  assert list(views) == ["first edition", "converged"]
   assert tables.table1(views, tables.best_layer_entry) == [
       ["task", "RevNet50", "VGG19-BN"],
-      ["rotation", "82.0 ± 1.0, n=3 (pre_logits) · - · -",
-       "85.0 (fc6) · 86.0 (fc6) · 80.0 (fc6)"],
-      ["random_init", "- · - · -", "80.0 (fc6) · 80.0 (fc6) · 80.0 (fc6)"]]
+      ["rotation", "82.0 ± 1.0, n=3 (pre_logits) · -", "85.0 (fc6) · 86.0 (fc6)"],
+      ["random_init", "- · -", "80.0 (fc6) · 80.0 (fc6)"]]
   assert tables.gain_table(views["converged"]) == [
       ["task", "VGG19-BN"], ["rotation", "fc6 +6.0, pre_logits +65.0"]]
   diagnostics = tables.diagnostics_table(views)
@@ -841,7 +841,7 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
   text = readme.read_text()
   assert text.startswith(f"# Title\n\n{report.README_BEGIN}\n| task |")
   assert text.endswith(f"{report.README_END}\n\n## Next\n")
-  assert "old table" not in text and "| finding | first edition | converged | pilot |" in text
+  assert "old table" not in text and "| finding | first edition | converged |" in text
   readme.write_text("# No block\n")
   with pytest.raises(cli.UserError, match="no study summary block"):
     report.update_readme(str(readme), cells)
@@ -986,7 +986,7 @@ def test_the_pilots_cells_are_rungs_of_the_converged_ladder():
   views = budget_views([pilot, converged])
   assert [c["cell"] for c in views["converged"]] == [
       "exemplar-revnet50-k1-e2-s0", "rotation-vgg19-k1-e4-s0"]
-  assert [c["cell"] for c in views["pilot"]] == ["exemplar-revnet50-k1-e2-s0"]
+  assert list(views) == ["converged"]
 
 
 def test_the_short_budget_rerun_stands_beside_the_first_edition():

@@ -86,6 +86,10 @@ def flat_rows(cells: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   return rows
 
 
+# Budgets whose cells are rungs of another budget's ladder.
+_LADDER_OF = {"pilot": "converged"}
+
+
 def _budget_order(label: str) -> Tuple[int, str]:
   order = (grid.FIRST_EDITION, grid.SHORT, "converged")
   return (order.index(label) if label in order else len(order), label)
@@ -99,18 +103,17 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
   probe and the release's backbones) serves the first edition, one labelled
   otherwise (the converged grid's) every other budget; a budget without a
   reference of its era takes all random_init cells. Every "pilot" cell is a
-  rung of the converged ladder too (the same recipe stretched to its epochs;
-  the converged grid adopts the pilot's cells at its budgets by name, not
-  retrained). Within each budget a model trained at several rungs keeps one
-  (`resolve_rungs`).
+  rung of the converged ladder (the same recipe stretched to its epochs; the
+  converged grid adopts the pilot's cells at its budgets by name, not
+  retrained), so it stands in the converged view and the pilot has no view
+  of its own, which would repeat a part of that one. Within each budget a
+  model trained at several rungs keeps one (`resolve_rungs`).
   """
   views = collections.defaultdict(list)
   for cell in cells:
     if cell["task"] == "random_init":
       continue
-    views[cell["budget"]].append(cell)
-    if cell["budget"] == "pilot":
-      views["converged"].append(cell)
+    views[_LADDER_OF.get(cell["budget"], cell["budget"])].append(cell)
   untrained = [c for c in cells if c["task"] == "random_init"]
   labels = sorted(views, key=_budget_order) or [grid.FIRST_EDITION]
   return {label: resolve_rungs(views[label])[0] + _references(untrained, label)
