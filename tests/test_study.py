@@ -88,6 +88,8 @@ def test_runner_trains_and_evaluates_one_cell_by_the_command_lines(tmp_path, cap
   assert result["global_step"] == 2 and 0 <= result["pretext_accuracy"] <= 1
   assert result["batch_size"] == 8 and result["train_wall_time_s"] > 0
   assert (result["budget"], result["train_epochs"]) == ("converged", 1)
+  # The rotation recipe's decays at 60% and 85% of its epoch.
+  assert result["decay_epochs"] == pytest.approx([0.6, 0.85])
   assert {(r["eval"], r["end_point"], r["probe"]) for r in result["rows"]} == {
       ("linear", "block4", "linear"), ("linear", "pre_logits", "linear")}
   assert [(p["step"], p["epoch"], p["split"]) for p in result["pretext_curve"]] == [
@@ -488,6 +490,14 @@ def test_convergence_rule_on_hand_made_curves():
             8: [{"epoch": 6, "accuracy": 0.65}, {"epoch": 8, "accuracy": 0.652}]}
   assert curves.choose_budget(ladder) == 4
   assert curves.choose_budget({2: ladder[2]}) is None
+  # After a decay at epoch 6.8 of 8: from the first point after it (7) on.
+  after = [(6, 0.60), (6.5, 0.601), (7, 0.611), (7.5, 0.612), (8, 0.6105)]
+  assert curves.gain_after(*zip(*after), 6.8) == pytest.approx(-0.0005)
+  assert curves.gain_after([1.5, 2], [0.5, 0.6], 1.7) is None
+  # Two points a few steps apart after the decay (0.001 of its 0.4 epochs).
+  assert curves.gain_after([1.5, 1.999, 2], [0.5, 0.6, 0.61], 1.6) is None
+  assert curves.gain_after([1.5, 1.68, 2], [0.5, 0.6, 0.61], 1.6) == (
+      pytest.approx(0.01))
 
 
 def test_contrasts_against_pooled_spreads_and_welch():
@@ -812,8 +822,9 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
            + [_cell("rotation", "vgg19", layers={"fc6": 0.85, "pre_logits": 0.70}),
               _cell("random_init", "vgg19", layers={"fc6": 0.80, "pre_logits": 0.1},
                     iterations={"pre_logits": 2}),
-              _cell("rotation", "vgg19", layers={"fc6": 0.86, "pre_logits": 0.75},
-                    epochs=4, budget="converged", pretext=0.9),
+              {**_cell("rotation", "vgg19", layers={"fc6": 0.86, "pre_logits": 0.75},
+                       epochs=4, budget="converged", pretext=0.9),
+               "decay_epochs": [1.2, 1.7]},
               _cell("rotation", "vgg19", 1, 0, layers={"fc6": 0.80}, epochs=2,
                     budget="pilot", pretext=0.8)])
   views = {b: Results(c) for b, c in budget_views(cells).items()}
@@ -830,10 +841,12 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
   assert diagnostics[1] == ["first edition", "10", "1", "0 (10 unknown)",
                             "0 (10 unknown)", "0 (10 unknown)"]
   # Curves at 0.9 - 0.1 / epoch: +2.5 points over the last 25% of 2
-  # epochs, +0.8 over those of 4.
+  # epochs, +0.8 over those of 4; +2.5 from epoch 2 (the first point after
+  # the 4-epoch run's last decay, at 1.7) to 4.
   assert tables.pilot_table(cells)[1:] == [
       ["rotation", "VGG19-BN k=1",
-       "2 ep: no (+2.50), 80.0 (fc6); 4 ep: yes (+0.83), 86.0 (fc6)", "4"]]
+       "2 ep: no (+2.50), 80.0 (fc6); "
+       "4 ep: yes (+0.83; +2.50 after the last decay), 86.0 (fc6)", "4"]]
   readme = tmp_path / "README.md"
   readme.write_text(f"# Title\n\n{report.README_BEGIN}\nold table\n"
                     f"{report.README_END}\n\n## Next\n")

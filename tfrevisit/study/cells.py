@@ -361,6 +361,10 @@ def _stage_total(stages: Dict[str, Dict], key: str, prefix: str) -> float:
              if name.startswith(prefix))
 
 
+def _floats(values) -> Optional[List[float]]:
+  return None if values is None else [float(v) for v in values]
+
+
 def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
             ) -> Dict[str, Any]:
   """A cell's result: its settings, training facts and evaluation rows.
@@ -368,7 +372,8 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
   Returns:
     {"cell", "task", "architecture", "filters_factor", "seed", "budget"
     (label), "backbone", "last_relu", "global_step", "batch_size",
-    "train_epochs" (the epochs trained), "num_crops", "pretext_accuracy"
+    "train_epochs" (the epochs trained), "decay_epochs" (the learning
+    rate's decays, in epochs), "num_crops", "pretext_accuracy"
     (training accuracy of the last logged interval, a fraction),
     "pretext_curve" (cells with a budget: [{"step", "epoch", "accuracy"}]
     on held-out images, see `tfrevisit.study.pretext_eval`),
@@ -400,6 +405,7 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
       "global_step": metadata.get("global_step"),
       "batch_size": grid.gin_value(config, "train.batch_size"),
       "train_epochs": grid.gin_value(config, "train.epochs"),
+      "decay_epochs": _floats(grid.gin_value(config, "train.decay_epochs")),
       "num_crops": grid.gin_value(config, "exemplar.num_crops"),
       "pretext_accuracy": last_scalar(os.path.join(train_dir, "tb"), "accuracy"),
       **({"pretext_curve": curve} if curve is not None else {}),

@@ -44,6 +44,32 @@ def late_gain(epochs: Sequence[float], accuracy: Sequence[float],
   return float(accuracy[-1] - np.interp(start, epochs, accuracy))
 
 
+def gain_after(epochs: Sequence[float], accuracy: Sequence[float],
+               start_epoch: float, total_epochs: Optional[float] = None
+               ) -> Optional[float]:
+  """Accuracy at the end minus at the first point at or after `start_epoch`
+  (e.g. the last learning-rate decay: what training gave after the jump a
+  decay causes).
+
+  Args:
+    epochs: [P] increasing epochs of the points.
+    accuracy: [P] held-out accuracies (fractions).
+    start_epoch: where to start, in epochs.
+    total_epochs: the training's length; default the last point's epoch.
+
+  Returns:
+    The gain (a fraction), or None when the points from `start_epoch` on
+    span less than half of the training after it (fewer than 2, or a last
+    checkpoint a few steps after the one before: a gain over a few steps
+    says nothing).
+  """
+  after = [(e, a) for e, a in zip(epochs, accuracy) if e >= start_epoch - 1e-9]
+  total = epochs[-1] if total_epochs is None else total_epochs
+  if len(after) < 2 or after[-1][0] - after[0][0] < 0.5 * (total - start_epoch):
+    return None
+  return float(after[-1][1] - after[0][1])
+
+
 def converged(epochs: Sequence[float], accuracy: Sequence[float],
               total_epochs: Optional[float] = None,
               window: float = WINDOW, min_gain: float = MIN_GAIN

@@ -136,6 +136,17 @@ def late_gain(cell: Dict[str, Any]) -> Optional[float]:
                               cell.get("train_epochs"))
 
 
+def gain_after_last_decay(cell: Dict[str, Any]) -> Optional[float]:
+  """`curves.gain_after` the cell's last learning-rate decay (its recorded
+  `decay_epochs`); None without a curve or a recorded decay, or when the
+  curve cannot tell."""
+  curve, decays = cell.get("pretext_curve"), cell.get("decay_epochs")
+  if not curve or not decays:
+    return None
+  return curves_lib.gain_after(*curves_lib.curve_arrays(curve), max(decays),
+                               cell.get("train_epochs"))
+
+
 def _converged_cell(cell: Dict[str, Any]) -> bool:
   gain = late_gain(cell)
   return gain is not None and gain < curves_lib.MIN_GAIN

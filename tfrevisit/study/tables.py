@@ -8,9 +8,10 @@ from typing import Dict, List, Optional, Sequence
 from tfrevisit.study import curves as curves_lib
 from tfrevisit.study import findings as findings_lib
 from tfrevisit.study import grid
-from tfrevisit.study.results import (Results, chance, late_gain, late_layers,
-                                     mean_std, model_key, resolve_rungs,
-                                     seed_mean, stopped_early)
+from tfrevisit.study.results import (Results, chance, gain_after_last_decay,
+                                     late_gain, late_layers, mean_std,
+                                     model_key, resolve_rungs, seed_mean,
+                                     stopped_early)
 
 
 def _seeds_entry(seeds: Dict[int, float]) -> str:
@@ -192,12 +193,17 @@ def _pretext_entry(cell: Dict) -> str:
 
 
 def _converged_entry(cell: Dict) -> str:
+  """"yes (+G)" or "no (+G)": converged by the rule, with the late gain in
+  points, and the gain after the last learning-rate decay where known."""
   if not cell.get("pretext_curve"):
     return "-"
   gain = late_gain(cell)
   if gain is None:
     return "too few points"
-  return f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} ({100 * gain:+.2f})"
+  after = gain_after_last_decay(cell)
+  after = "" if after is None else f"; {100 * after:+.2f} after the last decay"
+  return (f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} "
+          f"({100 * gain:+.2f}{after})")
 
 
 def cells_table(cells) -> str:
