@@ -1037,6 +1037,10 @@ def test_the_report_lists_cells_still_rising_at_the_end_of_their_budget():
                budget="converged", pretext=0.9)
   assert tables.still_rising([rising, flat, _cell("rotation", "vgg19")]) == [
       "`rotation-vgg19-k1-e2-s0` (+2.50 pts)"]
+  # With its schedule: +5 points from epoch 1 (the first point after a decay
+  # at 0.8) to 2.
+  assert tables.still_rising([{**rising, "decay_epochs": [0.5, 0.8]}]) == [
+      "`rotation-vgg19-k1-e2-s0` (+2.50 pts; +5.00 after the last decay)"]
 
 
 def test_the_report_says_which_curves_read_the_test_split():

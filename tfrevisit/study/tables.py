@@ -192,18 +192,22 @@ def _pretext_entry(cell: Dict) -> str:
   return " / ".join(parts) + f" ({100 * chance(cell):.1f})"
 
 
+def _gains(cell: Dict, gain: float, unit: str = "") -> str:
+  """"+G`unit`" (the late gain `gain` in points) and, where the curve shows
+  it, "; +A after the last decay"."""
+  after = gain_after_last_decay(cell)
+  return f"{100 * gain:+.2f}{unit}" + (
+      "" if after is None else f"; {100 * after:+.2f} after the last decay")
+
+
 def _converged_entry(cell: Dict) -> str:
-  """"yes (+G)" or "no (+G)": converged by the rule, with the late gain in
-  points, and the gain after the last learning-rate decay where known."""
+  """"yes (gains)" or "no (gains)": converged by the rule (`_gains`)."""
   if not cell.get("pretext_curve"):
     return "-"
   gain = late_gain(cell)
   if gain is None:
     return "too few points"
-  after = gain_after_last_decay(cell)
-  after = "" if after is None else f"; {100 * after:+.2f} after the last decay"
-  return (f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} "
-          f"({100 * gain:+.2f}{after})")
+  return f"{'yes' if gain < curves_lib.MIN_GAIN else 'no'} ({_gains(cell, gain)})"
 
 
 def cells_table(cells) -> str:
@@ -247,11 +251,11 @@ def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
 
 
 def still_rising(cells: Sequence[Dict]) -> List[str]:
-  """"CELL (+G pts)" for each cell with a budget whose held-out pretext
-  accuracy gained at least `curves.MIN_GAIN` over its last 25% of epochs:
-  trained for its task's budget, it had not converged by the pilot's rule."""
+  """"CELL (+G pts; ...)" (`_gains`) for each cell with a budget whose
+  held-out pretext accuracy gained at least `curves.MIN_GAIN` over its last
+  25% of epochs: it had not converged by the pilot's rule."""
   gains = [(cell, late_gain(cell)) for cell in cells]
-  return [f"`{cell['cell']}` ({100 * gain:+.2f} pts)" for cell, gain in gains
+  return [f"`{cell['cell']}` ({_gains(cell, gain, ' pts')})" for cell, gain in gains
           if gain is not None and gain >= curves_lib.MIN_GAIN]
 
 
@@ -276,6 +280,7 @@ def rung_notes(cells: Sequence[Dict]) -> List[str]:
   rising = still_rising(kept)
   if rising:
     notes.append("Cells whose pretext accuracy was still rising at the end of "
-                 "their budget (not converged by the same rule; a longer "
-                 "budget for them is still to run): " + ", ".join(rising) + ".")
+                 "the largest budget they trained (not converged by the same "
+                 "rule; the notes say which get a longer rung): "
+                 + ", ".join(rising) + ".")
   return notes
