@@ -47,8 +47,9 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
   done, scaled by measured / estimated over those (CPU per stage, training
   and evaluation; wall time in all)."""
   lines = [f"{'cell':<48} {'state':<8} {'minutes':>8}  evals"]
-  done = {"estimate": 0.0, "wall": 0.0, **{s: 0.0 for s in STAGES},
-          **{f"{s}_estimate": 0.0 for s in STAGES}}
+  estimated = {s: 0.0 for s in STAGES}  # minutes of the done cells
+  measured = {s: 0.0 for s in STAGES}  # their CPU minutes
+  wall = 0.0  # their wall minutes
   remaining = {s: 0.0 for s in STAGES}
   for cell in cells:
     state = cells_lib.state_of(cell, workdir, results_dir)
@@ -56,28 +57,27 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
     minutes = f"~{sum(estimate.values()):.0f}"
     if state == "done":
       if cell.task != "random_init":  # no training: its cost is start-up
-        done["estimate"] += sum(estimate.values())
-        done["wall"] += _measured_minutes(results_dir, cell, "wall")
+        wall += _measured_minutes(results_dir, cell, "wall")
         for stage in STAGES:
-          done[f"{stage}_estimate"] += estimate[stage]
-          done[stage] += _measured_minutes(results_dir, cell, "cpu", [stage])
+          estimated[stage] += estimate[stage]
+          measured[stage] += _measured_minutes(results_dir, cell, "cpu", [stage])
       minutes = f"{_measured_minutes(results_dir, cell, 'wall'):.0f}"
     else:
       for stage in STAGES:
         remaining[stage] += estimate[stage]
     lines.append(f"{cell.name:<48} {state:<8} {minutes:>8}  {','.join(cell.evals)}")
-  summary = (f"{len(cells)} cells; done: {done['wall'] / 60:.1f} h wall, "
-             f"{(done['train'] + done['eval']) / 60:.1f} CPU h; remaining ")
-  if all(done[f"{s}_estimate"] and done[s] for s in STAGES):
-    scale = {s: done[s] / done[f"{s}_estimate"] for s in STAGES}
+  summary = (f"{len(cells)} cells; done: {wall / 60:.1f} h wall, "
+             f"{sum(measured.values()) / 60:.1f} CPU h; remaining ")
+  if all(estimated.values()) and all(measured.values()):
+    scale = {s: measured[s] / estimated[s] for s in STAGES}
     cpu = {s: scale[s] * remaining[s] / 60 for s in STAGES}
-    wall = done["wall"] / done["estimate"]
+    wall_scale = wall / sum(estimated.values())
     summary += (f"~{sum(cpu.values()):.1f} CPU h (training ~{cpu['train']:.1f}, "
                 f"evaluation ~{cpu['eval']:.1f}), "
-                f"~{wall * sum(remaining.values()) / 60:.1f} h wall (config "
-                "estimates x measured/estimated of the done cells: CPU "
-                f"training {scale['train']:.2f}, evaluation {scale['eval']:.2f}; "
-                f"wall {wall:.2f}).")
+                f"~{wall_scale * sum(remaining.values()) / 60:.1f} h wall "
+                "(config estimates x measured/estimated of the done cells: "
+                f"CPU training {scale['train']:.2f}, evaluation "
+                f"{scale['eval']:.2f}; wall {wall_scale:.2f}).")
   else:
     summary += f"~{sum(remaining.values()) / 60:.1f} CPU h (config estimates)."
   lines.append(summary)
