@@ -32,7 +32,8 @@ STOPPED_NOTE = (f"{STOPPED_MARK}: the L-BFGS fit stopped before its 3rd "
 
 def _entry(results: Results, task: str, architecture: str, k: int,
            end_point: str) -> str:
-  """`_cell` of linear top-1 at an end point, marked if a fit stopped early."""
+  """`_seeds_entry` of linear top-1 at an end point, marked if a fit stopped
+  early."""
   rows = [r for seed_rows in results.rows(task, architecture, k,
                                           end_point).values() for r in seed_rows]
   mark = STOPPED_MARK if any(stopped_early(r) for r in rows) else ""
