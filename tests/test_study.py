@@ -12,6 +12,7 @@ import sys
 import time
 
 import gin
+import matplotlib.axes
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,6 +28,7 @@ from tfrevisit.study import cells as cells_lib
 from tfrevisit.study import curves
 from tfrevisit.study import findings
 from tfrevisit.study import grid
+from tfrevisit.study import plots
 from tfrevisit.study import pretext_eval
 from tfrevisit.study import report
 from tfrevisit.study import stats
@@ -1097,3 +1099,19 @@ def test_each_model_is_reported_at_the_smallest_rung_that_converged():
   # Still rising where it is reported (a 1-epoch curve has one point: 0 gain
   # cannot be read, so its e1 rung does not converge either).
   assert notes[1].endswith(": `rotation-resnet50_v1-k1-e2-s0` (+2.50 pts).")
+
+
+def test_pretext_curves_fade_the_rungs_the_tables_do_not_report(tmp_path,
+                                                                 monkeypatch):
+  # VGG19-BN converged at 4 epochs (+0.83), so its rising 2-epoch run is
+  # superseded: drawn faint and without a legend entry.
+  cells = [_cell("rotation", "vgg19", layers={"pre_logits": 0.7}, epochs=e,
+                 budget="converged", pretext=0.9) for e in (2, 4)]
+  drawn = []
+  original = matplotlib.axes.Axes.plot
+  def plot(ax, x, y, **kwargs):
+    drawn.append((len(x), kwargs.get("alpha"), kwargs.get("label")))
+    return original(ax, x, y, **kwargs)
+  monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+  assert plots.pretext_curves(Results(cells), str(tmp_path / "curves.png"))
+  assert sorted(drawn) == [(2, 0.25, None), (4, None, "VGG19-BN k=1")]

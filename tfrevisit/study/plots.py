@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tfrevisit.study import grid
-from tfrevisit.study.results import REPRESENTATIONS, Results, chance, mean_std
+from tfrevisit.study.results import (REPRESENTATIONS, Results, chance,
+                                     mean_std, resolve_rungs)
 # pylint: enable=g-import-not-at-top
 
 _MARKERS = {"rotation": "o", "exemplar": "s", "relative_patch_location": "^",
@@ -245,21 +246,29 @@ def sgd_convergence(results: Results, path: str) -> Optional[str]:
 
 def pretext_curves(results: Results, path: str) -> Optional[str]:
   """Held-out pretext accuracy per epoch, one panel per task, colour =
-  architecture, line style = width, one line per run (budget and seed); the
-  dotted line is chance."""
+  architecture, line style = width, one line per run (budget and seed):
+  faint where a longer or shorter rung of the same model is the one reported
+  (`resolve_rungs`); the dotted line is chance."""
   curves = results.pretext_curves()
   tasks = [t for t in grid.TASKS if any(key[0] == t for key in curves)]
   if not tasks:
     return None
+  _, superseded = resolve_rungs([c for c in results.cells
+                                 if c.get("pretext_curve")])
+  faint = {(c["task"], c["architecture"], c["filters_factor"],
+            c["train_epochs"], c["seed"]) for c in superseded}
   fig, axes = _subplots(len(tasks), width=4.0, height=3.2)
   for ax, task in zip(axes, tasks):
-    for (t, architecture, k, epochs, seed), curve in sorted(curves.items()):
+    for key, curve in sorted(curves.items()):
+      (t, architecture, k, _, _) = key
       if t != task:
         continue
       points = sorted(curve, key=lambda p: p["epoch"])
+      style = (dict(alpha=0.25, linewidth=0.8) if key in faint else
+               dict(marker=".", label=f"{_title(architecture)} k={k}"))
       ax.plot([p["epoch"] for p in points], [100 * p["accuracy"] for p in points],
               color=_color(architecture), linestyle=_WIDTH_STYLES.get(k, "-."),
-              marker=".", label=f"{_title(architecture)} k={k}")
+              **style)
     cell = next(c for c in results.cells if c["task"] == task)
     ax.axhline(100 * chance(cell), color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("epoch", fontsize=_FONT)
@@ -313,8 +322,10 @@ CAPTIONS: Dict[str, str] = {
     "pretext_curves": "Held-out pretext accuracy at each checkpoint (x: "
                       "epochs trained), one panel per task, colour = "
                       "architecture, line style = width; every run (budget, "
-                      "seed) is one line, so a pilot's budgets show as lines "
-                      "of different lengths. The dotted grey line is chance. "
+                      "seed) is one line, so a model's budgets show as lines "
+                      "of different lengths, faint where the tables report "
+                      "another of its budgets (the smallest that converged, "
+                      "else the largest). The dotted grey line is chance. "
                       "A run has converged when it gained less than 1 point "
                       "over its last 25% of epochs.",
 }
