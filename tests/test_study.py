@@ -467,7 +467,10 @@ def test_the_converged_and_pilot_configs_parse_into_the_issue_grid():
   assert {(c.architecture, c.epochs, c.budget) for c in pilot.cells} == {
       ("revnet50", e, "pilot") for e in (2.0, 4.0)}
   adopted = {c.name for c in pilot.cells} & set(names)
-  assert adopted == {f"{t}-revnet50-k1-e{budgets[t]:g}-s0" for t in budgets}
+  at_budget = {f"{t}-revnet50-k1-e{budgets[t]:g}-s0" for t in budgets}
+  # Beyond them, only rungs of the converged ladder.
+  assert at_budget <= adopted and adopted - at_budget <= {
+      c.name for c in trained if c.epochs != budgets[c.task]}
   assert all(c.evals == ("linear", "mlp", "lowdata") for c in pilot.cells)
 
 
@@ -1080,6 +1083,18 @@ def test_each_model_is_reported_at_the_smallest_rung_that_converged():
   rising = {e: _cell("rotation", "resnet50_v1", layers={"pre_logits": top1},
                      epochs=e, budget="converged", pretext=0.9)
             for e, top1 in ((1, 0.60), (2, 0.62))}
+  # Converged by the rule at 2 epochs, still rising at 4 (+2 points from
+  # epoch 3 to 4): 2 epochs were not the model's convergence, so its largest
+  # rung is reported.
+  relapse = [_flat_curve(_cell("supervised", "revnet50", epochs=e,
+                               layers={"pre_logits": 0.8}, budget="converged",
+                               pretext=0.9)) for e in (2, 4)]
+  relapse[1]["pretext_curve"] = [{"step": e, "epoch": e, "accuracy": 0.5 + 0.02 * e}
+                                 for e in range(1, 5)]
+  assert [c["cell"] for c in resolve_rungs(relapse)[0]] == [
+      "supervised-revnet50-k1-e4-s0"]
+  assert [c["cell"] for c in resolve_rungs(relapse[:1])[0]] == [
+      "supervised-revnet50-k1-e2-s0"]
   cells = list(vgg.values()) + [rev_4, rev_2] + list(rising.values())
   kept, superseded = resolve_rungs(cells)
   assert [c["cell"] for c in kept] == [

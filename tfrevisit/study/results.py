@@ -158,9 +158,11 @@ def resolve_rungs(cells: Sequence[Dict[str, Any]]
 
   A model (task, architecture, k, seed) trained at several budgets (a ladder
   of rungs, e.g. 2 then 4 epochs for a model still rising at 2) keeps the
-  smallest rung whose pretext curve converged (`curves.converged`), else
-  its largest rung: each model at its own convergence. The others are
-  superseded. Cells keep their order.
+  smallest rung whose pretext curve converged (`curves.converged`) and
+  above which every rung trained converged too, else its largest rung: each
+  model at its own convergence. (A converged rung followed by a rising one
+  did not reach the model's convergence: more epochs still raised it.) The
+  others are superseded. Cells keep their order.
   """
   rungs = collections.defaultdict(list)
   for cell in cells:
@@ -168,8 +170,12 @@ def resolve_rungs(cells: Sequence[Dict[str, Any]]
   kept_ids = set()
   for ladder in rungs.values():
     ladder = sorted(ladder, key=lambda c: c["train_epochs"] or 0)
-    done = [c for c in ladder if _converged_cell(c)]
-    kept_ids.add(id(done[0] if done else ladder[-1]))
+    kept = ladder[-1]
+    for cell in reversed(ladder):
+      if not _converged_cell(cell):
+        break
+      kept = cell
+    kept_ids.add(id(kept))
   return ([c for c in cells if id(c) in kept_ids],
           [c for c in cells if id(c) not in kept_ids])
 
