@@ -495,6 +495,10 @@ def test_convergence_rule_on_hand_made_curves():
             8: [{"epoch": 6, "accuracy": 0.65}, {"epoch": 8, "accuracy": 0.652}]}
   assert curves.choose_budget(ladder) == 4
   assert curves.choose_budget({2: ladder[2]}) is None
+  # Converged at 4, rising at 8 (+5 points from epoch 6): none is picked.
+  rising_8 = [{"epoch": 6, "accuracy": 0.60}, {"epoch": 8, "accuracy": 0.65}]
+  assert curves.choose_budget({4: ladder[4], 8: rising_8}) is None
+  assert curves.choose_budget({2: ladder[2], 4: ladder[4], 8: ladder[8]}) == 4
   # After a decay at epoch 6.8 of 8: from the first point after it (7) on.
   after = [(6, 0.60), (6.5, 0.601), (7, 0.611), (7.5, 0.612), (8, 0.6105)]
   assert curves.gain_after(*zip(*after), 6.8) == pytest.approx(-0.0005)

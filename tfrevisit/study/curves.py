@@ -88,17 +88,21 @@ def curve_arrays(curve: Sequence[Dict[str, float]]):
 
 def choose_budget(curves: Dict[float, Sequence[Dict[str, float]]]
                   ) -> Optional[float]:
-  """The smallest budget (epochs) whose own run converged by the rule.
+  """The smallest budget (epochs) whose own run converged by the rule and
+  above which every run converged too (a run that converged and a longer one
+  that still rose did not reach the model's convergence).
 
   Args:
     curves: {budget epochs: that run's pretext curve}, e.g. a pilot's
       ladder of budgets for one task.
 
   Returns:
-    The budget, or None if no run converged (the ladder needs a longer
-    rung).
+    The budget, or None if the longest run did not converge (the ladder
+    needs a longer rung).
   """
-  for budget in sorted(curves):
-    if converged(*curve_arrays(curves[budget]), total_epochs=budget):
-      return budget
-  return None
+  picked = None
+  for budget in sorted(curves, reverse=True):
+    if not converged(*curve_arrays(curves[budget]), total_epochs=budget):
+      break
+    picked = budget
+  return picked

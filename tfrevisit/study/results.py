@@ -147,22 +147,16 @@ def gain_after_last_decay(cell: Dict[str, Any]) -> Optional[float]:
                                cell.get("train_epochs"))
 
 
-def _converged_cell(cell: Dict[str, Any]) -> bool:
-  gain = late_gain(cell)
-  return gain is not None and gain < curves_lib.MIN_GAIN
-
-
 def resolve_rungs(cells: Sequence[Dict[str, Any]]
                   ) -> Tuple[List[Dict], List[Dict]]:
   """One training budget per model and seed: (kept cells, superseded cells).
 
   A model (task, architecture, k, seed) trained at several budgets (a ladder
   of rungs, e.g. 2 then 4 epochs for a model still rising at 2) keeps the
-  smallest rung whose pretext curve converged (`curves.converged`) and
-  above which every rung trained converged too, else its largest rung: each
-  model at its own convergence. (A converged rung followed by a rising one
-  did not reach the model's convergence: more epochs still raised it.) The
-  others are superseded. Cells keep their order.
+  rung `curves.choose_budget` picks from their pretext curves (the smallest
+  that converged with every longer rung converged too), else its largest
+  rung: each model at its own convergence. The others are superseded. Cells
+  keep their order.
   """
   rungs = collections.defaultdict(list)
   for cell in cells:
@@ -170,12 +164,11 @@ def resolve_rungs(cells: Sequence[Dict[str, Any]]
   kept_ids = set()
   for ladder in rungs.values():
     ladder = sorted(ladder, key=lambda c: c["train_epochs"] or 0)
-    kept = ladder[-1]
-    for cell in reversed(ladder):
-      if not _converged_cell(cell):
-        break
-      kept = cell
-    kept_ids.add(id(kept))
+    picked = curves_lib.choose_budget(
+        {c["train_epochs"]: c["pretext_curve"] for c in ladder
+         if c.get("pretext_curve") and c.get("train_epochs")})
+    kept_ids.add(id(next((c for c in ladder if c["train_epochs"] == picked),
+                         ladder[-1])))
   return ([c for c in cells if id(c) in kept_ids],
           [c for c in cells if id(c) not in kept_ids])
 

@@ -228,7 +228,8 @@ def cells_table(cells) -> str:
 def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
   """Rows: per task and architecture of cells with pretext curves, each
   budget's late gain and linear top-1 (what more epochs give), and the
-  budget the rule picks (`curves.choose_budget`); [] without curves."""
+  budget the rule picks (`curves.choose_budget`, the rung the tables
+  report); [] without curves."""
   runs: Dict = {}
   for cell in cells:
     if cell.get("pretext_curve") and cell["seed"] == 0:
@@ -275,8 +276,9 @@ def rung_notes(cells: Sequence[Dict]) -> List[str]:
                      + ("" if gain is None else f" ({100 * gain:+.2f} pts)")
                      + f": reported at {used[model_key(cell)]:g} epochs")
     notes.append("Models trained at several budgets are reported at the "
-                 "smallest whose pretext accuracy converged, else the "
-                 "largest (each model at its own convergence); not reported: "
+                 "smallest whose pretext accuracy converged with every longer "
+                 "one converged too, else the largest (each model at its own "
+                 "convergence); not reported: "
                  + "; ".join(entries) + ".")
   rising = still_rising(kept)
   if rising:
