@@ -164,9 +164,9 @@ def resolve_rungs(cells: Sequence[Dict[str, Any]]
   kept_ids = set()
   for ladder in rungs.values():
     ladder = sorted(ladder, key=lambda c: c["train_epochs"] or 0)
-    picked = curves_lib.choose_budget(
-        {c["train_epochs"]: c["pretext_curve"] for c in ladder
-         if c.get("pretext_curve") and c.get("train_epochs")})
+    picked = curves_lib.choose_budget(  # no curve: cannot tell, not converged
+        {c["train_epochs"]: c.get("pretext_curve") or [] for c in ladder
+         if c.get("train_epochs")})
     kept_ids.add(id(next((c for c in ladder if c["train_epochs"] == picked),
                          ladder[-1])))
   return ([c for c in cells if id(c) in kept_ids],
