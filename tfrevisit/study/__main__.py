@@ -24,19 +24,10 @@ from tfrevisit import cli
 from tfrevisit import gin_config
 from tfrevisit.study import cells as cells_lib
 from tfrevisit.study import grid
+from tfrevisit.study.results import STAGES, stage_seconds
 
 DEFAULT_RESULTS_DIR = os.path.join(os.path.dirname(gin_config.CONFIG_DIR),
                                    "docs", "study", "cells")
-
-
-STAGES = ("train", "eval")
-
-
-def _measured_minutes(results_dir: str, cell: grid.Cell, kind: str,
-                      stages: Sequence[str] = STAGES) -> float:
-  """A done cell's `kind` ("wall" or "cpu") minutes in `stages`."""
-  result = cells_lib.read_json(cells_lib.result_path(results_dir, cell), {})
-  return sum(result.get(f"{stage}_{kind}_time_s") or 0 for stage in stages) / 60
 
 
 def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
@@ -56,12 +47,14 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
     estimate = study.estimated_stage_minutes(cell)
     minutes = f"~{sum(estimate.values()):.0f}"
     if state == "done":
+      result = cells_lib.read_json(cells_lib.result_path(results_dir, cell), {})
+      cell_wall = stage_seconds(result, "wall") / 60
       if cell.task != "random_init":  # no training: its cost is start-up
-        wall += _measured_minutes(results_dir, cell, "wall")
+        wall += cell_wall
         for stage in STAGES:
           estimated[stage] += estimate[stage]
-          measured[stage] += _measured_minutes(results_dir, cell, "cpu", [stage])
-      minutes = f"{_measured_minutes(results_dir, cell, 'wall'):.0f}"
+          measured[stage] += stage_seconds(result, "cpu", [stage]) / 60
+      minutes = f"{cell_wall:.0f}"
     else:
       for stage in STAGES:
         remaining[stage] += estimate[stage]

@@ -86,6 +86,16 @@ def flat_rows(cells: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   return rows
 
 
+# A cell's timed stages: its `{stage}_{wall,cpu}_time_s` fields.
+STAGES = ("train", "eval")
+
+
+def stage_seconds(cell: Dict[str, Any], kind: str,
+                  stages: Sequence[str] = STAGES) -> float:
+  """A cell result's `kind` ("wall" or "cpu") seconds summed over `stages`."""
+  return sum(cell.get(f"{stage}_{kind}_time_s") or 0 for stage in stages)
+
+
 # Budgets whose cells are rungs of another budget's ladder.
 _LADDER_OF = {"pilot": "converged"}
 

@@ -8,9 +8,10 @@ from typing import Dict, List, Optional, Sequence
 from tfrevisit.study import curves as curves_lib
 from tfrevisit.study import findings as findings_lib
 from tfrevisit.study import grid
-from tfrevisit.study.results import (Results, chance, gain_after_last_decay,
-                                     late_gain, late_layers, mean_std,
-                                     model_key, resolve_rungs, seed_mean,
+from tfrevisit.study.results import (STAGES, Results, chance,
+                                     gain_after_last_decay, late_gain,
+                                     late_layers, mean_std, model_key,
+                                     resolve_rungs, seed_mean, stage_seconds,
                                      stopped_early)
 
 
@@ -109,10 +110,9 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
   return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
 
 
-def hours(cells, kind: str, stages=("train", "eval")) -> float:
+def hours(cells, kind: str, stages: Sequence[str] = STAGES) -> float:
   """Total `kind` ("wall" or "cpu") time of `stages`, in hours."""
-  return sum(c.get(f"{stage}_{kind}_time_s") or 0
-             for c in cells for stage in stages) / 3600
+  return sum(stage_seconds(c, kind, stages) for c in cells) / 3600
 
 
 def cpu_hours(cells) -> str:
