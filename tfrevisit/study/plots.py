@@ -18,7 +18,7 @@ import numpy as np
 
 from tfrevisit.study import grid
 from tfrevisit.study.results import (REPRESENTATIONS, Results, chance,
-                                     mean_std, resolve_rungs)
+                                     mean_std, resolve_rungs, run_key)
 # pylint: enable=g-import-not-at-top
 
 _MARKERS = {"rotation": "o", "exemplar": "s", "relative_patch_location": "^",
@@ -255,8 +255,7 @@ def pretext_curves(results: Results, path: str) -> Optional[str]:
     return None
   _, superseded = resolve_rungs([c for c in results.cells
                                  if c.get("pretext_curve")])
-  faint = {(c["task"], c["architecture"], c["filters_factor"],
-            c["train_epochs"], c["seed"]) for c in superseded}
+  faint = {run_key(c) for c in superseded}
   fig, axes = _subplots(len(tasks), width=4.0, height=3.2)
   for ax, task in zip(axes, tasks):
     for key, curve in sorted(curves.items()):

@@ -136,6 +136,12 @@ def model_key(cell: Dict[str, Any]) -> Tuple[str, str, int, int]:
           cell["seed"])
 
 
+def run_key(cell: Dict[str, Any]) -> Tuple[str, str, int, float, int]:
+  """(task, architecture, k, train epochs, seed): one training run."""
+  return (cell["task"], cell["architecture"], cell["filters_factor"],
+          cell["train_epochs"], cell["seed"])
+
+
 def late_gain(cell: Dict[str, Any]) -> Optional[float]:
   """`curves.late_gain` of the cell's held-out pretext curve over its
   training epochs; None without a curve or when the curve cannot tell."""
@@ -354,9 +360,8 @@ class Results:
         "held-out where measured, else training")
 
   def pretext_curves(self) -> Dict[Tuple[str, str, int, float, int], List[Dict]]:
-    """(task, architecture, k, train epochs, seed) -> held-out curve."""
-    return {(c["task"], c["architecture"], c["filters_factor"],
-             c["train_epochs"], c["seed"]): c["pretext_curve"]
+    """`run_key` -> held-out curve."""
+    return {run_key(c): c["pretext_curve"]
             for c in self.cells if c.get("pretext_curve")}
 
   def curves(self) -> Dict[Tuple, List[float]]:
