@@ -34,7 +34,7 @@ from tfrevisit.study import report
 from tfrevisit.study import stats
 from tfrevisit.study import tables
 from tfrevisit.study.results import (Results, budget_views, normalise_cell,
-                                     resolve_rungs)
+                                     model_budgets, resolve_rungs)
 
 TINY_TRAIN = ["train.max_steps = 2", "train.batch_size = 8",
               "train.log_every_steps = 1",
@@ -442,13 +442,15 @@ def test_the_converged_and_pilot_configs_parse_into_the_issue_grid():
       for a in ("resnet50_v1", "resnet50_v2", "vgg19")}
   # Each longer rung doubles a rung the model has.
   assert all((t, a, k, e / 2, 0) in keys for t, a, k, e, _ in longer)
-  # Seeds 1 and 2 at the rung of seed 0's longest.
-  seeded = {(c.task, c.architecture, c.epochs) for c in trained if c.seed == 2}
+  # Seeds 1 and 2 up to seed 0's longest rung: the model's seeds can share
+  # its budget.
+  longest = lambda t, a, s: max(e for t_, a_, k, e, s_ in keys
+                                if (t_, a_, k, s_) == (t, a, 1, s))
+  seeded = {(c.task, c.architecture) for c in trained if c.seed == 2}
   assert len(seeded) >= 4 and all(
-      (t, a, 1, e, s) in keys and (t, a, 1, 2 * e, 0) not in keys
-      for t, a, e in seeded for s in (0, 1))
-  assert {stats.family(a) for _, a, _ in seeded} == {"ResNet", "RevNet", "VGG"}
-  assert any(t in grid.PATCH_TASKS for t, _, _ in seeded)
+      longest(t, a, s) == longest(t, a, 0) for t, a in seeded for s in (1, 2))
+  assert {stats.family(a) for _, a in seeded} == {"ResNet", "RevNet", "VGG"}
+  assert any(t in grid.PATCH_TASKS for t, _ in seeded)
   # Half an epoch of checkpoints: the train split (official train minus the
   # held-out val) or trainval, over twice the batch size of the task config.
   train = 60000 - sources.held_out_size(60000, sources.HELD_OUT_FRACTION)
@@ -853,7 +855,7 @@ def test_report_tables_diagnostics_and_readme_from_hand_made_results(tmp_path):
   # epochs, +0.8 over those of 4; +2.5 from epoch 2 (the first point after
   # the 4-epoch run's last decay, at 1.7) to 4.
   assert tables.pilot_table(cells)[1:] == [
-      ["rotation", "VGG19-BN k=1",
+      ["rotation", "VGG19-BN k=1", "0",
        "2 ep: no (+2.50), 80.0 (fc6); "
        "4 ep: yes (+0.83; +2.50 after the last decay), 86.0 (fc6)", "4"]]
   readme = tmp_path / "README.md"
@@ -1118,6 +1120,42 @@ def test_each_model_is_reported_at_the_smallest_rung_that_converged():
   # Still rising where it is reported (a 1-epoch curve has one point: 0 gain
   # cannot be read, so its e1 rung does not converge either).
   assert notes[1].endswith(": `rotation-resnet50_v1-k1-e2-s0` (+2.50 pts).")
+
+
+def test_a_models_seeds_share_the_budget_at_which_every_seed_converged():
+  # Seed 0 converged at 2 epochs (flat) and stayed converged at 4; seed 1
+  # rose at 2 (+2.50) and converged at 4 (+0.83); seed 2 rose at 2 and has
+  # no 4-epoch rung yet.
+  cells = [_flat_curve(_cell("rotation", "revnet50", seed=0, epochs=2,
+                             layers={"pre_logits": 0.80}, budget="converged",
+                             pretext=0.9)),
+           _flat_curve(_cell("rotation", "revnet50", seed=0, epochs=4,
+                             layers={"pre_logits": 0.82}, budget="pilot",
+                             pretext=0.9))]
+  cells += [_cell("rotation", "revnet50", seed=s, epochs=e,
+                  layers={"pre_logits": 0.79 + 0.01 * s + 0.02 * (e == 4)},
+                  budget="converged", pretext=0.9)
+            for s, e in ((1, 2), (2, 2), (1, 4))]
+  # Seed 2 has not converged yet: the budget is the largest of the seeds'.
+  assert model_budgets(cells) == {("rotation", "revnet50", 1): (4, (2,))}
+  kept, superseded = resolve_rungs(cells)
+  assert [c["cell"] for c in kept] == ["rotation-revnet50-k1-e4-s0",
+                                       "rotation-revnet50-k1-e4-s1"]
+  # The seeds' spread is taken at one budget: seed 0's 2-epoch cell, which
+  # converged by itself, is not mixed with seed 1's 4-epoch one.
+  assert Results(budget_views(cells)["converged"]).top1(
+      "rotation", "revnet50") == {0: 0.82, 1: pytest.approx(0.82)}
+  notes = tables.rung_notes(cells)
+  assert ("`rotation-revnet50-k1-e2-s2` (+2.50 pts): reported at 4 epochs, "
+          "where this seed is not trained yet") in notes[0]
+  assert "`rotation-revnet50-k1-e2-s0` (+0.00 pts): reported at 4 epochs;" in notes[0]
+  # Every seed of the model shows its ladder; the picked budget is shared.
+  assert [row[2] + ": " + row[4] for row in tables.pilot_table(cells)[1:]] == [
+      f"{seed}: 4, not converged (seed 2)" for seed in range(3)]
+  # Without seed 1's 4-epoch rung, seeds 1 and 2 have not converged: the
+  # model is reported at its largest rung, 2 epochs, and the table says so.
+  assert model_budgets(cells[:4]) == {("rotation", "revnet50", 1): (2, (1, 2))}
+  assert tables.pilot_table(cells[:4])[1][4] == "2, not converged (seed 1, 2)"
 
 
 def test_pretext_curves_fade_the_rungs_the_tables_do_not_report(tmp_path,

@@ -130,10 +130,9 @@ def budget_views(cells: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict]]:
           for label in labels}
 
 
-def model_key(cell: Dict[str, Any]) -> Tuple[str, str, int, int]:
-  """(task, architecture, k, seed): one model, whatever its budget."""
-  return (cell["task"], cell["architecture"], cell["filters_factor"],
-          cell["seed"])
+def model_key(cell: Dict[str, Any]) -> Tuple[str, str, int]:
+  """(task, architecture, k): one model, whatever its budget and seed."""
+  return (cell["task"], cell["architecture"], cell["filters_factor"])
 
 
 def run_key(cell: Dict[str, Any]) -> Tuple[str, str, int, float, int]:
@@ -163,30 +162,49 @@ def gain_after_last_decay(cell: Dict[str, Any]) -> Optional[float]:
                                cell.get("train_epochs"))
 
 
+def _epochs(cell: Dict[str, Any]) -> float:
+  return cell["train_epochs"] or 0
+
+
+def model_budgets(cells: Sequence[Dict[str, Any]]
+                  ) -> Dict[Tuple[str, str, int], Tuple[float, Tuple[int, ...]]]:
+  """{(task, architecture, k): (budget epochs, seeds not converged)}.
+
+  Each seed's ladder of rungs (e.g. 2 then 4 epochs for a seed still rising
+  at 2) gives the rung `curves.choose_budget` picks from its pretext curves
+  (the smallest that converged with every longer rung converged too), else
+  its largest rung (that seed has not converged; a rung without a curve
+  counts as not converged). The model's budget is the largest of these over
+  its seeds: the smallest rung at which every seed converged, so that the
+  seeds, whose spread every comparison uses, share one budget.
+  """
+  ladders = collections.defaultdict(lambda: collections.defaultdict(dict))
+  for cell in cells:
+    ladders[model_key(cell)][cell["seed"]][_epochs(cell)] = (
+        cell.get("pretext_curve") or [])
+  budgets = {}
+  for model, seeds in ladders.items():
+    picks = {seed: curves_lib.choose_budget({e: c for e, c in ladder.items() if e})
+             for seed, ladder in seeds.items()}
+    budget = max(max(seeds[seed]) if pick is None else pick
+                 for seed, pick in picks.items())
+    budgets[model] = (budget, tuple(sorted(s for s, p in picks.items() if p is None)))
+  return budgets
+
+
 def resolve_rungs(cells: Sequence[Dict[str, Any]]
                   ) -> Tuple[List[Dict], List[Dict]]:
-  """One training budget per model and seed: (kept cells, superseded cells).
+  """One training budget per model: (kept cells, superseded cells).
 
-  A model (task, architecture, k, seed) trained at several budgets (a ladder
-  of rungs, e.g. 2 then 4 epochs for a model still rising at 2) keeps the
-  rung `curves.choose_budget` picks from their pretext curves (the smallest
-  that converged with every longer rung converged too), else its largest
-  rung: each model at its own convergence. The others are superseded. Cells
-  keep their order.
+  Each model (task, architecture, k) keeps its seeds' cells at the budget
+  `model_budgets` gives it: each model at its own convergence, its seeds at
+  one budget. The other rungs are superseded, and so is a seed without a
+  cell at that budget (its longer rung not run yet). Cells keep their order.
   """
-  rungs = collections.defaultdict(list)
-  for cell in cells:
-    rungs[model_key(cell)].append(cell)
-  kept_ids = set()
-  for ladder in rungs.values():
-    ladder = sorted(ladder, key=lambda c: c["train_epochs"] or 0)
-    picked = curves_lib.choose_budget(  # no curve: cannot tell, not converged
-        {c["train_epochs"]: c.get("pretext_curve") or [] for c in ladder
-         if c.get("train_epochs")})
-    kept_ids.add(id(next((c for c in ladder if c["train_epochs"] == picked),
-                         ladder[-1])))
-  return ([c for c in cells if id(c) in kept_ids],
-          [c for c in cells if id(c) not in kept_ids])
+  budgets = model_budgets(cells)
+  kept = [_epochs(c) == budgets[model_key(c)][0] for c in cells]
+  return ([c for c, k in zip(cells, kept) if k],
+          [c for c, k in zip(cells, kept) if not k])
 
 
 def _references(untrained: Sequence[Dict], label: str) -> List[Dict]:
@@ -256,7 +274,7 @@ class Results:
     self._rows: Dict[Tuple, Dict[int, List[Dict]]] = {}
     self._curves: Dict[Tuple, List[float]] = {}
     for cell in self.cells:
-      model = (cell["task"], cell["architecture"], cell["filters_factor"])
+      model = model_key(cell)
       for row in cell["rows"]:
         key = model + (row["probe"], float(row["label_fraction"]),
                        row["end_point"])
@@ -319,8 +337,7 @@ class Results:
     """(task, architecture, k) of all cells, in grid order, once each."""
     order = lambda m: (grid.TASKS.index(m[0]), list(grid.ARCHITECTURES).index(m[1]),
                        m[2])
-    return sorted({(c["task"], c["architecture"], c["filters_factor"])
-                   for c in self.cells}, key=order)
+    return sorted({model_key(c) for c in self.cells}, key=order)
 
   def tasks(self) -> List[str]:
     """The tasks that have cells, in grid order."""
@@ -336,8 +353,7 @@ class Results:
 
   def _model_cells(self, task, architecture, k):
     return [c for c in self.cells
-            if (c["task"], c["architecture"], c["filters_factor"])
-            == (task, architecture, k)]
+            if model_key(c) == (task, architecture, k)]
 
   def pretext(self, task, architecture, k=1) -> Dict[int, float]:
     """{seed: pretext accuracy}: held-out (the curve's last point) where

@@ -10,9 +10,9 @@ from tfrevisit.study import findings as findings_lib
 from tfrevisit.study import grid
 from tfrevisit.study.results import (STAGES, Results, chance,
                                      gain_after_last_decay, late_gain,
-                                     late_layers, mean_std, model_key,
-                                     resolve_rungs, seed_mean, stage_seconds,
-                                     stopped_early)
+                                     late_layers, mean_std, model_budgets,
+                                     model_key, resolve_rungs, run_key,
+                                     seed_mean, stage_seconds, stopped_early)
 
 
 def _seeds_entry(seeds: Dict[int, float]) -> str:
@@ -226,29 +226,30 @@ def cells_table(cells) -> str:
 
 
 def pilot_table(cells: Sequence[Dict]) -> List[List[str]]:
-  """Rows: per task and architecture of cells with pretext curves, each
+  """Rows: per task, architecture and seed of cells with pretext curves, each
   budget's late gain and linear top-1 (what more epochs give), and the
-  budget the rule picks (`curves.choose_budget`, the rung the tables
-  report); [] without curves."""
+  budget the model's seeds share (`results.model_budgets`, the rung the
+  tables report); [] without curves."""
+  with_curves = [c for c in cells if c.get("pretext_curve")]
   runs: Dict = {}
-  for cell in cells:
-    if cell.get("pretext_curve") and cell["seed"] == 0:
-      key = (cell["task"], cell["architecture"], cell["filters_factor"])
-      runs.setdefault(key, {})[cell["train_epochs"]] = cell
+  for cell in with_curves:
+    runs.setdefault(model_key(cell) + (cell["seed"],), {})[cell["train_epochs"]] = cell
   if not runs:
     return []
-  table = [["task", "architecture",
+  budgets = model_budgets(with_curves)
+  table = [["task", "architecture", "seed",
             "budgets: converged (late gain, pts), linear top-1 (layer chosen on val)",
             "picked"]]
-  for (task, architecture, k), by_budget in sorted(runs.items()):
+  for (task, architecture, k, seed), by_budget in sorted(runs.items()):
     gains = "; ".join(
         f"{e:g} ep: {_converged_entry(c)}, "
         f"{best_layer_entry(Results([c]), task, architecture, k)}"
         for e, c in sorted(by_budget.items()))
-    picked = curves_lib.choose_budget(
-        {e: c["pretext_curve"] for e, c in by_budget.items()})
+    budget, rising = budgets[(task, architecture, k)]
+    picked = f"{budget:g}" + (
+        f", not converged (seed {', '.join(map(str, rising))})" if rising else "")
     table.append([task, f"{grid.ARCHITECTURES[architecture].title} k={k}",
-                  gains, "none converged" if picked is None else f"{picked:g}"])
+                  str(seed), gains, picked])
   return table
 
 
@@ -265,20 +266,25 @@ def rung_notes(cells: Sequence[Dict]) -> List[str]:
   """The report's sentences on training budgets: models trained at a longer
   rung (the rung each table uses, `results.resolve_rungs`) and the cells
   still rising at the rung they are reported at."""
-  kept, superseded = resolve_rungs([c for c in cells if c.get("pretext_curve")])
-  used = {model_key(c): c["train_epochs"] for c in kept}
+  with_curves = [c for c in cells if c.get("pretext_curve")]
+  kept, superseded = resolve_rungs(with_curves)
+  budgets = model_budgets(with_curves)
+  trained = {run_key(c) for c in with_curves}
   notes = []
   if superseded:
     entries = []
     for cell in superseded:
-      gain = late_gain(cell)
+      gain, budget = late_gain(cell), budgets[model_key(cell)][0]
+      missing = run_key({**cell, "train_epochs": budget}) not in trained
       entries.append(f"`{cell['cell']}`"
                      + ("" if gain is None else f" ({100 * gain:+.2f} pts)")
-                     + f": reported at {used[model_key(cell)]:g} epochs")
+                     + f": reported at {budget:g} epochs"
+                     + (", where this seed is not trained yet" if missing else ""))
     notes.append("Models trained at several budgets are reported at the "
-                 "smallest whose pretext accuracy converged with every longer "
-                 "one converged too, else the largest (each model at its own "
-                 "convergence); not reported: "
+                 "smallest at which each seed's pretext accuracy converged "
+                 "with every longer rung converged too, else the largest "
+                 "(each model at its own convergence, its seeds at one "
+                 "budget); not reported: "
                  + "; ".join(entries) + ".")
   rising = still_rising(kept)
   if rising:
