@@ -74,8 +74,12 @@ def test_the_checker_sees_an_import_of_gin(tmp_path):
 
 @pytest.mark.parametrize("package", _GIN_FREE_PACKAGES + _GIN_FREE_MODULES)
 def test_importing_a_library_package_does_not_load_gin(package):
-  """Catches gin reached through another module (the sources do not show)."""
-  code = (f"import sys, tfrevisit.{package}; "
+  """Catches gin reached through another module (the sources do not show),
+  importing each of the package's modules, not only its __init__."""
+  modules = [os.path.relpath(path, os.path.dirname(_PACKAGE_DIR))[:-3]
+             .replace(os.sep, ".").removesuffix(".__init__")
+             for path in _sources(package)]
+  code = (f"import sys, {', '.join(modules)}; "
           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gin'))")
   output = subprocess.run(
       [sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -22,10 +22,13 @@ import numpy as np
 from sklearn import manifold
 
 from tfrevisit.evaluation import features as features_lib
-from tfrevisit.study.results import LAYER_ORDER
 # pylint: enable=g-import-not-at-top
 
 Row = Dict[str, object]
+# End points in network order (VGG: block1..block5 and fc6 since issue 26,
+# conv1 in the study's first-edition cells), the pretext head last.
+LAYER_ORDER = ("after_root", "conv1", "block1", "block2", "block3", "block4",
+               "block5", "fc6", "pre_logits", "logits")
 
 
 def network_order(names: Sequence[str]) -> List[str]:

@@ -19,14 +19,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfrevisit.evaluation.layer_plots import LAYER_ORDER
 from tfrevisit.study import curves as curves_lib
 from tfrevisit.study import grid
 
-# End points in network order (VGG: block1..block5 and fc6 since issue 26,
-# conv1 in the first edition's cells); `logits` (the pretext head) is not a
-# representation and is left out of "best layer".
-LAYER_ORDER = ("after_root", "conv1", "block1", "block2", "block3", "block4",
-               "block5", "fc6", "pre_logits", "logits")
+# `logits` (the pretext head) is not a representation and is left out of
+# "best layer".
 REPRESENTATIONS = LAYER_ORDER[:-1]
 # The late layers where learning shows (finding 2), per architecture family.
 _LATE = {"vgg19": ("fc6", "pre_logits")}
