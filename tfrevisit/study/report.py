@@ -88,8 +88,9 @@ def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
     parts += ["## Training budgets per model", "",
               "Each run's held-out pretext accuracy gained over its last 25% "
               "of epochs and its linear top-1 on test at the layer chosen on "
-              "val; the picked budget is the smallest that converged (gained "
-              "less than 1 point) with every longer one converged too. The "
+              "val; the picked budget, which a model's seeds share, is the "
+              "smallest at which every seed converged (gained less than 1 "
+              "point) with every longer rung converged too. The "
               "last learning-rate decay falls inside those 25% in every "
               "recipe, so where the curve shows it, the "
               "entry also gives the gain from the first checkpoint after that "
