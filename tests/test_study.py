@@ -296,6 +296,8 @@ def test_list_estimates_scale_with_measured_time(tmp_path, monkeypatch, capsys):
   # Measured 25 CPU minutes of training against an estimate of 7, 5 of
   # evaluation against 3, 20 wall minutes against 10: the remaining 14 and 6
   # become 50 and 10 CPU minutes, 40 wall minutes.
+  assert ("done: 0.3 h wall, 0.5 CPU h (training 0.4, evaluation 0.1); "
+          "remaining") in text
   assert (f"remaining ~1.0 CPU h (training ~{50 / 60:.1f}, evaluation "
           f"~{10 / 60:.1f}), ~0.7 h wall") in text
   assert text.splitlines()[1].split()[:3] == [done.name, "done", "20"]
@@ -430,18 +432,20 @@ def test_the_converged_and_pilot_configs_parse_into_the_issue_grid():
           if c.filters_factor > 1} == {
               (t, "revnet50", k) for t in ("rotation", "relative_patch_location")
               for k in (2, 4)}
-  # Every width at its task's budget; a longer rung only as the next rung of
-  # a k=1 model that has the budget's rung.
+  # Every width at the k=1 model's longest rung (equal epochs); a longer rung
+  # only as the next rung of a k=1 model that has the budget's rung.
   budgets = {c.task: min(d.epochs for d in trained if d.task == c.task)
              for c in trained}
-  assert all(c.epochs == budgets[c.task] for c in trained if c.filters_factor > 1)
   keys = {c.key for c in trained}
+  assert all(c.epochs == max(e for t, a, k, e, _ in keys
+                             if (t, a, k) == (c.task, c.architecture, 1))
+             for c in trained if c.filters_factor > 1)
   longer = {c.key for c in trained if c.epochs != budgets[c.task]}
   assert {(t, a, e) for t, a, _, e, _ in longer} >= {
       (t, a, 4.0) for t in ("rotation", "supervised")
       for a in ("resnet50_v1", "resnet50_v2", "vgg19")}
-  # Each longer rung doubles a rung the model has.
-  assert all((t, a, k, e / 2, 0) in keys for t, a, k, e, _ in longer)
+  # Each longer rung of a k=1 model doubles a rung the model has.
+  assert all((t, a, k, e / 2, 0) in keys for t, a, k, e, _ in longer if k == 1)
   # Seeds 1 and 2 up to seed 0's longest rung: the model's seeds can share
   # its budget.
   longest = lambda t, a, s: max(e for t_, a_, k, e, s_ in keys

@@ -60,7 +60,9 @@ def listing(study: grid.Study, cells: List[grid.Cell], workdir: str,
         remaining[stage] += estimate[stage]
     lines.append(f"{cell.name:<48} {state:<8} {minutes:>8}  {','.join(cell.evals)}")
   summary = (f"{len(cells)} cells; done: {wall / 60:.1f} h wall, "
-             f"{sum(measured.values()) / 60:.1f} CPU h; remaining ")
+             f"{sum(measured.values()) / 60:.1f} CPU h (training "
+             f"{measured['train'] / 60:.1f}, evaluation {measured['eval'] / 60:.1f})"
+             "; remaining ")
   if all(estimated.values()) and all(measured.values()):
     scale = {s: measured[s] / estimated[s] for s in STAGES}
     cpu = {s: scale[s] * remaining[s] / 60 for s in STAGES}
