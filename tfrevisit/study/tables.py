@@ -11,8 +11,8 @@ from tfrevisit.study import grid
 from tfrevisit.study.results import (STAGES, Results, chance,
                                      gain_after_last_decay, late_gain,
                                      late_layers, mean_std, model_budgets,
-                                     model_key, resolve_rungs, run_key,
-                                     seed_mean, stage_seconds, stopped_early)
+                                     model_key, resolve_rungs, seed_mean,
+                                     stage_seconds, stopped_early)
 
 
 def _seeds_entry(seeds: Dict[int, float]) -> str:
@@ -266,16 +266,16 @@ def rung_notes(cells: Sequence[Dict]) -> List[str]:
   """The report's sentences on training budgets: models trained at a longer
   rung (the rung each table uses, `results.resolve_rungs`) and the cells
   still rising at the rung they are reported at."""
-  with_curves = [c for c in cells if c.get("pretext_curve")]
-  kept, superseded = resolve_rungs(with_curves)
-  budgets = model_budgets(with_curves)
-  trained = {run_key(c) for c in with_curves}
+  kept, superseded = resolve_rungs([c for c in cells if c.get("pretext_curve")])
+  # Every model keeps at least one seed at its budget.
+  used = {model_key(c): c["train_epochs"] for c in kept}
+  reported_seeds = {model_key(c) + (c["seed"],) for c in kept}
   notes = []
   if superseded:
     entries = []
     for cell in superseded:
-      gain, budget = late_gain(cell), budgets[model_key(cell)][0]
-      missing = run_key({**cell, "train_epochs": budget}) not in trained
+      gain, budget = late_gain(cell), used[model_key(cell)]
+      missing = model_key(cell) + (cell["seed"],) not in reported_seeds
       entries.append(f"`{cell['cell']}`"
                      + ("" if gain is None else f" ({100 * gain:+.2f} pts)")
                      + f": reported at {budget:g} epochs"
