@@ -323,9 +323,10 @@ CAPTIONS: Dict[str, str] = {
                       "architecture, line style = width; every run (budget, "
                       "seed) is one line, so a model's budgets show as lines "
                       "of different lengths, faint where the tables report "
-                      "another of its budgets (the smallest that converged "
-                      "with every longer one converged too, else the "
-                      "largest). The dotted grey line is chance. "
+                      "another of its budgets (the one its seeds share: the "
+                      "smallest at which every seed converged with every "
+                      "longer one converged too, else the largest). The "
+                      "dotted grey line is chance. "
                       "A run has converged when it gained less than 1 point "
                       "over its last 25% of epochs.",
 }
