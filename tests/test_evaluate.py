@@ -190,6 +190,20 @@ def test_max_examples_keeps_the_first_examples(tiny_export, tmp_path):
     _assert_close(np.asarray(first[name]), value[:10])
 
 
+def test_a_cache_cut_short_mid_batch_is_reused_whole(tiny_export, tmp_path,
+                                                     monkeypatch):
+  _, path = tiny_export
+  module, _ = features_lib.load_module(path)
+  args = (module, _source(), "train", PREPROCESS, str(tmp_path))
+  kwargs = dict(batch_size=4, shard_size=8, max_examples=10)
+  features_lib.cached_features(*args, **kwargs)  # shards of 8 and 2 rows
+  written = []
+  monkeypatch.setattr(features_lib, "_write_shard", lambda *a: written.append(a[1]))
+  again, labels = features_lib.cached_features(*args, **kwargs)
+  assert not written
+  assert len(labels) == 10 and again["pre_logits"].shape[0] == 10
+
+
 def test_cache_refuses_other_settings(tiny_export, tmp_path):
   _, path = tiny_export
   module, _ = features_lib.load_module(path)

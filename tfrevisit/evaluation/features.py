@@ -311,8 +311,8 @@ def cached_features(module: tf.Module, source: data.Source, split: str,
       target=target, patch_combine=patch_combine, num_examples=num_examples,
       batch_size=batch_size, batches_per_shard=batches_per_shard))
   artifacts.remove_temporaries(cache_dir)
-  done = _drop_bad_shards(cache_dir, batches_per_shard * batch_size,
-                          num_examples)
+  rows_per_shard = batches_per_shard * batch_size
+  done = _drop_bad_shards(cache_dir, rows_per_shard, num_examples)
   cli.begin_work()
   if done < num_shards:
     featurize = make_featurizer(module, pooling_mode, target, patch_combine)
@@ -330,8 +330,11 @@ def cached_features(module: tf.Module, source: data.Source, split: str,
           parts.setdefault(name, []).append(value.numpy())
         labels.append(batch["label"].numpy())
         progress.add(1)
-      _write_shard(cache_dir, index, {k: np.concatenate(v) for k, v in parts.items()},
-                   np.concatenate(labels))
+      # The last batch runs past `max_examples` when it cuts a split short.
+      rows = min(rows_per_shard, num_examples - index * rows_per_shard)
+      _write_shard(cache_dir, index,
+                   {k: np.concatenate(v)[:rows] for k, v in parts.items()},
+                   np.concatenate(labels)[:rows])
   return _read_shards(cache_dir, num_examples)
 
 
