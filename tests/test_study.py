@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -1072,6 +1073,66 @@ def test_the_report_says_which_curves_read_the_test_split():
       "the release), so its held-out pretext curve, which decides only whether "
       "a model trains a longer rung, is measured on test (the other tasks' "
       "curves on val: rotation).")
+
+
+def test_the_report_names_the_cells_that_cut_other_patches():
+  cells = [dict(_cell("relative_patch_location", a, epochs=2,
+                      budget="converged", pretext=0.9), patch_size=size)
+           for a, size in (("resnet50_v1", 16), ("revnet50", 16), ("vgg19", 32))]
+  rotation = _cell("rotation", "vgg19", epochs=2, budget="converged",
+                   pretext=0.9)
+  assert report.patch_size_note(cells[:2] + [rotation]) == ""
+  assert report.patch_size_note(cells + [rotation]) == (
+      " The patch tasks cut 16x16-pixel patches, except "
+      "`relative_patch_location-vgg19-k1-e2-s0` (32x32) (see the notes).")
+
+
+def test_cell_train_params_bind_the_cells_they_match(tmp_path, monkeypatch):
+  config = _tiny_study(tmp_path)
+  with open(config, "a") as f:
+    f.write('study.train_configs = {"rotation": "study/train/rotation.gin", '
+            '"relative_patch_location": "study/train/relpatch.gin"}\n'
+            'block.tasks = ["rotation", "relative_patch_location"]\n'
+            'study.cell_train_params = {"*-revnet50-*": ['
+            '"rotation.image_size = 8", "relative_patch_location.patch_size = 32"]}\n'
+            'study.checkpoint_steps = {}\n')
+  gin_config.parse_gin([config], [])
+  study = grid.study()
+  bindings = {c.name: [b for b in cells_lib.train_command(study, c, "W")
+                       if "image_size" in b or "patch_size" in b]
+              for c in study.cells}
+  # After the study's own bindings, so a cell's override wins.
+  assert bindings == {
+      "rotation-resnet50_v2-k1-s0": ["rotation.image_size = 16"],
+      "rotation-revnet50-k1-s0": ["rotation.image_size = 16",
+                                  "rotation.image_size = 8",
+                                  "relative_patch_location.patch_size = 32"],
+      "relative_patch_location-resnet50_v2-k1-s0": ["rotation.image_size = 16"],
+      "relative_patch_location-revnet50-k1-s0": [
+          "rotation.image_size = 16", "rotation.image_size = 8",
+          "relative_patch_location.patch_size = 32"]}
+  fake = _FakeCommands()
+  monkeypatch.setattr(cells_lib.subprocess, "run", fake)
+  gin.clear_config()
+  assert runner.main(_args(config, tmp_path, "--only", "*-revnet50-*")) == 0
+  result = lambda name: json.load(open(tmp_path / "results" / f"{name}.json"))
+  assert result("relative_patch_location-revnet50-k1-s0")["patch_size"] == 32
+  assert result("rotation-revnet50-k1-s0")["patch_size"] is None
+
+
+def test_vgg19s_patch_cells_cut_patches_its_five_pools_can_take():
+  for config in ("study/fashion_mnist_converged.gin", "study/fashion_mnist_short.gin"):
+    gin.clear_config()
+    grid.parse_config([config])
+    study = grid.study()
+    for cell in study.cells:
+      if cell.task in grid.PATCH_TASKS:
+        text = "\n".join([open(study.train_configs[cell.task]).read()]
+                         + study.train_params_for(cell))
+        size = [int(v) for v in re.findall(rf"^{cell.task}\.patch_size = (\d+)",
+                                           text, re.MULTILINE)][-1]
+        # Five 2x2 VALID max-pools leave a 1x1 map of 32 pixels.
+        assert size == (32 if cell.architecture == "vgg19" else 16), cell.name
 
 
 def _flat_curve(cell):

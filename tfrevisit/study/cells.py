@@ -248,7 +248,7 @@ def train_command(study: grid.Study, cell: grid.Cell, train_dir: str) -> List[st
   command = [sys.executable, "-m", "tfrevisit.train",
              "--gin", study.train_configs[cell.task], "--workdir", train_dir]
   for binding in (cell.train_bindings() + budget_bindings(study, cell)
-                  + list(study.train_params)):
+                  + study.train_params_for(cell)):
     command += ["--gin_param", binding]
   return command
 
@@ -373,7 +373,8 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
     {"cell", "task", "architecture", "filters_factor", "seed", "budget"
     (label), "backbone", "last_relu", "global_step", "batch_size",
     "train_epochs" (the epochs trained), "decay_epochs" (the learning
-    rate's decays, in epochs), "num_crops", "pretext_accuracy"
+    rate's decays, in epochs), "num_crops", "patch_size" (patch tasks:
+    pixels; else None), "pretext_accuracy"
     (training accuracy of the last logged interval, a fraction),
     "pretext_curve" (cells with a budget: [{"step", "epoch", "accuracy"}]
     on held-out images, see `tfrevisit.study.pretext_eval`),
@@ -407,6 +408,8 @@ def collect(cell: grid.Cell, cell_dir: str, state: Dict[str, Any]
       "train_epochs": grid.gin_value(config, "train.epochs"),
       "decay_epochs": _floats(grid.gin_value(config, "train.decay_epochs")),
       "num_crops": grid.gin_value(config, "exemplar.num_crops"),
+      "patch_size": (grid.gin_value(config, f"{cell.task}.patch_size")
+                     if cell.task in grid.PATCH_TASKS else None),
       "pretext_accuracy": last_scalar(os.path.join(train_dir, "tb"), "accuracy"),
       **({"pretext_curve": curve} if curve is not None else {}),
       "train_wall_time_s": total("wall_time_s", TRAIN_STAGE),

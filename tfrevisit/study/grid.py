@@ -182,6 +182,9 @@ class Study:
       every evaluation job of a cell shares, so that they share the feature
       cache, plus one NAME.gin per evaluation job).
     train_params, eval_params: extra gin bindings for every cell.
+    cell_train_params: cell-name shell pattern -> extra training bindings of
+      the cells it matches, applied after `train_params` (e.g. VGG19-BN's
+      larger patches: the release's VGG needs inputs of 32x32 or more).
     train_minutes: task -> rough minutes to train a k=1 ResNet50 v2 cell with
       the task config's own epochs (scaled by a cell's epochs / those).
     eval_minutes: evaluation job -> rough minutes on a k=1 ResNet50 v2 cell;
@@ -199,6 +202,8 @@ class Study:
   eval_config_dir: str
   train_params: Tuple[str, ...] = ()
   eval_params: Tuple[str, ...] = ()
+  cell_train_params: Dict[str, Tuple[str, ...]] = dataclasses.field(
+      default_factory=dict)
   train_minutes: Dict[str, float] = dataclasses.field(default_factory=dict)
   eval_minutes: Dict[str, float] = dataclasses.field(default_factory=dict)
   architecture_cost: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -208,6 +213,13 @@ class Study:
   def select(self, pattern: str) -> List[Cell]:
     """Cells whose name matches the shell pattern (`*` for all)."""
     return [c for c in self.cells if fnmatch.fnmatchcase(c.name, pattern)]
+
+  def train_params_for(self, cell: Cell) -> List[str]:
+    """`train_params`, then the `cell_train_params` whose pattern matches
+    the cell's name, in config order."""
+    return list(self.train_params) + [
+        binding for pattern, bindings in self.cell_train_params.items()
+        if fnmatch.fnmatchcase(cell.name, pattern) for binding in bindings]
 
   def eval_configs(self, name: str) -> List[str]:
     """The gin files of evaluation job `name`: common.gin, then NAME.gin."""
@@ -326,6 +338,7 @@ def study(blocks: Sequence[Sequence[Cell]] = gin.REQUIRED,
           eval_config_dir: str = "study/eval",
           train_params: Sequence[str] = (),
           eval_params: Sequence[str] = (),
+          cell_train_params: Dict[str, Sequence[str]] = None,
           train_minutes: Dict[str, float] = None,
           eval_minutes: Dict[str, float] = None,
           architecture_cost: Dict[str, float] = None,
@@ -348,6 +361,7 @@ def study(blocks: Sequence[Sequence[Cell]] = gin.REQUIRED,
       train_configs={t: resolve_config(p) for t, p in train_configs.items()},
       eval_config_dir=resolve_config(eval_config_dir),
       train_params=tuple(train_params), eval_params=tuple(eval_params),
+      cell_train_params={p: tuple(b) for p, b in (cell_train_params or {}).items()},
       train_minutes=dict(train_minutes or {}),
       eval_minutes=dict(eval_minutes or {}),
       architecture_cost=dict(architecture_cost or {}),

@@ -22,6 +22,7 @@ adds a line saying how many of its cells are done with today's code and
 which are missing. The tables are built by `tfrevisit.study.tables`.
 """
 import argparse
+import collections
 import csv
 import glob
 import json
@@ -124,6 +125,19 @@ def curve_split_note(cells: Sequence[Dict]) -> str:
              f"{', '.join(sorted(tasks_by_split['val']))})") + ".")
 
 
+def patch_size_note(cells: Sequence[Dict]) -> str:
+  """The patch tasks' patch size, and the cells that cut another (cells
+  that record none are left out)."""
+  sizes = {c["cell"]: c["patch_size"] for c in cells if c.get("patch_size")}
+  if len(set(sizes.values())) < 2:
+    return ""
+  usual = collections.Counter(sizes.values()).most_common(1)[0][0]
+  others = ", ".join(f"`{name}` ({size}x{size})"
+                     for name, size in sorted(sizes.items()) if size != usual)
+  return (f" The patch tasks cut {usual}x{usual}-pixel patches, except "
+          f"{others} (see the notes).")
+
+
 def _introduction(cells, views, plans) -> List[str]:
   """The title, what the numbers are, and each grid's coverage."""
   budgets = " · ".join(views)
@@ -141,7 +155,8 @@ def _introduction(cells, views, plans) -> List[str]:
       "(a budget per task picked by the pilot, a longer rung for a model "
       "still rising). Entries give the budgets side by side in this order: "
       f"{budgets}. Nothing is chosen on the test split: the best layer is "
-      "the one with the best validation top-1." + curve_split_note(cells),
+      "the one with the best validation top-1." + curve_split_note(cells)
+      + patch_size_note(cells),
       "",
   ]
   for config, planned in (plans or {}).items():
