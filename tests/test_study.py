@@ -749,6 +749,22 @@ def test_finding_5_pretext_against_linear_with_a_bootstrap_interval():
   assert _verdict(findings.pretext_does_not_predict, grid_of(
       lambda i: [0.6, 0.5, 0.8, 0.7, 0.65, 0.9][i])).verdict == (
           findings.INCONCLUSIVE)
+  # Four architectures a task, rho -0.4 in each (the converged rotation
+  # grid's numbers): the interval stays below 0.5 but spans most of rho's
+  # range, too wide for a verdict; reversed orders in every task are not.
+  four = list(grid.ARCHITECTURES)[:4]
+  def four_of(pretext, linear):
+    return [_cell(t, a, layers={"pre_logits": linear[i]}, pretext=pretext[i])
+            for t in ("rotation", "jigsaw", "exemplar")
+            for i, a in enumerate(four)]
+  weak = _verdict(findings.pretext_does_not_predict, four_of(
+      [0.8223, 0.8567, 0.84, 0.8705], [0.8192, 0.8383, 0.8164, 0.7373]))
+  low, high = map(float, re.search(r"interval (\S+) to (\S+)\)",
+                                   weak.evidence).groups())
+  assert high < findings.RHO_THRESHOLD and high - low > findings.MAX_RHO_INTERVAL
+  assert weak.verdict == findings.INCONCLUSIVE, weak.evidence
+  assert _verdict(findings.pretext_does_not_predict, four_of(
+      [0.9, 0.85, 0.8, 0.75], [0.7, 0.72, 0.74, 0.76])).verdict == findings.HOLDS
 
 
 def test_finding_6_sgd_against_the_lbfgs_optimum():

@@ -32,6 +32,10 @@ MARGIN = 0.01
 SGD_TOLERANCE = 0.005
 # Findings 4 and 5: the rank correlation that separates "predicts" from not.
 RHO_THRESHOLD = 0.5
+# Findings 4 and 5: a bootstrap interval of rho wider than this (half of
+# rho's range) is too wide for a verdict, whichever side of the threshold
+# it lies on (few architectures per task give such intervals).
+MAX_RHO_INTERVAL = 1.0
 
 
 @dataclasses.dataclass
@@ -323,7 +327,7 @@ def wider_is_better(results: Results) -> Finding:
 
 
 def _correlation_verdict(rho, low, high, holds_if_high: bool) -> str:
-  if not np.isfinite(rho):
+  if not np.isfinite(rho) or high - low > MAX_RHO_INTERVAL:
     return INCONCLUSIVE
   if low > RHO_THRESHOLD:
     return HOLDS if holds_if_high else FAILS
@@ -354,7 +358,8 @@ def linear_is_adequate(results: Results) -> Finding:
       "Spearman rho of linear and MLP pre_logits top-1 over the models, with "
       "a 95% bootstrap interval (models resampled). Holds if its lower bound "
       f"exceeds {RHO_THRESHOLD}; does not hold if its upper bound is below "
-      f"{RHO_THRESHOLD}.",
+      f"{RHO_THRESHOLD}; inconclusive when the interval spans it, is wider "
+      f"than {MAX_RHO_INTERVAL:g} or there are fewer than 5 models.",
       f"interval width {high - low:.2f} over {len(models)} models."
       if np.isfinite(rho) else "fewer than 3 models.",
       f"- {len(models)} models ({on_val} with the MLP recipe chosen on val); "
@@ -387,7 +392,8 @@ def pretext_does_not_predict(results: Results) -> Finding:
       "interval (architectures resampled within each task). Holds if the "
       f"upper bound is below {RHO_THRESHOLD} (evidence of at most a weak "
       f"association); does not hold if the lower bound exceeds "
-      f"{RHO_THRESHOLD}; inconclusive when the interval spans it.",
+      f"{RHO_THRESHOLD}; inconclusive when the interval spans it or is "
+      f"wider than {MAX_RHO_INTERVAL:g}.",
       f"interval width {high - low:.2f} over {len(groups)} tasks."
       if np.isfinite(rho) else "fewer than 3 architectures per task.",
       "\n".join(lines), _correlation_verdict(rho, low, high, holds_if_high=False))
