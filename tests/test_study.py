@@ -554,12 +554,23 @@ def test_spread_hierarchy_and_bootstrap_rank_correlation():
             ("rotation", "resnet50_v1", 1): {0: 0.75},
             ("exemplar", "vgg19", 1): {0: 0.6}}
   table = stats.SpreadTable(values)
-  assert table.spread(("rotation", "resnet50_v2", 1)).source.startswith("own")
-  # ResNet on whole images: the seeded ResNet rotation model's spread.
-  assert table.spread(("rotation", "resnet50_v1", 1)).std == pytest.approx(0.01)
-  # VGG has no seeded model: all seeded models pooled, (2e-4 + 8e-4) / 3.
+  overall = np.sqrt(1e-3 / 3)  # all seeded models: (2e-4 + 8e-4) / (2 + 1)
+  own = table.spread(("rotation", "resnet50_v2", 1))
+  assert own.source.startswith("own") and own.df == 2
+  # ResNet on whole images: the seeded ResNet rotation model's spread, 0.01
+  # (df 2), floored at the overall std; its df stay 2.
+  resnet = table.spread(("rotation", "resnet50_v1", 1))
+  assert (resnet.std, resnet.df) == (pytest.approx(overall), 2)
+  assert own.std == pytest.approx(overall)
+  # Above the floor a group keeps its std: jigsaw's seeds, sqrt(8e-4 / 1).
+  revnet = table.spread(("jigsaw", "revnet50", 1))
+  assert (revnet.std, revnet.df) == (pytest.approx(np.sqrt(8e-4)), 1)
+  # VGG has no seeded model: all seeded models pooled.
   vgg = table.spread(("exemplar", "vgg19", 1))
-  assert (vgg.std, vgg.df) == (pytest.approx(np.sqrt(1e-3 / 3)), 3)
+  assert (vgg.std, vgg.df) == (pytest.approx(overall), 3)
+  assert table.describe()[0] == (
+      "ResNet/image: s = 1.00 pp (family and task type: "
+      "rotation/resnet50_v2/k1 (df=2); used: 1.83 pp (floor))")
   assert stats.bootstrap_spearman([([1, 2, 3, 4], [2, 4, 6, 9])]) == (1, 1, 1)
   rho, low, high = stats.bootstrap_spearman(
       [([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]), ([1, 2, 3], [3, 2, 1])])

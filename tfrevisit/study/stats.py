@@ -165,14 +165,22 @@ class SpreadTable:
       self._levels.append((key, {k: pooled(g, label) for k, g in groups.items()}))
     self._own = {m: pooled({model_name(m): v}, "own seeds")
                  for m, v in seeded.items()}
+    self.overall = self._levels[-1][1].get("all")
+
+  def floored(self, spread: Spread) -> Spread:
+    """`spread` with its std raised to the overall pooled std (its df kept)."""
+    if spread.std >= self.overall.std:
+      return spread
+    return Spread(self.overall.std, spread.df,
+                  f"{spread.source}, floored at all seeded models' "
+                  f"{100 * self.overall.std:.2f} pp")
 
   def spread(self, model: Model) -> Optional[Spread]:
-    if model in self._own:
-      return self._own[model]
+    found = self._own.get(model)
     for key, table in self._levels:
-      found = table.get(key(model))
-      if found is not None:
-        return found
+      found = found or table.get(key(model))
+    if found is not None:
+      return self.floored(found)
     if self.fallback is not None and not self.seeded:
       return self.fallback.spread(model)
     return None
@@ -183,14 +191,19 @@ class SpreadTable:
 
   def describe(self) -> List[str]:
     """One line per pooled estimate of the first level (family and task
-    type) and the overall one, in pp."""
+    type), with the std used after the floor, and the overall one, in pp."""
     key, table = self._levels[0]
     del key
-    lines = [f"{'/'.join(group)}: s = {100 * s.std:.2f} pp ({s.source})"
-             for group, s in sorted(table.items()) if s is not None]
-    overall = self._levels[-1][1].get("all")
-    if overall is not None:
-      lines.append(f"all: s = {100 * overall.std:.2f} pp ({overall.source})")
+    lines = []
+    for group, s in sorted(table.items()):
+      used = self.floored(s)
+      floor = (f"; used: {100 * used.std:.2f} pp (floor)"
+               if used is not s else "")
+      lines.append(f"{'/'.join(group)}: s = {100 * s.std:.2f} pp ({s.source}"
+                   f"{floor})")
+    if self.overall is not None:
+      lines.append(f"all: s = {100 * self.overall.std:.2f} pp "
+                   f"({self.overall.source})")
     return lines
 
 
