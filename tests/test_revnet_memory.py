@@ -21,6 +21,7 @@ from tfrevisit.models import layers
 
 _NUM_CLASSES = 3
 _STEPS = 3
+_NEAR_ZERO = 1e-5  # |ReLU input| this close to 0 may round to its other side
 
 
 def _revnet50(memory_efficient, seed=0,
@@ -140,8 +141,11 @@ def _runs():
     moving = lambda: {w.path: w.numpy() for w in model.non_trainable_weights}
     run = runs[memory_efficient] = {
         "model": model, "paths": [w.path for w in model.trainable_variables],
-        "moving_initial": moving(), "grads": [], "losses": [], "step_grads": []}
+        "moving_initial": moving(), "grads": [], "losses": [], "step_grads": [],
+        "near_zero": [], "step_near_zero": []}
     for images, labels in _batches(4, 64):
+      run["near_zero"].append(_units_with_a_relu_input_near_zero(
+          model, images, _NEAR_ZERO))
       _, grads, outputs = step(images, labels)
       run["grads"].append([g.numpy() for g in grads])
       if "after_root" not in run:
@@ -151,6 +155,8 @@ def _runs():
   for images, labels in _batches(4, 64, seed=1):
     for mine, plain in zip(state(True), state(False)):
       mine.assign(plain)
+    runs[True]["step_near_zero"].append(_units_with_a_relu_input_near_zero(
+        runs[True]["model"], images, _NEAR_ZERO))
     for memory_efficient, run in runs.items():
       optimizers[memory_efficient].learning_rate = 1e-3
       loss, grads, _ = steps[memory_efficient](images, labels)
@@ -171,21 +177,44 @@ def _assert_grads_close(actual, expected, paths, rtol):
   assert len(zero) < len(paths) / 2
 
 
+def _assert_grads_agree_but_near_kinks(actual, expected, paths, near_zero):
+  """Per variable, max |actual - expected| < 1e-4 x max |expected|, but in the
+  units up to the last of `near_zero` (units with a ReLU input within
+  rounding of 0; gradient flows from there to them), where < 0.2: see
+  `test_gradients_differ_only_through_relu_inputs_at_rounding_of_zero`.
+  Returns whether a variable needed that exception."""
+  units = list(dict.fromkeys(_unit(path) for path in paths))  # network order
+  last = max((units.index(unit) for unit in near_zero), default=-1)
+  excepted = False
+  for path, a, b in zip(paths, actual, expected):
+    error = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+    excepted |= error >= 1e-4
+    assert error < (0.2 if units.index(_unit(path)) <= last else 1e-4), (
+        path, error)
+  return excepted
+
+
+def _assert_rarely_near_kinks(on, off, grads, near_zero):
+  """Every batch's gradients agree (`_assert_grads_agree_but_near_kinks`),
+  and at most one of them needs the exception: a batch with a ReLU input
+  within rounding of 0 was 2 in 60 on one CPU (the test below) and 1 in 15
+  on another; which batches, depends on the CPU's rounding."""
+  excepted = [_assert_grads_agree_but_near_kinks(a, b, off["paths"], units)
+              for a, b, units in zip(on[grads], off[grads], near_zero)]
+  assert len(excepted) == _STEPS and sum(excepted) <= 1, excepted
+
+
 def test_gradients_of_every_variable_agree(runs):
   on, off = runs[True], runs[False]
   assert on["paths"] == off["paths"]
-  for batch in range(_STEPS):
-    _assert_grads_close(on["grads"][batch], off["grads"][batch], off["paths"],
-                        rtol=1e-4)
+  _assert_rarely_near_kinks(on, off, "grads", on["near_zero"])
 
 
 def test_sgd_steps_from_the_same_weights_agree(runs):
   on, off = runs[True], runs[False]
   np.testing.assert_allclose(on["losses"], off["losses"], rtol=1e-5)
   assert len(set(off["losses"])) == _STEPS
-  for step in range(_STEPS):
-    _assert_grads_close(on["step_grads"][step], off["step_grads"][step],
-                        off["paths"], rtol=1e-4)
+  _assert_rarely_near_kinks(on, off, "step_grads", on["step_near_zero"])
 
 
 def _units_with_a_relu_input_near_zero(model, images, tolerance):
@@ -226,23 +255,19 @@ def test_gradients_differ_only_through_relu_inputs_at_rounding_of_zero():
   built = {me: _revnet50(me) for me in (True, False)}
   gradients = {me: _gradients_fn(model) for me, model in built.items()}
   paths = [w.path for w in built[False].trainable_variables]
-  units = list(dict.fromkeys(_unit(path) for path in paths))  # network order
   for seed in (111, 131):
     rng = np.random.RandomState(seed)
     images = rng.randn(4, 64, 64, 3).astype(np.float32)
     labels = rng.randint(0, _NUM_CLASSES, 4)
     # Here the mismatches were in block3/unit2 and block2/unit3; which unit
     # has a ReLU input this close to 0 may differ with the CPU's rounding.
-    near_zero = _units_with_a_relu_input_near_zero(built[True], images, 1e-5)
+    near_zero = _units_with_a_relu_input_near_zero(built[True], images,
+                                                   _NEAR_ZERO)
     assert near_zero
     on, off = (gradients[me](images, labels) for me in (True, False))
     # Only the near-zero ReLU's unit and what lies before it in the network
     # (its gradient flows there) may differ; the rest agree to 1e-4.
-    last = max(units.index(unit) for unit in near_zero)
-    for path, a, b in zip(paths, on, off):
-      error = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-      assert error < (0.2 if units.index(_unit(path)) <= last else 1e-4), (
-          path, error)
+    _assert_grads_agree_but_near_kinks(on, off, paths, near_zero)
 
 
 def _unit(path):
