@@ -558,19 +558,26 @@ def test_spread_hierarchy_and_bootstrap_rank_correlation():
   own = table.spread(("rotation", "resnet50_v2", 1))
   assert own.source.startswith("own") and own.df == 2
   # ResNet on whole images: the seeded ResNet rotation model's spread, 0.01
-  # (df 2), floored at the overall std; its df stay 2.
+  # (df 2), above its floor (0.23 x 1.83 pp).
   resnet = table.spread(("rotation", "resnet50_v1", 1))
-  assert (resnet.std, resnet.df) == (pytest.approx(overall), 2)
-  assert own.std == pytest.approx(overall)
-  # Above the floor a group keeps its std: jigsaw's seeds, sqrt(8e-4 / 1).
-  revnet = table.spread(("jigsaw", "revnet50", 1))
-  assert (revnet.std, revnet.df) == (pytest.approx(np.sqrt(8e-4)), 1)
+  assert (resnet.std, resnet.df) == (pytest.approx(0.01), 2)
   # VGG has no seeded model: all seeded models pooled.
   vgg = table.spread(("exemplar", "vgg19", 1))
   assert (vgg.std, vgg.df) == (pytest.approx(overall), 3)
-  assert table.describe()[0] == (
-      "ResNet/image: s = 1.00 pp (family and task type: "
-      "rotation/resnet50_v2/k1 (df=2); used: 1.83 pp (floor))")
+  # The floor: the 5% quantile of a std with df degrees of freedom when the
+  # true one is the overall: chi2(0.05, 2) = 0.1026, chi2(0.05, 1) = 0.00393.
+  assert table.floor(2) == pytest.approx(overall * np.sqrt(0.1026 / 2), rel=1e-3)
+  assert table.floor(1) == pytest.approx(overall * np.sqrt(0.00393), rel=1e-3)
+  # A group below it is raised to it and keeps its df.
+  near_zero = stats.SpreadTable({**values, ("rotation", "resnet50_v2", 1): {
+      0: 0.80, 1: 0.8002, 2: 0.8004}})
+  overall = np.sqrt((8e-8 + 8e-4) / 3)
+  resnet = near_zero.spread(("rotation", "resnet50_v1", 1))
+  assert (resnet.std, resnet.df) == (
+      pytest.approx(overall * np.sqrt(0.1026 / 2), rel=1e-3), 2)
+  assert near_zero.describe()[0] == (
+      "ResNet/image: s = 0.02 pp (family and task type: "
+      "rotation/resnet50_v2/k1 (df=2); used: 0.37 pp (floor))")
   assert stats.bootstrap_spearman([([1, 2, 3, 4], [2, 4, 6, 9])]) == (1, 1, 1)
   rho, low, high = stats.bootstrap_spearman(
       [([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]), ([1, 2, 3], [3, 2, 1])])

@@ -186,9 +186,10 @@ def _spreads_and_gains(views) -> List[str]:
       "Per-cell std over training seeds of pre_logits linear top-1, pooled "
       "within architecture family and task type (patch tasks apart); a model "
       "without seeds uses its group's, else its family's, else all seeded "
-      "models'. Each std is floored at that of all seeded models (keeping "
-      "its own df), so that a small group's near-zero std by chance does not "
-      "make every difference count (`tfrevisit.study.stats`).", ""]
+      "models'. A group's std is floored at the 5% quantile of what its df "
+      "would show under the spread of all seeded models (keeping its df), so "
+      "that a near-zero std by chance does not make every difference count "
+      "(`tfrevisit.study.stats`).", ""]
   for budget, results in views.items():
     table = stats.SpreadTable({m: results.top1(*m) for m in results.models()})
     parts += [f"- {budget}: " + ("; ".join(table.describe()) or "no seeds")]

@@ -6,7 +6,13 @@ squared deviations from their model's mean, summed over models, over the
 summed degrees of freedom n - 1). A model uses the first estimate that exists
 of: its own seeds; the seeded models of its architecture family (ResNet,
 RevNet, VGG) and task type (patch tasks, tasks on whole images); of its
-family; of all seeded models.
+family; of all seeded models. A group's near-zero std by chance would make
+every difference in it count (with df = 2 a sample std falls below a third
+of the true one about one time in ten), so an estimate with df degrees of
+freedom is floored at s_all x sqrt(chi2_0.05(df) / df): the 5% quantile of
+the std that df would show if the group's true spread were s_all, that of
+all seeded models pooled (df = 2: 0.23 s_all). It keeps its own df; above
+the floor a group keeps its own std, so families can differ.
 
 Differences: a contrast sum_i c_i mean_i of model means (a difference of two
 models, a difference of two ranges...) has the standard error
@@ -28,6 +34,7 @@ from tfrevisit.study import grid
 
 CONFIDENCE = 0.95
 POWER = 0.8
+FLOOR_QUANTILE = 0.05  # of a group's std under the pooled spread (see above)
 # Outcomes of a one-sided claim "d > 0" (see `Comparison.classify`).
 GREATER, NOT_GREATER, UNDECIDED, UNKNOWN = (
     "greater", "not greater", "undecided", "no spread")
@@ -167,13 +174,19 @@ class SpreadTable:
                  for m, v in seeded.items()}
     self.overall = self._levels[-1][1].get("all")
 
+  def floor(self, df: int) -> float:
+    """The smallest std taken from an estimate with `df` degrees of freedom
+    (see the module docstring)."""
+    return self.overall.std * float(
+        np.sqrt(scipy_stats.chi2.ppf(FLOOR_QUANTILE, df) / df))
+
   def floored(self, spread: Spread) -> Spread:
-    """`spread` with its std raised to the overall pooled std (its df kept)."""
-    if spread.std >= self.overall.std:
+    """`spread` with its std raised to `floor(spread.df)` (its df kept)."""
+    floor = self.floor(spread.df)
+    if spread.std >= floor:
       return spread
-    return Spread(self.overall.std, spread.df,
-                  f"{spread.source}, floored at all seeded models' "
-                  f"{100 * self.overall.std:.2f} pp")
+    return Spread(floor, spread.df, f"{spread.source}, floored at "
+                  f"{100 * floor:.2f} pp")
 
   def spread(self, model: Model) -> Optional[Spread]:
     found = self._own.get(model)
