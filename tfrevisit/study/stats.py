@@ -189,11 +189,12 @@ class SpreadTable:
                   f"{100 * floor:.2f} pp")
 
   def spread(self, model: Model) -> Optional[Spread]:
-    found = self._own.get(model)
+    if model in self._own:
+      return self.floored(self._own[model])
     for key, table in self._levels:
-      found = found or table.get(key(model))
-    if found is not None:
-      return self.floored(found)
+      found = table.get(key(model))
+      if found is not None:
+        return self.floored(found)
     if self.fallback is not None and not self.seeded:
       return self.fallback.spread(model)
     return None
