@@ -844,8 +844,10 @@ def test_mock_grid_with_two_budgets_through_runner_and_report(tmp_path,
   out = tmp_path / "docs"
   (out / "study").mkdir(parents=True)
   (out / "study" / "stale.png").write_text("an old plot")
-  written = report.write_report(cells, str(out), {"study.gin": [
-      c["cell"] for c in cells] + ["rotation-vgg19-k1-e2-s0"]})
+  plan = report.planned_cells([config])[config]
+  missing = grid.Cell("rotation", "vgg19", 1, 0, (), epochs=2, budget="converged")
+  written = report.write_report(cells, str(out), {"study.gin": {
+      **plan, missing.name: missing}})
   assert not (out / "study" / "stale.png").exists()
   assert {"layers-short.png", "layers-converged.png",
           "pretext_curves.png"} <= set(written)
@@ -854,7 +856,7 @@ def test_mock_grid_with_two_budgets_through_runner_and_report(tmp_path,
   text = open(written["study.md"]).read()
   # Budgets side by side: one entry per budget, the verdicts in two columns.
   assert "| rotation | 50.0 · 50.0 | 50.0 · 50.0 |" in text
-  assert "| finding | short | converged |" in text
+  assert "| finding | short | converged (2 of 3 cells run) |" in text
   assert text.count("Verdict") == 1 and "**short: " in text and "**converged: " in text
   assert "1 of 5" not in text and "4 of 5 cells done" in text
   assert "`rotation-vgg19-k1-e2-s0`" in text
@@ -933,6 +935,10 @@ def test_report_names_the_grid_cells_not_yet_run(tmp_path):
           "`rotation-revnet50-k1-s0`.")
   assert line in (tmp_path / "study.md").read_text()
   assert line in readme.read_text()
+  # The verdicts of a budget whose grid has not all run say on how much.
+  header = "| finding | short (1 of 2 cells run) |"
+  assert header in (tmp_path / "study.md").read_text()
+  assert header in readme.read_text()
   # The cell's 900 CPU s of training and 360 of evaluation, split.
   assert (f"{1260 / 3600:.1f} CPU h (training {900 / 3600:.1f}, evaluation "
           f"{360 / 3600:.1f})") in (tmp_path / "study.md").read_text()
@@ -1271,3 +1277,18 @@ def test_pretext_curves_fade_the_rungs_the_tables_do_not_report(tmp_path,
   monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
   assert plots.pretext_curves(Results(cells), str(tmp_path / "curves.png"))
   assert sorted(drawn) == [(2, 0.25, None), (4, None, "VGG19-BN k=1")]
+
+
+def test_budget_coverage_counts_each_budgets_trained_cells_of_todays_code():
+  planned = [grid.Cell("rotation", "vgg19", 1, 0, (), epochs=4, budget="converged"),
+             grid.Cell("jigsaw", "vgg19", 1, 0, (), epochs=4, budget="converged"),
+             grid.Cell("random_init", "vgg19", 1, 0, ()),
+             grid.Cell("rotation", "vgg19", 1, 0, ())]
+  cells = [{"cell": "rotation-vgg19-k1-e4-s0", "budget": "converged"},
+           {"cell": "random_init-vgg19-k1-s0", "budget": "short"},
+           {"cell": "rotation-vgg19-k1-s0", "budget": grid.FIRST_EDITION}]
+  runs = report.budget_coverage(cells, {"c.gin": {c.name: c for c in planned}})
+  assert runs == {"converged": (1, 2), "short": (0, 1)}
+  header = tables.verdict_table({"short": [], "converged": []},
+                                {**runs, "short": (1, 1)})[0]
+  assert header == ["finding", "short", "converged (1 of 2 cells run)"]

@@ -19,7 +19,8 @@ plots, each finding's rule, power and evidence, and the cells with their
 cost. With --readme, it also replaces the README's summary block (between
 `README_BEGIN` and `README_END`). Each --plan (a study config, repeatable)
 adds a line saying how many of its cells are done with today's code and
-which are missing. The tables are built by `tfrevisit.study.tables`.
+which are missing, and the verdict table's header says how many of a
+budget's planned cells have run while not all have. The tables are built by `tfrevisit.study.tables`.
 """
 import argparse
 import collections
@@ -28,7 +29,7 @@ import glob
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import gin
 
@@ -74,14 +75,32 @@ def coverage(cells: Sequence[Dict], planned: Optional[Sequence[str]],
           f"{shown}{more}.")
 
 
+def budget_coverage(cells: Sequence[Dict],
+                    plans: Optional[Dict[str, Dict[str, grid.Cell]]]
+                    ) -> Dict[str, Tuple[int, int]]:
+  """{budget label: (done, planned)} over the plans' trained cells (the
+  untrained references excluded), by each planned cell's own budget label; a
+  cell counts as done as in `coverage`."""
+  done_names = {cell["cell"] for cell in cells
+                if cell["budget"] != grid.FIRST_EDITION}
+  planned = collections.defaultdict(set)
+  for plan in (plans or {}).values():
+    for name, cell in plan.items():
+      if cell.task != "random_init":
+        planned[cell.budget].add(name)
+  return {budget: (len(names & done_names), len(names))
+          for budget, names in planned.items()}
+
+
 def study_markdown(cells: Sequence[Dict], plot_paths: Dict[str, str],
                    notes: str = "",
-                   plans: Optional[Dict[str, Sequence[str]]] = None) -> str:
+                   plans: Optional[Dict[str, Dict[str, grid.Cell]]] = None
+                   ) -> str:
   """docs/study.md (see the module docstring)."""
   views = {b: Results(c) for b, c in budget_views(cells).items()}
   findings = {b: findings_lib.all_findings(r) for b, r in views.items()}
   parts = _introduction(cells, views, plans)
-  parts += _tables(views, findings)
+  parts += _tables(views, findings, budget_coverage(cells, plans))
   parts += _spreads_and_gains(views)
   parts += _diagnostics(views)
   pilot = tables.pilot_table(cells)
@@ -164,7 +183,7 @@ def _introduction(cells, views, plans) -> List[str]:
   return parts
 
 
-def _tables(views, findings) -> List[str]:
+def _tables(views, findings, budgets_run) -> List[str]:
   """The Table 1 analogues (best layer on val, pre_logits) and the verdicts."""
   budgets = " · ".join(views)
   return [
@@ -176,7 +195,7 @@ def _tables(views, findings) -> List[str]:
       "## Verdicts", "",
       "Each finding's rule, its power and its evidence are under "
       "[Findings](#findings).", "",
-      markdown_table(tables.verdict_table(findings)), ""]
+      markdown_table(tables.verdict_table(findings, budgets_run)), ""]
 
 
 def _spreads_and_gains(views) -> List[str]:
@@ -281,7 +300,7 @@ def _cells_section(cells) -> List[str]:
 
 
 def readme_summary(cells: Sequence[Dict],
-                   plans: Optional[Dict[str, Sequence[str]]] = None) -> str:
+                   plans: Optional[Dict[str, Dict[str, grid.Cell]]] = None) -> str:
   """The README's study block: the Table 1 analogue (pre_logits, budgets
   side by side), the verdicts per budget and the grids' coverage."""
   views = {b: Results(c) for b, c in budget_views(cells).items()}
@@ -293,14 +312,15 @@ def readme_summary(cells: Sequence[Dict],
            f"{tables.STOPPED_NOTE.rstrip('.')}). "
            "Verdicts on the paper's findings (rules, power and evidence in "
            "[docs/study.md](docs/study.md)):", "",
-           markdown_table(tables.verdict_table(findings))]
+           markdown_table(tables.verdict_table(
+               findings, budget_coverage(cells, plans)))]
   for config, planned in (plans or {}).items():
     lines += ["", coverage(cells, planned, f"Grid `{config}`")]
   return "\n".join(lines)
 
 
 def update_readme(path: str, cells: Sequence[Dict],
-                  plans: Optional[Dict[str, Sequence[str]]] = None) -> None:
+                  plans: Optional[Dict[str, Dict[str, grid.Cell]]] = None) -> None:
   """Replaces the text between README_BEGIN and README_END in `path`."""
   with open(path) as f:
     text = f.read()
@@ -351,7 +371,7 @@ def write_plots(cells: Sequence[Dict], study_dir: str) -> Dict[str, str]:
 
 
 def write_report(cells: Sequence[Dict], out_dir: str,
-                 plans: Optional[Dict[str, Sequence[str]]] = None
+                 plans: Optional[Dict[str, Dict[str, grid.Cell]]] = None
                  ) -> Dict[str, str]:
   """Writes results.csv, the plots and study.md (with the coverage of each
   plan's cell names); returns {name: path}."""
@@ -370,13 +390,13 @@ def write_report(cells: Sequence[Dict], out_dir: str,
   return written
 
 
-def planned_cells(configs: Sequence[str]) -> Dict[str, List[str]]:
-  """{config: its grid's cell names}, each config parsed on its own."""
+def planned_cells(configs: Sequence[str]) -> Dict[str, Dict[str, grid.Cell]]:
+  """{config: {cell name: cell} of its grid}, each config parsed on its own."""
   plans = {}
   for config in configs:
     gin.clear_config()
     grid.parse_config([config])
-    plans[config] = [cell.name for cell in grid.study().cells]
+    plans[config] = {cell.name: cell for cell in grid.study().cells}
   gin.clear_config()
   return plans
 

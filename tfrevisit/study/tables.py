@@ -3,7 +3,7 @@ the Table 1 analogues, the gains over the untrained networks, the verdicts,
 the probe's diagnostics, the training budgets per model and the cells' cost.
 Each table is a list of rows (lists of strings; the first row the header),
 rendered by `markdown_table`; accuracies are printed in percent."""
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfrevisit.study import curves as curves_lib
 from tfrevisit.study import findings as findings_lib
@@ -152,11 +152,19 @@ def unrecorded_cpu(cells) -> str:
           f"first CPU poll) of {listed}; their wall time is counted.")
 
 
-def verdict_table(findings: Dict[str, List[findings_lib.Finding]]
+def verdict_table(findings: Dict[str, List[findings_lib.Finding]],
+                  budgets_run: Optional[Dict[str, Tuple[int, int]]] = None
                   ) -> List[List[str]]:
-  """Rows: finding title, its verdict per budget."""
+  """Rows: finding title, its verdict per budget. A budget whose planned
+  cells have not all run (`budgets_run`: {budget: (done, planned)}) says how
+  many have: its verdicts rest on a part of its grid."""
   budgets = list(findings)
-  table = [["finding"] + budgets]
+
+  def header(budget):
+    done, planned = (budgets_run or {}).get(budget, (0, 0))
+    return f"{budget} ({done} of {planned} cells run)" if done < planned else budget
+
+  table = [["finding"] + [header(b) for b in budgets]]
   for index, finding in enumerate(findings[budgets[0]]):
     table.append([finding.title] + [f"**{findings[b][index].verdict}**"
                                     for b in budgets])
