@@ -20,7 +20,8 @@ cost. With --readme, it also replaces the README's summary block (between
 `README_BEGIN` and `README_END`). Each --plan (a study config, repeatable)
 adds a line saying how many of its cells are done with today's code and
 which are missing, and the verdict table's header says how many of a
-budget's planned cells have run while not all have. The tables are built by `tfrevisit.study.tables`.
+budget's planned cells have run while not all have. The tables are built by
+`tfrevisit.study.tables`.
 """
 import argparse
 import collections
@@ -29,7 +30,7 @@ import glob
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import gin
 
@@ -56,7 +57,7 @@ STUDY_COMMANDS = (
     "python -m tfrevisit.study --gin configs/study/fashion_mnist_converged.gin --workdir DIR")
 
 
-def coverage(cells: Sequence[Dict], planned: Optional[Sequence[str]],
+def coverage(cells: Sequence[Dict], planned: Optional[Collection[str]],
              label: str = "Grid") -> str:
   """One line: how many of the `planned` cell names have results of today's
   code (the first edition's cells do not count), and which have not; ""
@@ -300,7 +301,8 @@ def _cells_section(cells) -> List[str]:
 
 
 def readme_summary(cells: Sequence[Dict],
-                   plans: Optional[Dict[str, Dict[str, grid.Cell]]] = None) -> str:
+                   plans: Optional[Dict[str, Dict[str, grid.Cell]]] = None
+                   ) -> str:
   """The README's study block: the Table 1 analogue (pre_logits, budgets
   side by side), the verdicts per budget and the grids' coverage."""
   views = {b: Results(c) for b, c in budget_views(cells).items()}
@@ -320,7 +322,8 @@ def readme_summary(cells: Sequence[Dict],
 
 
 def update_readme(path: str, cells: Sequence[Dict],
-                  plans: Optional[Dict[str, Dict[str, grid.Cell]]] = None) -> None:
+                  plans: Optional[Dict[str, Dict[str, grid.Cell]]] = None
+                  ) -> None:
   """Replaces the text between README_BEGIN and README_END in `path`."""
   with open(path) as f:
     text = f.read()
