@@ -57,6 +57,13 @@ STUDY_COMMANDS = (
     "python -m tfrevisit.study --gin configs/study/fashion_mnist_converged.gin --workdir DIR")
 
 
+def _done_names(cells: Sequence[Dict]) -> set:
+  """Names of the cells with results of today's code (the first edition's
+  cells do not count)."""
+  return {cell["cell"] for cell in cells
+          if cell["budget"] != grid.FIRST_EDITION}
+
+
 def coverage(cells: Sequence[Dict], planned: Optional[Collection[str]],
              label: str = "Grid") -> str:
   """One line: how many of the `planned` cell names have results of today's
@@ -64,8 +71,7 @@ def coverage(cells: Sequence[Dict], planned: Optional[Collection[str]],
   without a plan."""
   if planned is None:
     return ""
-  done_names = {cell["cell"] for cell in cells
-                if cell["budget"] != grid.FIRST_EDITION}
+  done_names = _done_names(cells)
   missing = [name for name in planned if name not in done_names]
   done = len(planned) - len(missing)
   if not missing:
@@ -82,13 +88,12 @@ def budget_coverage(cells: Sequence[Dict],
   """{budget label: (done, planned)} over the plans' trained cells (the
   untrained references excluded), by each planned cell's own budget label; a
   cell counts as done as in `coverage`."""
-  done_names = {cell["cell"] for cell in cells
-                if cell["budget"] != grid.FIRST_EDITION}
   planned = collections.defaultdict(set)
   for plan in (plans or {}).values():
     for name, cell in plan.items():
       if cell.task != "random_init":
         planned[cell.budget].add(name)
+  done_names = _done_names(cells)
   return {budget: (len(names & done_names), len(names))
           for budget, names in planned.items()}
 

@@ -162,7 +162,9 @@ def verdict_table(findings: Dict[str, List[findings_lib.Finding]],
 
   def header(budget):
     done, planned = (budgets_run or {}).get(budget, (0, 0))
-    return f"{budget} ({done} of {planned} cells run)" if done < planned else budget
+    if done < planned:
+      return f"{budget} ({done} of {planned} cells run)"
+    return budget
 
   table = [["finding"] + [header(b) for b in budgets]]
   for index, finding in enumerate(findings[budgets[0]]):
