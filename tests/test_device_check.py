@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import gin
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -84,25 +85,28 @@ def test_summary_table_marks_failures():
   assert lines[2].split() == ["nccl", "FAIL", "-", "-", "-", "boom"]
 
 
-# One fresh process that imports TensorFlow, traces and compiles RevNet50
-# (full depth, k=1, 32x32) on 2 replicas: 1-3 min on a loaded 2-core CPU.
-def test_cpu_smoke_trains_with_the_gpu_options(tmp_path, capsys, monkeypatch):
-  monkeypatch.setenv("PYTHONPATH", REPO)
-  status = device_check.main(["--cpu_smoke", "--checks", "rotation",
-                              "--steps", "4", "--workdir", str(tmp_path)])
-  out = capsys.readouterr().out
-  assert status == 0, out
-  row = out.splitlines()[3]
-  assert row.split()[:2] == ["rotation", "ok"], out
+# The rotation check's worker in this process, on the suite's two logical CPUs
+# and the one-unit-per-stage RevNet50; the full-depth run through `main()`,
+# one fresh process per check, is `test_cpu_smoke_runs_every_check`.
+@pytest.mark.usefixtures("shallow_backbones")
+def test_cpu_smoke_trains_with_the_gpu_options(tmp_path):
+  result = device_check.run_config("rotation", str(tmp_path), steps=4,
+                                   smoke=True, export=True)
+  row = device_check.format_table(
+      [device_check._config_row("rotation", result)]).splitlines()[1]
+  assert row.split()[:2] == ["rotation", "ok"], row
   for option in ("revnet50 k=1 reversible", "XLA", "mixed_float16 (loss scale",
                  "2 steps/call", f"{device_check.SMOKE_REPLICAS} replica(s)"):
     assert option in row, row
   assert tf.train.latest_checkpoint(
-      str(tmp_path / "rotation" / "checkpoints")).endswith("ckpt-4")
-  assert (tmp_path / "rotation" / "eval.npz").exists()
+      str(tmp_path / "checkpoints")).endswith("ckpt-4")
+  with np.load(tmp_path / "eval.npz") as evaluated:
+    assert evaluated["images"].shape[0] == evaluated["outputs"].shape[0] > 0
+    assert np.isfinite(evaluated["outputs"]).all()
 
 
-@pytest.mark.slow  # Several fresh processes: 10-20 min on a loaded 2-core CPU.
+# Several fresh processes at full depth: 10-20 min on a loaded 2-core CPU.
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_check(tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("PYTHONPATH", REPO)
   checks = ["rotation", "anchor", "mirrored", "export", "revnet_memory"]

@@ -122,11 +122,14 @@ def _config_bindings(check: str, steps: int, smoke: bool,
 
 def _split_cpu(num_devices: int) -> List[str]:
   """Splits the CPU into `num_devices` logical devices (before TensorFlow
-  initialises them); returns their names."""
+  initialises them; a CPU already split so, as in the test suite, is kept);
+  returns their names."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   cpu = tf.config.list_physical_devices("CPU")[0]
-  tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+  split = tf.config.get_logical_device_configuration(cpu) or []
+  if len(split) != num_devices:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
   return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 
